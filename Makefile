@@ -1,0 +1,37 @@
+# Slipway. `make run` serves with the embedded defaults; `make test` runs every test.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/slipway-dev/slipway/pkg/server.Version=$(VERSION)
+export CGO_ENABLED := 0
+
+.PHONY: all build run test test-go test-infra fuzz bench vet fmt clean deps
+
+all: build
+
+-include mk/*.mk
+
+bin/slipway: FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/slipway
+
+build: bin/slipway
+
+run: build
+	./bin/slipway serve
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -l -w $$(git ls-files '*.go')
+
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
+
+clean:
+	rm -rf bin
+
+FORCE:

@@ -1,0 +1,171 @@
+package functions
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/store"
+)
+
+// buildNumber reads the {n} path value.
+func buildNumber(r *http.Request) (int, error) {
+	n, err := strconv.Atoi(r.PathValue("n"))
+	if err != nil || n < 1 {
+		return 0, errNotFound
+	}
+	return n, nil
+}
+
+func (a *api) createBuild(w http.ResponseWriter, r *http.Request) error {
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if role != store.RoleOwner {
+		return errForbidden
+	}
+	b := build.New(img.ID, img.DefinitionRev, subject(r.Context()), build.TriggerManual, a.Now())
+	if b, err = a.Store.CreateBuild(r.Context(), b); err != nil {
+		return err
+	}
+	view := viewBuild(b, a.Now())
+	a.Events.Publish(events.BuildQueued, b.ID(), view)
+	w.Header().Set("Location", "/api/v1/images/"+img.ID+"/builds/"+strconv.Itoa(b.Number))
+	writeJSON(w, http.StatusAccepted, view)
+	return nil
+}
+
+func (a *api) listBuilds(w http.ResponseWriter, r *http.Request) error {
+	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	p, err := page(r, 20, 100)
+	if err != nil {
+		return err
+	}
+	bs, next, err := a.Store.ListBuilds(r.Context(), img.ID, p)
+	if err != nil {
+		return err
+	}
+	now := a.Now()
+	views := make([]BuildView, len(bs))
+	for i, b := range bs {
+		views[i] = viewBuild(b, now)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"builds": views, "next_page_token": next})
+	return nil
+}
+
+// visibleBuild loads build {n} of image {id} for a caller who may read it.
+func (a *api) visibleBuild(r *http.Request) (build.Build, store.Role, error) {
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return build.Build{}, role, err
+	}
+	n, err := buildNumber(r)
+	if err != nil {
+		return build.Build{}, role, err
+	}
+	b, err := a.Store.GetBuild(r.Context(), img.ID, n)
+	return b, role, err
+}
+
+func (a *api) getBuild(w http.ResponseWriter, r *http.Request) error {
+	b, _, err := a.visibleBuild(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewBuild(b, a.Now()))
+	return nil
+}
+
+func (a *api) cancelBuild(w http.ResponseWriter, r *http.Request) error {
+	b, role, err := a.visibleBuild(r)
+	if err != nil {
+		return err
+	}
+	if role != store.RoleOwner {
+		return errForbidden
+	}
+	if b, err = a.settleCancel(r, b.Image, b.Number); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, viewBuild(b, a.Now()))
+	return nil
+}
+
+// settleCancel records the cancellation and announces it; the runner stops
+// the build when it receives the event.
+func (a *api) settleCancel(r *http.Request, imageID string, n int) (build.Build, error) {
+	by := subject(r.Context())
+	b, err := a.Store.UpdateBuild(r.Context(), imageID, n, func(b *build.Build) error {
+		return b.Cancel(by, a.Now())
+	})
+	if err != nil {
+		return b, err
+	}
+	a.Events.Publish(events.BuildCancelled, b.ID(), viewBuild(b, a.Now()))
+	return b, nil
+}
+
+func isFinished(err error) bool { return errors.Is(err, build.ErrTransition) }
+
+func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
+	b, _, err := a.visibleBuild(r)
+	if err != nil {
+		return err
+	}
+	var offset int64
+	if s := r.URL.Query().Get("offset"); s != "" {
+		if offset, err = strconv.ParseInt(s, 10, 64); err != nil || offset < 0 {
+			return errorf(http.StatusBadRequest, "invalid_argument", "offset must be a whole number of bytes, 0 or more")
+		}
+	}
+	follow := r.URL.Query().Get("follow") == "true"
+	ctx := r.Context()
+	chunk, err := a.Store.ReadLog(ctx, b.Image, b.Number, offset)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Build-Status", string(b.Status))
+	if !follow {
+		w.Header().Set("X-Next-Offset", strconv.FormatInt(offset+int64(len(chunk)), 10))
+		w.Write(chunk)
+		return nil
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	for {
+		if len(chunk) > 0 {
+			if _, err := w.Write(chunk); err != nil {
+				return nil
+			}
+			offset += int64(len(chunk))
+		}
+		rc.Flush()
+		if !b.Status.Active() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(a.LogPoll):
+		}
+		if b, err = a.Store.GetBuild(ctx, b.Image, b.Number); err != nil {
+			return nil
+		}
+		// Read after the status so that a build's last lines, written
+		// before it ended, are never missed.
+		if chunk, err = a.Store.ReadLog(ctx, b.Image, b.Number, offset); err != nil {
+			return nil
+		}
+	}
+}

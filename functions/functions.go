@@ -1,0 +1,219 @@
+// Package functions holds Slipway's HTTP handlers: the images API, the
+// credentials API, the build endpoints and the CloudEvents receiver. They
+// speak only to the interfaces in Deps, never to a concrete backend, so the
+// same handlers run in the single local process and as Knative functions.
+package functions
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
+)
+
+// Sealer seals credentials before they are stored.
+type Sealer interface {
+	Seal(plaintext string) (string, error)
+}
+
+// Publisher announces state changes as CloudEvents.
+type Publisher interface {
+	Publish(typ, subject string, data any)
+}
+
+// Deps is what the handlers need.
+type Deps struct {
+	Store      store.Store
+	Verifier   auth.Verifier
+	Events     Publisher
+	Sealer     Sealer
+	Log        *slog.Logger
+	Rules      image.Rules
+	Registry   string   // HOST:PORT of the internal registry
+	Version    string   // the server's version
+	Publishers []string // subjects allowed to post events
+	MaxBody    int64    // request body cap in bytes
+	Now        func() time.Time
+	// LogPoll is how often a followed build log is checked for more.
+	LogPoll time.Duration
+}
+
+type ctxKey struct{}
+
+// subject returns the caller's identity set by authenticate.
+func subject(ctx context.Context) string {
+	id, _ := ctx.Value(ctxKey{}).(auth.Identity)
+	return id.Subject
+}
+
+// handlerFunc is a handler that returns its error for writeError.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+type api struct {
+	Deps
+}
+
+// authenticate verifies the bearer token before calling h.
+func (a *api) authenticate(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || strings.TrimSpace(token) == "" {
+			writeError(w, r, a.Log, auth.ErrUnauthenticated)
+			return
+		}
+		id, err := a.Verifier.Verify(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			writeError(w, r, a.Log, err)
+			return
+		}
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
+		r.Body = http.MaxBytesReader(w, r.Body, a.MaxBody)
+		if err := h(w, r); err != nil {
+			writeError(w, r, a.Log, err)
+		}
+	})
+}
+
+// decode reads a JSON body strictly: one object, no unknown fields.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json")
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return errorf(http.StatusBadRequest, "invalid_json", "request body is empty")
+		}
+		return errorf(http.StatusBadRequest, "invalid_json", "request body is not valid JSON for this call: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return errorf(http.StatusBadRequest, "invalid_json", "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// page reads ?limit= and ?page_token=.
+func page(r *http.Request, def, max int) (store.Page, error) {
+	p := store.Page{Limit: def, Cursor: r.URL.Query().Get("page_token")}
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > max {
+			return p, errorf(http.StatusBadRequest, "invalid_argument", "limit must be a whole number from 1 to %d", max)
+		}
+		p.Limit = n
+	}
+	return p, nil
+}
+
+// workspaceRole loads a workspace and the caller's role in it. A caller with
+// no role gets not found: a workspace's existence is private.
+func (a *api) workspaceRole(ctx context.Context, wsID string) (store.Workspace, store.Role, error) {
+	ws, err := a.Store.GetWorkspace(ctx, wsID)
+	if err != nil {
+		return ws, store.RoleNone, err
+	}
+	role := ws.RoleOf(subject(ctx))
+	if role == store.RoleNone {
+		return ws, role, errNotFound
+	}
+	return ws, role, nil
+}
+
+// imageRole loads an image and the caller's role in its workspace.
+func (a *api) imageRole(ctx context.Context, id string) (image.Image, store.Role, error) {
+	img, err := a.Store.GetImage(ctx, id)
+	if err != nil {
+		return img, store.RoleNone, err
+	}
+	_, role, err := a.workspaceRole(ctx, img.Workspace)
+	return img, role, err
+}
+
+// New returns the API handler: /api/v1/... and /events.
+func New(d Deps) http.Handler {
+	if d.Now == nil {
+		d.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if d.LogPoll == 0 {
+		d.LogPoll = 250 * time.Millisecond
+	}
+	a := &api{d}
+	mux := http.NewServeMux()
+	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticate(h)) }
+	mux.HandleFunc("GET /api/v1/info", a.info)
+	mux.HandleFunc("GET /api/v1/openapi.yaml", serveOpenAPI)
+	route("GET /api/v1/workspaces/{ws}/images", a.listImages)
+	route("POST /api/v1/workspaces/{ws}/images", a.createImage)
+	route("GET /api/v1/images/{id}", a.getImage)
+	route("PATCH /api/v1/images/{id}", a.patchImage)
+	route("DELETE /api/v1/images/{id}", a.deleteImage)
+	route("POST /api/v1/images/{id}/builds", a.createBuild)
+	route("GET /api/v1/images/{id}/builds", a.listBuilds)
+	route("GET /api/v1/images/{id}/builds/{n}", a.getBuild)
+	route("GET /api/v1/images/{id}/builds/{n}/log", a.getLog)
+	route("POST /api/v1/images/{id}/builds/{n}/cancel", a.cancelBuild)
+	route("PUT /api/v1/workspaces/{ws}/credentials/{name}", a.putCredential)
+	route("GET /api/v1/workspaces/{ws}/credentials", a.listCredentials)
+	route("DELETE /api/v1/workspaces/{ws}/credentials/{name}", a.deleteCredential)
+	route("POST /events", a.receive)
+	return jsonMuxErrors(mux, a.Log)
+}
+
+// jsonMuxErrors answers what the mux matches nothing for (404, 405) in the
+// contract's JSON error shape instead of the mux's plain text.
+func jsonMuxErrors(mux *http.ServeMux, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{header: http.Header{}}
+		mux.ServeHTTP(rec, r)
+		if rec.status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", rec.header.Get("Allow"))
+			writeError(w, r, log, errorf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed here; allowed: %s", r.Method, rec.header.Get("Allow")))
+			return
+		}
+		writeError(w, r, log, errorf(http.StatusNotFound, "not_found", "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+}
+
+// statusRecorder captures what the mux would answer without sending it.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header         { return s.header }
+func (s *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusRecorder) WriteHeader(code int)        { s.status = code }
+
+func (a *api) info(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"registry": a.Registry, "version": a.Version})
+}
+
+// isPublisher reports whether subject may post events.
+func (a *api) isPublisher(subject string) bool { return slices.Contains(a.Publishers, subject) }
+
+// etag formats an image version as a strong ETag.
+func etag(version int64) string { return fmt.Sprintf(`"%d"`, version) }

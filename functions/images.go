@@ -1,0 +1,234 @@
+package functions
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
+)
+
+// ImageView is an image as the API shows it.
+type ImageView struct {
+	ID           string              `json:"id"`
+	Workspace    string              `json:"workspace"`
+	Name         string              `json:"name"`
+	Description  string              `json:"description"`
+	Status       image.Status        `json:"status"`
+	Context      image.Context       `json:"context"`
+	History      HistoryView         `json:"history"`
+	Destinations []image.Destination `json:"destinations"`
+	Reference    *string             `json:"reference"`
+	LatestBuild  *BuildView          `json:"latest_build"`
+}
+
+// HistoryView is who created, modified and built an image, and when.
+type HistoryView struct {
+	Created  image.Stamp  `json:"created"`
+	Modified image.Stamp  `json:"modified"`
+	Built    *image.Stamp `json:"built"`
+}
+
+// BuildView is a build as the API shows it.
+type BuildView struct {
+	build.Build
+	DurationSeconds *float64 `json:"duration_seconds"`
+}
+
+func viewBuild(b build.Build, now time.Time) BuildView {
+	if b.Pushes == nil {
+		b.Pushes = []build.Push{}
+	}
+	return BuildView{Build: b, DurationSeconds: b.Duration(now)}
+}
+
+func viewImage(img image.Image, now time.Time) ImageView {
+	v := ImageView{
+		ID: img.ID, Workspace: img.Workspace, Name: img.Name, Description: img.Description,
+		Status: img.Status(), Context: img.Context, Destinations: img.Destinations,
+		History: HistoryView{Created: img.Created, Modified: img.Modified, Built: img.Built},
+	}
+	if v.Destinations == nil {
+		v.Destinations = []image.Destination{}
+	}
+	if img.Reference != "" {
+		v.Reference = &img.Reference
+	}
+	if img.LatestBuild != nil {
+		b := viewBuild(*img.LatestBuild, now)
+		v.LatestBuild = &b
+	}
+	return v
+}
+
+// imageBody is the body of create and, with every field optional, of PATCH.
+type imageBody struct {
+	Name         *string              `json:"name"`
+	Description  *string              `json:"description"`
+	Context      *image.Context       `json:"context"`
+	Destinations *[]image.Destination `json:"destinations"`
+}
+
+func (b imageBody) applyTo(img *image.Image) {
+	if b.Name != nil {
+		img.Name = *b.Name
+	}
+	if b.Description != nil {
+		img.Description = *b.Description
+	}
+	if b.Context != nil {
+		img.Context = *b.Context
+	}
+	if b.Destinations != nil {
+		img.Destinations = *b.Destinations
+	}
+}
+
+func newID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
+	if _, _, err := a.workspaceRole(r.Context(), r.PathValue("ws")); err != nil {
+		return err
+	}
+	p, err := page(r, 50, 200)
+	if err != nil {
+		return err
+	}
+	var f store.ImageFilter
+	switch r.URL.Query().Get("usable") {
+	case "", "false":
+	case "true":
+		f.Usable = true
+	default:
+		return errorf(http.StatusBadRequest, "invalid_argument", "usable must be true or false")
+	}
+	imgs, next, err := a.Store.ListImages(r.Context(), r.PathValue("ws"), f, p)
+	if err != nil {
+		return err
+	}
+	now := a.Now()
+	views := make([]ImageView, len(imgs))
+	for i, img := range imgs {
+		views[i] = viewImage(img, now)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"images": views, "next_page_token": next})
+	return nil
+}
+
+func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
+	ws := r.PathValue("ws")
+	if _, _, err := a.workspaceRole(r.Context(), ws); err != nil {
+		return err
+	}
+	var body imageBody
+	if err := decode(r, &body); err != nil {
+		return err
+	}
+	now, user := a.Now(), subject(r.Context())
+	img := image.Image{
+		ID: newID(), Workspace: ws, Version: 1, DefinitionRev: 1,
+		Created: image.Stamp{By: user, At: now}, Modified: image.Stamp{By: user, At: now},
+	}
+	body.applyTo(&img)
+	if err := image.Validate(img, a.Rules); err != nil {
+		return err
+	}
+	if err := a.Store.CreateImage(r.Context(), img); err != nil {
+		return err
+	}
+	view := viewImage(img, now)
+	a.Events.Publish(events.ImageCreated, img.ID, view)
+	w.Header().Set("ETag", etag(img.Version))
+	w.Header().Set("Location", "/api/v1/images/"+img.ID)
+	writeJSON(w, http.StatusCreated, view)
+	return nil
+}
+
+func (a *api) getImage(w http.ResponseWriter, r *http.Request) error {
+	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("ETag", etag(img.Version))
+	writeJSON(w, http.StatusOK, viewImage(img, a.Now()))
+	return nil
+}
+
+// ifMatch reports whether the If-Match header names version; a missing
+// header is 428, a stale one 412.
+func ifMatch(r *http.Request, version int64) error {
+	h := r.Header.Get("If-Match")
+	if h == "" {
+		return errorf(http.StatusPreconditionRequired, "precondition_required", "send If-Match with the ETag of the image you edited")
+	}
+	want := etag(version)
+	for _, t := range strings.Split(h, ",") {
+		if t = strings.TrimSpace(t); t == want || t == "*" {
+			return nil
+		}
+	}
+	return store.ErrConflict
+}
+
+func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
+	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if r.Header.Get("If-Match") == "" {
+		return ifMatch(r, img.Version)
+	}
+	var body imageBody
+	if err := decode(r, &body); err != nil {
+		return err
+	}
+	if err := ifMatch(r, img.Version); err != nil {
+		return err
+	}
+	next := img
+	body.applyTo(&next)
+	if err := image.Validate(next, a.Rules); err != nil {
+		return err
+	}
+	was := img.Version
+	img.Edit(next, subject(r.Context()), a.Now())
+	if err := a.Store.UpdateImage(r.Context(), img, was); err != nil {
+		return err
+	}
+	view := viewImage(img, a.Now())
+	a.Events.Publish(events.ImageUpdated, img.ID, view)
+	w.Header().Set("ETag", etag(img.Version))
+	writeJSON(w, http.StatusOK, view)
+	return nil
+}
+
+func (a *api) deleteImage(w http.ResponseWriter, r *http.Request) error {
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if role != store.RoleOwner {
+		return errForbidden
+	}
+	if b := img.LatestBuild; b != nil && b.Status.Active() {
+		// Stop the build first so nothing pushes to a deleted image.
+		if _, err := a.settleCancel(r, img.ID, b.Number); err != nil && !isFinished(err) {
+			return err
+		}
+	}
+	if err := a.Store.DeleteImage(r.Context(), img.ID); err != nil {
+		return err
+	}
+	a.Events.Publish(events.ImageDeleted, img.ID, viewImage(img, a.Now()))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

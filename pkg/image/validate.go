@@ -1,0 +1,291 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"path"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+)
+
+// Limits on what a definition may hold.
+const (
+	MaxNameLength        = 200
+	MaxDescriptionLength = 4096
+	MaxDockerfileBytes   = 256 << 10
+	MaxDestinations      = 16
+)
+
+// InvalidError says which field of a definition is wrong and why. Line is the
+// Dockerfile line at fault, when the Dockerfile is.
+type InvalidError struct {
+	Field   string
+	Message string
+	Line    int
+}
+
+func (e *InvalidError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s: line %d: %s", e.Field, e.Line, e.Message)
+	}
+	return e.Field + ": " + e.Message
+}
+
+func invalid(field, format string, args ...any) error {
+	return &InvalidError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// Rules are the knobs of validation that depend on the deployment.
+type Rules struct {
+	// AllowFileURLs admits file:// Git URLs (local development only).
+	AllowFileURLs bool
+}
+
+// pathComponent is the OCI distribution spec's grammar of one repository path
+// component; go-containerregistry checks the character set, not the separators.
+var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+
+// ValidateName checks that n is a valid OCI repository path usable as an
+// image's repository in the internal registry.
+func ValidateName(n string) error {
+	if n == "" {
+		return invalid("name", "is required")
+	}
+	if len(n) > MaxNameLength {
+		return invalid("name", "is longer than %d characters", MaxNameLength)
+	}
+	// Parse under a fixed registry so that a first segment that looks like a
+	// host ("example.com/x") is taken as part of the path, as it must be.
+	repo, err := name.NewRepository("registry.invalid/"+n, name.StrictValidation)
+	if err != nil || repo.RepositoryStr() != n {
+		return invalid("name", "%q is not a valid repository path: use lower-case letters and digits separated by '.', '_', '-' and '/'", n)
+	}
+	for _, c := range strings.Split(n, "/") {
+		if !pathComponent.MatchString(c) {
+			return invalid("name", "%q is not a valid repository path: segment %q must start and end with a letter or digit, with single '.', '_' or '__' or dashes between", n, c)
+		}
+	}
+	return nil
+}
+
+// ValidateDockerfile parses a Dockerfile with BuildKit's parser and
+// instruction parser, the ones Kaniko uses, and reports the first error with
+// its line number.
+func ValidateDockerfile(src string) error {
+	if strings.TrimSpace(src) == "" {
+		return invalid("context.dockerfile", "is empty")
+	}
+	if len(src) > MaxDockerfileBytes {
+		return invalid("context.dockerfile", "is larger than %d bytes", MaxDockerfileBytes)
+	}
+	if !utf8.ValidString(src) {
+		return invalid("context.dockerfile", "is not valid UTF-8")
+	}
+	res, err := parser.Parse(strings.NewReader(src))
+	if err != nil {
+		return dockerfileError(err, 0)
+	}
+	stages, _, err := instructions.Parse(res.AST, nil)
+	if err != nil {
+		return dockerfileError(err, 0)
+	}
+	if len(stages) == 0 {
+		return &InvalidError{Field: "context.dockerfile", Message: "has no FROM instruction", Line: 1}
+	}
+	return nil
+}
+
+func dockerfileError(err error, fallbackLine int) error {
+	line := fallbackLine
+	var le *parser.LocationError
+	if errors.As(err, &le) {
+		for _, rs := range le.Locations {
+			if len(rs) > 0 && rs[0].Start.Line > 0 {
+				line = rs[0].Start.Line
+				break
+			}
+		}
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "no build stage in current context") {
+		msg = "this instruction comes before the first FROM: a Dockerfile starts with FROM (only ARG may come before it)"
+	}
+	// BuildKit prefixes some messages with "dockerfile parse error on line N: ".
+	if i := strings.Index(msg, ": "); i >= 0 && strings.HasPrefix(msg, "dockerfile parse error") {
+		msg = msg[i+2:]
+	}
+	return &InvalidError{Field: "context.dockerfile", Message: msg, Line: line}
+}
+
+// gitSchemes are the transports a Git context may use.
+var gitSchemes = map[string]bool{"https": true, "ssh": true, "git": true}
+
+// ValidateContext checks a build context.
+func ValidateContext(c Context, rules Rules) error {
+	switch c.Type {
+	case ContextLocal:
+		if c.Git != nil {
+			return invalid("context.git", "must be absent for a local context")
+		}
+		return ValidateDockerfile(c.Dockerfile)
+	case ContextGit:
+		if c.Dockerfile != "" {
+			return invalid("context.dockerfile", "must be absent for a git context: the Dockerfile comes from the repository")
+		}
+		if c.Git == nil {
+			return invalid("context.git", "is required for a git context")
+		}
+		return validateGit(*c.Git, rules)
+	case "":
+		return invalid("context.type", "is required: \"local\" or \"git\"")
+	default:
+		return invalid("context.type", "%q is not \"local\" or \"git\"", c.Type)
+	}
+}
+
+func validateGit(g Git, rules Rules) error {
+	if g.URL == "" {
+		return invalid("context.git.url", "is required")
+	}
+	if len(g.URL) > 2048 || strings.ContainsAny(g.URL, " \t\r\n") {
+		return invalid("context.git.url", "is not a valid URL")
+	}
+	ep, err := transport.NewEndpoint(g.URL)
+	if err != nil {
+		return invalid("context.git.url", "is not a valid Git URL: %v", err)
+	}
+	switch {
+	case gitSchemes[ep.Protocol]:
+		if ep.Host == "" {
+			return invalid("context.git.url", "has no host")
+		}
+	case ep.Protocol == "file" && rules.AllowFileURLs:
+	case ep.Protocol == "file":
+		return invalid("context.git.url", "local paths and file:// URLs are not allowed; use https, ssh or git")
+	default:
+		return invalid("context.git.url", "scheme %q is not allowed; use https, ssh or git", ep.Protocol)
+	}
+	if ep.Password != "" {
+		return invalid("context.git.url", "must not embed a password; store a git credential and name it")
+	}
+	if u, err := url.Parse(g.URL); err == nil && u.User != nil {
+		if _, set := u.User.Password(); set {
+			return invalid("context.git.url", "must not embed a password; store a git credential and name it")
+		}
+	}
+	if err := validateRef(g.Ref); err != nil {
+		return err
+	}
+	if g.Dir != "" {
+		if _, err := CleanDir(g.Dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CleanDir returns dir as a clean relative path inside the repository, or an
+// error when it is absolute or leaves the repository.
+func CleanDir(dir string) (string, error) {
+	if strings.ContainsRune(dir, 0) || strings.Contains(dir, `\`) {
+		return "", invalid("context.git.dir", "%q is not a valid directory", dir)
+	}
+	if path.IsAbs(dir) {
+		return "", invalid("context.git.dir", "%q must be relative to the repository root", dir)
+	}
+	clean := path.Clean(dir)
+	if clean == ".." || strings.HasPrefix(clean, "../") {
+		return "", invalid("context.git.dir", "%q leaves the repository", dir)
+	}
+	if clean == "." {
+		return "", nil
+	}
+	return clean, nil
+}
+
+// validateRef follows git-check-ref-format's rules closely enough to refuse
+// what would be an option or an illegal name; branch, tag and commit all pass.
+func validateRef(ref string) error {
+	if ref == "" {
+		return nil
+	}
+	bad := len(ref) > 255 || strings.HasPrefix(ref, "-") || strings.HasPrefix(ref, "/") ||
+		strings.HasSuffix(ref, "/") || strings.HasSuffix(ref, ".") || strings.HasSuffix(ref, ".lock") ||
+		strings.Contains(ref, "..") || strings.Contains(ref, "@{") || strings.Contains(ref, "//")
+	for _, r := range ref {
+		if r < 0x20 || r == 0x7f || strings.ContainsRune(" ~^:?*[\\", r) {
+			bad = true
+		}
+	}
+	if bad {
+		return invalid("context.git.ref", "%q is not a valid branch, tag or commit", ref)
+	}
+	return nil
+}
+
+// ValidateDestinations checks each destination's reference with
+// go-containerregistry's name package.
+func ValidateDestinations(ds []Destination) error {
+	if len(ds) > MaxDestinations {
+		return invalid("destinations", "at most %d are allowed", MaxDestinations)
+	}
+	seen := map[string]bool{}
+	for i, d := range ds {
+		field := fmt.Sprintf("destinations[%d].reference", i)
+		if d.Reference == "" {
+			return invalid(field, "is required")
+		}
+		if _, err := name.ParseReference(d.Reference, name.StrictValidation); err != nil {
+			return invalid(field, "%q is not a valid image reference (HOST/PATH:TAG): %v", d.Reference, err)
+		}
+		if seen[d.Reference] {
+			return invalid(field, "%q is listed twice", d.Reference)
+		}
+		seen[d.Reference] = true
+		if d.Credential != "" {
+			if err := ValidateCredentialName(d.Credential); err != nil {
+				return invalid(fmt.Sprintf("destinations[%d].credential", i), "%v", err.(*InvalidError).Message)
+			}
+		}
+	}
+	return nil
+}
+
+var credentialName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateCredentialName checks a workspace credential's name.
+func ValidateCredentialName(n string) error {
+	if !credentialName.MatchString(n) {
+		return invalid("credential", "%q is not a valid credential name: lower-case letters, digits and '-', at most 63", n)
+	}
+	return nil
+}
+
+// Validate checks a whole definition.
+func Validate(img Image, rules Rules) error {
+	if err := ValidateName(img.Name); err != nil {
+		return err
+	}
+	if len(img.Description) > MaxDescriptionLength {
+		return invalid("description", "is longer than %d characters", MaxDescriptionLength)
+	}
+	if !utf8.ValidString(img.Description) {
+		return invalid("description", "is not valid UTF-8")
+	}
+	if err := ValidateContext(img.Context, rules); err != nil {
+		return err
+	}
+	if img.Context.Git != nil && img.Context.Git.Credential != "" {
+		if err := ValidateCredentialName(img.Context.Git.Credential); err != nil {
+			return invalid("context.git.credential", "%v", err.(*InvalidError).Message)
+		}
+	}
+	return ValidateDestinations(img.Destinations)
+}

@@ -1,0 +1,197 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/functions"
+	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/secret"
+	"github.com/slipway-dev/slipway/pkg/store"
+	"github.com/slipway-dev/slipway/pkg/store/sqlite"
+)
+
+// DatabaseFile is the SQLite file's name in the data dir.
+const DatabaseFile = "slipway.db"
+
+// Server is a composed Slipway: its parts and its HTTP handler.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	Store  store.Store
+	Issuer *auth.Issuer
+	Events *events.Publisher
+	ready  atomic.Bool
+	mux    *http.ServeMux
+	http   *http.Server
+	ln     net.Listener
+}
+
+// NewLogger returns the structured JSON logger of the given level.
+func NewLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// Listen opens everything cfg names and binds its address; Serve then serves.
+func Listen(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", cfg.Addr, err)
+	}
+	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux()}
+	if err := s.open(); err != nil {
+		ln.Close()
+		s.closeParts()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) open() error {
+	var err error
+	if s.Store, err = sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile)); err != nil {
+		return err
+	}
+	if s.Issuer, err = auth.LoadIssuer(s.cfg.DataDir); err != nil {
+		return err
+	}
+	box, err := secret.LoadBox(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api := functions.New(functions.Deps{
+		Store: s.Store, Verifier: s.Issuer, Events: s.Events, Sealer: box, Log: s.log,
+		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
+		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
+	})
+	s.mux.Handle("/api/", api)
+	s.mux.Handle("/events", api)
+	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.http = &http.Server{
+		Handler:           instrument(s.mux, reg),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return nil
+}
+
+// RegistryHost is the internal registry's HOST:PORT: this server's address,
+// with a wildcard host replaced by the loopback address.
+func (s *Server) RegistryHost() string {
+	addr := s.ln.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(addr.Port))
+}
+
+// URL is the server's base URL.
+func (s *Server) URL() string { return "http://" + s.RegistryHost() }
+
+// Serve serves until ctx is done, then shuts down gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	s.ready.Store(true)
+	s.log.Info("serving", "addr", s.ln.Addr().String(), "data", s.cfg.DataDir, "version", s.cfg.Version)
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		s.ready.Store(false)
+		shutdown, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		err = s.http.Shutdown(shutdown)
+		cancel()
+	}
+	s.closeParts()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) closeParts() {
+	if s.Events != nil {
+		s.Events.Close(s.cfg.ShutdownTimeout)
+	}
+	if s.Store != nil {
+		s.Store.Close()
+	}
+}
+
+// instrument counts requests and their latency by route pattern and code.
+func instrument(h http.Handler, reg prometheus.Registerer) http.Handler {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "slipway_http_requests_total", Help: "HTTP requests by route, method and status code.",
+	}, []string{"route", "method", "code"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "slipway_http_request_duration_seconds", Help: "HTTP request latency by route and method.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	}, []string{"route", "method"})
+	reg.MustRegister(requests, latency)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &codeRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		// The muxes set r.Pattern in place; the innermost match wins.
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		} else if _, p, ok := strings.Cut(route, " "); ok {
+			route = p
+		}
+		requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.code)).Inc()
+		latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+	})
+}
+
+// codeRecorder remembers the status code written through it.
+type codeRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeRecorder) WriteHeader(code int) {
+	c.code = code
+	c.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer's Flush.
+func (c *codeRecorder) Unwrap() http.ResponseWriter { return c.ResponseWriter }

@@ -1,0 +1,604 @@
+// Package sqlite is the embedded Store: one SQLite file in the data dir,
+// through the pure-Go modernc.org/sqlite driver, in WAL mode. Platform-wide
+// name uniqueness and the one-active-build rule are held by the schema.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
+	sqlite3 "modernc.org/sqlite"
+	sqlite3lib "modernc.org/sqlite/lib"
+)
+
+var _ store.Store = (*Store)(nil)
+
+// migrations are applied in order; PRAGMA user_version counts those applied.
+var migrations = []string{`
+CREATE TABLE workspaces (
+	id      TEXT PRIMARY KEY,
+	owner   TEXT NOT NULL,
+	members TEXT NOT NULL
+);
+CREATE TABLE processed_events (
+	key TEXT PRIMARY KEY
+);
+CREATE TABLE images (
+	id        TEXT PRIMARY KEY,
+	workspace TEXT NOT NULL,
+	name      TEXT NOT NULL UNIQUE,
+	version   INTEGER NOT NULL,
+	usable    INTEGER NOT NULL DEFAULT 0,
+	doc       TEXT NOT NULL
+);
+CREATE INDEX images_by_workspace ON images (workspace, name);
+CREATE TABLE builds (
+	image  TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+	number INTEGER NOT NULL,
+	status TEXT NOT NULL,
+	doc    TEXT NOT NULL,
+	PRIMARY KEY (image, number)
+);
+CREATE UNIQUE INDEX one_active_build ON builds (image) WHERE status IN ('queued', 'running');
+CREATE INDEX active_builds ON builds (status) WHERE status IN ('queued', 'running');
+CREATE TABLE build_logs (
+	image  TEXT NOT NULL,
+	number INTEGER NOT NULL,
+	start  INTEGER NOT NULL,
+	data   BLOB NOT NULL,
+	PRIMARY KEY (image, number, start),
+	FOREIGN KEY (image, number) REFERENCES builds (image, number) ON DELETE CASCADE
+);
+CREATE TABLE credentials (
+	workspace TEXT NOT NULL,
+	name      TEXT NOT NULL,
+	doc       TEXT NOT NULL,
+	PRIMARY KEY (workspace, name)
+);
+`}
+
+// Store is a SQLite-backed store.Store.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database file at path and migrates it.
+func Open(path string) (*Store, error) {
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(context.Background()); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrating %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var v int
+		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			return err
+		}
+		if v > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this binary's %d", v, len(migrations))
+		}
+		for i := v; i < len(migrations); i++ {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return fmt.Errorf("migration %d: %w", i+1, err)
+			}
+		}
+		_, err := tx.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(len(migrations)))
+		return err
+	})
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func isUnique(err error) bool {
+	var e *sqlite3.Error
+	return errors.As(err, &e) && (e.Code() == sqlite3lib.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3lib.SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+// ApplyWorkspace implements store.Store.
+func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, ws store.Workspace, deleted bool) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (key) VALUES (?)", eventKey); err != nil {
+			if isUnique(err) {
+				return store.ErrDuplicate
+			}
+			return err
+		}
+		if deleted {
+			for _, q := range []string{
+				"DELETE FROM images WHERE workspace = ?",
+				"DELETE FROM credentials WHERE workspace = ?",
+				"DELETE FROM workspaces WHERE id = ?",
+			} {
+				if _, err := tx.ExecContext(ctx, q, ws.ID); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		members, _ := json.Marshal(ws.Members)
+		_, err := tx.ExecContext(ctx, `INSERT INTO workspaces (id, owner, members) VALUES (?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, members = excluded.members`,
+			ws.ID, ws.Owner, string(members))
+		return err
+	})
+}
+
+// GetWorkspace implements store.Store.
+func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, error) {
+	ws := store.Workspace{ID: id}
+	var members string
+	err := s.db.QueryRowContext(ctx, "SELECT owner, members FROM workspaces WHERE id = ?", id).Scan(&ws.Owner, &members)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ws, store.ErrNotFound
+	}
+	if err != nil {
+		return ws, err
+	}
+	return ws, json.Unmarshal([]byte(members), &ws.Members)
+}
+
+// imageDoc is an image as stored in the doc column.
+type imageDoc struct {
+	Description   string              `json:"description"`
+	Context       image.Context       `json:"context"`
+	Destinations  []image.Destination `json:"destinations"`
+	Created       image.Stamp         `json:"created"`
+	Modified      image.Stamp         `json:"modified"`
+	Built         *image.Stamp        `json:"built"`
+	DefinitionRev int64               `json:"definition_rev"`
+	BuiltRev      int64               `json:"built_rev"`
+	Reference     string              `json:"reference"`
+	LatestBuild   *build.Build        `json:"latest_build"`
+}
+
+func encodeImage(img image.Image) (string, error) {
+	b, err := json.Marshal(imageDoc{
+		Description: img.Description, Context: img.Context, Destinations: img.Destinations,
+		Created: img.Created, Modified: img.Modified, Built: img.Built,
+		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, Reference: img.Reference,
+		LatestBuild: img.LatestBuild,
+	})
+	return string(b), err
+}
+
+func decodeImage(id, ws, name string, version int64, doc string) (image.Image, error) {
+	var d imageDoc
+	if err := json.Unmarshal([]byte(doc), &d); err != nil {
+		return image.Image{}, fmt.Errorf("decoding image %s: %w", id, err)
+	}
+	return image.Image{
+		ID: id, Workspace: ws, Name: name, Version: version,
+		Description: d.Description, Context: d.Context, Destinations: d.Destinations,
+		Created: d.Created, Modified: d.Modified, Built: d.Built,
+		DefinitionRev: d.DefinitionRev, BuiltRev: d.BuiltRev, Reference: d.Reference,
+		LatestBuild: d.LatestBuild,
+	}, nil
+}
+
+func usable(img image.Image) int {
+	if img.Reference != "" {
+		return 1
+	}
+	return 0
+}
+
+// CreateImage implements store.Store.
+func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
+	doc, err := encodeImage(img)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
+		img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
+	if isUnique(err) {
+		return store.ErrNameTaken
+	}
+	return err
+}
+
+const imageColumns = "id, workspace, name, version, doc"
+
+func scanImage(row interface{ Scan(...any) error }) (image.Image, error) {
+	var id, ws, name, doc string
+	var version int64
+	if err := row.Scan(&id, &ws, &name, &version, &doc); err != nil {
+		return image.Image{}, err
+	}
+	return decodeImage(id, ws, name, version, doc)
+}
+
+func getImage(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, id string) (image.Image, error) {
+	img, err := scanImage(q.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return img, store.ErrNotFound
+	}
+	return img, err
+}
+
+// GetImage implements store.Store.
+func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
+	return getImage(ctx, s.db, id)
+}
+
+func encodeCursor(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+func decodeCursor(c string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return "", store.ErrBadCursor
+	}
+	return string(b), nil
+}
+
+// ListImages implements store.Store.
+func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageFilter, p store.Page) ([]image.Image, string, error) {
+	after, err := decodeCursor(p.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	q := "SELECT " + imageColumns + " FROM images WHERE workspace = ? AND name > ?"
+	if f.Usable {
+		q += " AND usable = 1"
+	}
+	q += " ORDER BY name LIMIT ?"
+	rows, err := s.db.QueryContext(ctx, q, workspace, after, p.Limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var imgs []image.Image
+	for rows.Next() {
+		img, err := scanImage(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		imgs = append(imgs, img)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(imgs) > p.Limit {
+		imgs = imgs[:p.Limit]
+		next = encodeCursor(imgs[len(imgs)-1].Name)
+	}
+	return imgs, next, nil
+}
+
+// UpdateImage implements store.Store.
+func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
+	doc, err := encodeImage(img)
+	if err != nil {
+		return err
+	}
+	res, err := s.db.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, doc = ? WHERE id = ? AND version = ?",
+		img.Name, img.Version, usable(img), doc, img.ID, wantVersion)
+	if isUnique(err) {
+		return store.ErrNameTaken
+	}
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.GetImage(ctx, img.ID); err != nil {
+			return err
+		}
+		return store.ErrConflict
+	}
+	return nil
+}
+
+// DeleteImage implements store.Store.
+func (s *Store) DeleteImage(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}
+
+func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
+	doc, err := encodeImage(img)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, "UPDATE images SET usable = ?, doc = ? WHERE id = ?", usable(img), doc, img.ID)
+	return err
+}
+
+// CreateBuild implements store.Store.
+func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, error) {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		img, err := getImage(ctx, tx, b.Image)
+		if err != nil {
+			return err
+		}
+		b.Number = 1
+		if img.LatestBuild != nil {
+			b.Number = img.LatestBuild.Number + 1
+		}
+		doc, err := json.Marshal(buildDoc{b, b.DefinitionRev})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO builds (image, number, status, doc) VALUES (?, ?, ?, ?)",
+			b.Image, b.Number, b.Status, string(doc)); err != nil {
+			if isUnique(err) {
+				return store.ErrBuildActive
+			}
+			return err
+		}
+		img.LatestBuild = &b
+		return putImageDoc(ctx, tx, img)
+	})
+	return b, err
+}
+
+// buildDoc stores the fields of a build that its JSON form leaves out.
+type buildDoc struct {
+	build.Build
+	Rev int64 `json:"definition_rev"`
+}
+
+func decodeBuild(doc string) (build.Build, error) {
+	var d buildDoc
+	if err := json.Unmarshal([]byte(doc), &d); err != nil {
+		return build.Build{}, fmt.Errorf("decoding build: %w", err)
+	}
+	d.Build.DefinitionRev = d.Rev
+	return d.Build, nil
+}
+
+func getBuild(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, imageID string, number int) (build.Build, error) {
+	var doc string
+	err := q.QueryRowContext(ctx, "SELECT doc FROM builds WHERE image = ? AND number = ?", imageID, number).Scan(&doc)
+	if errors.Is(err, sql.ErrNoRows) {
+		return build.Build{}, store.ErrNotFound
+	}
+	if err != nil {
+		return build.Build{}, err
+	}
+	return decodeBuild(doc)
+}
+
+// GetBuild implements store.Store.
+func (s *Store) GetBuild(ctx context.Context, imageID string, number int) (build.Build, error) {
+	return getBuild(ctx, s.db, imageID, number)
+}
+
+func (s *Store) queryBuilds(ctx context.Context, q string, args ...any) ([]build.Build, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var bs []build.Build
+	for rows.Next() {
+		var doc string
+		if err := rows.Scan(&doc); err != nil {
+			return nil, err
+		}
+		b, err := decodeBuild(doc)
+		if err != nil {
+			return nil, err
+		}
+		bs = append(bs, b)
+	}
+	return bs, rows.Err()
+}
+
+// ListBuilds implements store.Store.
+func (s *Store) ListBuilds(ctx context.Context, imageID string, p store.Page) ([]build.Build, string, error) {
+	before := int64(1 << 62)
+	if p.Cursor != "" {
+		c, err := decodeCursor(p.Cursor)
+		if err != nil {
+			return nil, "", err
+		}
+		if before, err = strconv.ParseInt(c, 10, 64); err != nil {
+			return nil, "", store.ErrBadCursor
+		}
+	}
+	bs, err := s.queryBuilds(ctx, "SELECT doc FROM builds WHERE image = ? AND number < ? ORDER BY number DESC LIMIT ?",
+		imageID, before, p.Limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(bs) > p.Limit {
+		bs = bs[:p.Limit]
+		next = encodeCursor(strconv.Itoa(bs[len(bs)-1].Number))
+	}
+	return bs, next, nil
+}
+
+// ListActiveBuilds implements store.Store.
+func (s *Store) ListActiveBuilds(ctx context.Context) ([]build.Build, error) {
+	bs, err := s.queryBuilds(ctx, "SELECT doc FROM builds WHERE status IN ('queued', 'running')")
+	if err != nil {
+		return nil, err
+	}
+	store.SortOldestFirst(bs)
+	return bs, nil
+}
+
+// UpdateBuild implements store.Store.
+func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, change func(*build.Build) error) (build.Build, error) {
+	var b build.Build
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if b, err = getBuild(ctx, tx, imageID, number); err != nil {
+			return err
+		}
+		was := b.Status
+		if err := change(&b); err != nil {
+			return err
+		}
+		doc, err := json.Marshal(buildDoc{b, b.DefinitionRev})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE builds SET status = ?, doc = ? WHERE image = ? AND number = ?",
+			b.Status, string(doc), imageID, number); err != nil {
+			return err
+		}
+		img, err := getImage(ctx, tx, imageID)
+		if err != nil {
+			return err
+		}
+		if img.LatestBuild != nil && img.LatestBuild.Number == b.Number {
+			img.LatestBuild = &b
+		}
+		if b.Status == build.Succeeded && was != build.Succeeded {
+			store.RecordSuccess(&img, b)
+		}
+		return putImageDoc(ctx, tx, img)
+	})
+	return b, err
+}
+
+// AppendLog implements store.Store.
+func (s *Store) AppendLog(ctx context.Context, imageID string, number int, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO build_logs (image, number, start, data)
+		SELECT ?, ?, COALESCE(MAX(start + length(data)), 0), ? FROM build_logs WHERE image = ? AND number = ?`,
+		imageID, number, p, imageID, number)
+	if err != nil && strings.Contains(err.Error(), "FOREIGN KEY") {
+		return store.ErrNotFound
+	}
+	return err
+}
+
+// ReadLog implements store.Store.
+func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset int64) ([]byte, error) {
+	if _, err := s.GetBuild(ctx, imageID, number); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT start, data FROM build_logs
+		WHERE image = ? AND number = ? AND start + length(data) > ? ORDER BY start`, imageID, number, offset)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []byte
+	for rows.Next() {
+		var start int64
+		var data []byte
+		if err := rows.Scan(&start, &data); err != nil {
+			return nil, err
+		}
+		if start < offset {
+			data = data[offset-start:]
+		}
+		out = append(out, data...)
+	}
+	return out, rows.Err()
+}
+
+// PutCredential implements store.Store.
+func (s *Store) PutCredential(ctx context.Context, c store.Credential) error {
+	doc, err := json.Marshal(credentialDoc{c.Kind, c.Registry, c.Username, c.Secret})
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO credentials (workspace, name, doc) VALUES (?, ?, ?)
+		ON CONFLICT (workspace, name) DO UPDATE SET doc = excluded.doc`, c.Workspace, c.Name, string(doc))
+	return err
+}
+
+type credentialDoc struct {
+	Kind, Registry, Username, Secret string
+}
+
+func (s *Store) queryCredentials(ctx context.Context, q string, args ...any) ([]store.Credential, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cs []store.Credential
+	for rows.Next() {
+		var c store.Credential
+		var doc string
+		if err := rows.Scan(&c.Workspace, &c.Name, &doc); err != nil {
+			return nil, err
+		}
+		var d credentialDoc
+		if err := json.Unmarshal([]byte(doc), &d); err != nil {
+			return nil, err
+		}
+		c.Kind, c.Registry, c.Username, c.Secret = d.Kind, d.Registry, d.Username, d.Secret
+		cs = append(cs, c)
+	}
+	return cs, rows.Err()
+}
+
+// GetCredential implements store.Store.
+func (s *Store) GetCredential(ctx context.Context, workspace, name string) (store.Credential, error) {
+	cs, err := s.queryCredentials(ctx, "SELECT workspace, name, doc FROM credentials WHERE workspace = ? AND name = ?", workspace, name)
+	if err != nil {
+		return store.Credential{}, err
+	}
+	if len(cs) == 0 {
+		return store.Credential{}, store.ErrNotFound
+	}
+	return cs[0], nil
+}
+
+// ListCredentials implements store.Store.
+func (s *Store) ListCredentials(ctx context.Context, workspace string) ([]store.Credential, error) {
+	return s.queryCredentials(ctx, "SELECT workspace, name, doc FROM credentials WHERE workspace = ? ORDER BY name", workspace)
+}
+
+// DeleteCredential implements store.Store.
+func (s *Store) DeleteCredential(ctx context.Context, workspace, name string) error {
+	res, err := s.db.ExecContext(ctx, "DELETE FROM credentials WHERE workspace = ? AND name = ?", workspace, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}
