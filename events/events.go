@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,23 @@ func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 		}
 	}
 	return ws, nil
+}
+
+// ReadRequest reads a CloudEvent from an HTTP request in binary or
+// structured mode and validates it; failures wrap ErrMalformed.
+func ReadRequest(r *http.Request) (cloudevents.Event, error) {
+	e, err := cloudevents.NewEventFromHTTPRequest(r)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return cloudevents.Event{}, err
+		}
+		return cloudevents.Event{}, fmt.Errorf("%w: not a CloudEvent: %v", ErrMalformed, err)
+	}
+	if err := e.Validate(); err != nil {
+		return cloudevents.Event{}, fmt.Errorf("%w: not a valid CloudEvent: %v", ErrMalformed, err)
+	}
+	return *e, nil
 }
 
 // Key identifies an event for at-least-once deduplication: source and id.

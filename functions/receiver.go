@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
@@ -14,24 +13,20 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 	if !a.isPublisher(subject(r.Context())) {
 		return errorf(http.StatusForbidden, "forbidden", "only the platform's event publishers may post events")
 	}
-	e, err := cloudevents.NewEventFromHTTPRequest(r)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		return errorf(http.StatusBadRequest, "invalid_event", "not a CloudEvent: %v", err)
+	e, err := events.ReadRequest(r)
+	if errors.Is(err, events.ErrMalformed) {
+		return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 	}
-	if err := e.Validate(); err != nil {
-		return errorf(http.StatusBadRequest, "invalid_event", "not a valid CloudEvent: %v", err)
+	if err != nil {
+		return err
 	}
 	switch e.Type() {
 	case events.WorkspaceCreated, events.WorkspaceUpdated, events.WorkspaceDeleted:
-		ws, err := events.DecodeWorkspace(*e)
+		ws, err := events.DecodeWorkspace(e)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 		}
-		err = a.Store.ApplyWorkspace(r.Context(), events.Key(*e), store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members},
+		err = a.Store.ApplyWorkspace(r.Context(), events.Key(e), store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members},
 			e.Type() == events.WorkspaceDeleted)
 		if err != nil && !errors.Is(err, store.ErrDuplicate) {
 			return err

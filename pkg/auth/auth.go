@@ -25,6 +25,7 @@ var ErrUnauthenticated = errors.New("unauthenticated")
 // Identity is who a verified token speaks for.
 type Identity struct {
 	Subject string
+	Expires time.Time // when the token stops being valid
 }
 
 // Verifier checks bearer tokens.
@@ -141,5 +142,5 @@ func (i *Issuer) Verify(_ context.Context, token string) (Identity, error) {
 	if claims.Subject == "" {
 		return Identity{}, fmt.Errorf("%w: token has no subject", ErrUnauthenticated)
 	}
-	return Identity{Subject: claims.Subject}, nil
+	return Identity{Subject: claims.Subject, Expires: claims.ExpiresAt.Time}, nil
 }

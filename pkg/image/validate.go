@@ -242,8 +242,8 @@ func ValidateDestinations(ds []Destination) error {
 		if d.Reference == "" {
 			return invalid(field, "is required")
 		}
-		if _, err := name.ParseReference(d.Reference, name.StrictValidation); err != nil {
-			return invalid(field, "%q is not a valid image reference (HOST/PATH:TAG): %v", d.Reference, err)
+		if _, err := name.ParseReference(d.Reference); err != nil {
+			return invalid(field, "%q is not a valid image reference (HOST/PATH[:TAG]): %v", d.Reference, err)
 		}
 		if seen[d.Reference] {
 			return invalid(field, "%q is listed twice", d.Reference)

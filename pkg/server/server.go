@@ -88,7 +88,7 @@ func (s *Server) open() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	api := functions.New(functions.Deps{
-		Store: s.Store, Verifier: s.Issuer, Events: s.Events, Sealer: box, Log: s.log,
+		Store: s.Store, Verifier: auth.Cache(s.Issuer, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
 		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
 	})

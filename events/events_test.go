@@ -1,0 +1,97 @@
+package events
+
+import (
+	"bytes"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestReadRequestModes(t *testing.T) {
+	data := `{"id":"ws1","owner":"alice","members":["bob"]}`
+	binary := httptest.NewRequest("POST", "/events", strings.NewReader(data))
+	for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "1", "Ce-Source": "/platform", "Ce-Type": WorkspaceCreated, "Content-Type": "application/json"} {
+		binary.Header.Set(k, v)
+	}
+	structured := httptest.NewRequest("POST", "/events", strings.NewReader(
+		`{"specversion":"1.0","id":"1","source":"/platform","type":"`+WorkspaceCreated+`","datacontenttype":"application/json","data":`+data+`}`))
+	structured.Header.Set("Content-Type", "application/cloudevents+json")
+	for name, r := range map[string]*httptest.ResponseRecorder{"binary": nil, "structured": nil} {
+		req := binary
+		if name == "structured" {
+			req = structured
+		}
+		_ = r
+		e, err := ReadRequest(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ws, err := DecodeWorkspace(e)
+		if err != nil || ws.ID != "ws1" || ws.Owner != "alice" || len(ws.Members) != 1 {
+			t.Fatalf("%s: %+v, %v", name, ws, err)
+		}
+		if Key(e) != "/platform\x001" {
+			t.Fatalf("%s: key %q", name, Key(e))
+		}
+	}
+}
+
+func TestMalformed(t *testing.T) {
+	for name, body := range map[string]string{
+		"not json":   `{`,
+		"no id":      `{"specversion":"1.0","source":"/p","type":"x"}`,
+		"bad spec":   `{"specversion":"9.9","id":"1","source":"/p","type":"x"}`,
+		"empty body": ``,
+	} {
+		r := httptest.NewRequest("POST", "/events", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/cloudevents+json")
+		if _, err := ReadRequest(r); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: got %v, want ErrMalformed", name, err)
+		}
+	}
+	e, _ := New(WorkspaceCreated, "ws1", map[string]any{"owner": "alice"})
+	if _, err := DecodeWorkspace(e); !errors.Is(err, ErrMalformed) {
+		t.Errorf("workspace without id: %v", err)
+	}
+	e, _ = New(WorkspaceUpdated, "ws1", map[string]any{"id": "ws1"})
+	if _, err := DecodeWorkspace(e); !errors.Is(err, ErrMalformed) {
+		t.Errorf("update without owner: %v", err)
+	}
+	e, _ = New(WorkspaceDeleted, "ws1", map[string]any{"id": "ws1"})
+	if _, err := DecodeWorkspace(e); err != nil {
+		t.Errorf("delete needs only an id: %v", err)
+	}
+}
+
+// FuzzReadRequest feeds arbitrary bodies and headers to the event decoder:
+// it may refuse them, never panic, and what it accepts is a valid event.
+func FuzzReadRequest(f *testing.F) {
+	f.Add("application/cloudevents+json", "", `{"specversion":"1.0","id":"1","source":"/p","type":"platform.workspace.created","data":{"id":"ws1","owner":"a"}}`)
+	f.Add("application/json", "1.0", `{"id":"ws1","owner":"a","members":["b"]}`)
+	f.Add("application/cloudevents-batch+json", "", `[{}]`)
+	f.Add("text/plain", "0.3", "\x00\xff")
+	f.Fuzz(func(t *testing.T, contentType, specVersion, body string) {
+		r := httptest.NewRequest("POST", "/events", bytes.NewReader([]byte(body)))
+		r.Header.Set("Content-Type", contentType)
+		if specVersion != "" {
+			r.Header.Set("Ce-Specversion", specVersion)
+			r.Header.Set("Ce-Id", "1")
+			r.Header.Set("Ce-Source", "/p")
+			r.Header.Set("Ce-Type", WorkspaceUpdated)
+		}
+		e, err := ReadRequest(r)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error not marked malformed: %v", err)
+			}
+			return
+		}
+		if e.ID() == "" || e.Type() == "" {
+			t.Fatalf("accepted an event without id or type: %v", e)
+		}
+		if ws, err := DecodeWorkspace(e); err == nil && ws.ID == "" {
+			t.Fatal("decoded a workspace without id")
+		}
+	})
+}

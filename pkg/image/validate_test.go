@@ -1,0 +1,210 @@
+package image
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidateName(t *testing.T) {
+	good := []string{"a", "team/pytorch", "team/py-torch_2.1", "a/b/c/d", "a__b", "a---b", "example.com/x", "x0"}
+	bad := []string{"", "Team/x", "team//x", "/team", "team/", "-a", "a-", "a..b", "a_._b", "a b", "a:b", "a@b",
+		"team/ünicode", strings.Repeat("a", MaxNameLength+1), "a___b", ".a"}
+	for _, n := range good {
+		if err := ValidateName(n); err != nil {
+			t.Errorf("ValidateName(%q) = %v, want ok", n, err)
+		}
+	}
+	for _, n := range bad {
+		var inv *InvalidError
+		if err := ValidateName(n); !errors.As(err, &inv) || inv.Field != "name" {
+			t.Errorf("ValidateName(%q) = %v, want a name error", n, err)
+		}
+	}
+}
+
+func TestValidateDockerfile(t *testing.T) {
+	cases := []struct {
+		src      string
+		wantLine int // 0: valid
+		wantMsg  string
+	}{
+		{"FROM busybox\nRUN echo hi\n", 0, ""},
+		{"ARG BASE=busybox\nFROM $BASE AS build\nRUN true\nFROM scratch\nCOPY --from=build /bin/sh /sh\n", 0, ""},
+		{"# comment\nFROM busybox\nRUN <<EOF\necho hi\nEOF\n", 0, ""},
+		{"FROM busybox\nRUNN echo hi\n", 2, "unknown instruction"},
+		{"RUN echo hi\n", 1, "FROM"},
+		{"# only a comment\n", 1, "no instructions"},
+		{"FROM busybox\n\nCOPY --bogus=1 a b\n", 3, "unknown flag"},
+		{"FROM busybox\nEXPOSE\n", 2, "EXPOSE"},
+		{"FROM busybox\nENV\n", 2, "ENV"},
+		{"", 0, "empty"},
+		{"  \n\t\n", 0, "empty"},
+	}
+	for _, c := range cases {
+		err := ValidateDockerfile(c.src)
+		if c.wantMsg == "" {
+			if err != nil {
+				t.Errorf("ValidateDockerfile(%q) = %v, want ok", c.src, err)
+			}
+			continue
+		}
+		var inv *InvalidError
+		if !errors.As(err, &inv) {
+			t.Errorf("ValidateDockerfile(%q) = %v, want an InvalidError", c.src, err)
+			continue
+		}
+		if inv.Line != c.wantLine || !strings.Contains(inv.Message, c.wantMsg) {
+			t.Errorf("ValidateDockerfile(%q) = line %d %q, want line %d containing %q", c.src, inv.Line, inv.Message, c.wantLine, c.wantMsg)
+		}
+	}
+}
+
+func TestValidateContext(t *testing.T) {
+	git := func(url, ref, dir string) Context {
+		return Context{Type: ContextGit, Git: &Git{URL: url, Ref: ref, Dir: dir}}
+	}
+	cases := []struct {
+		name  string
+		c     Context
+		rules Rules
+		field string // "" when valid
+	}{
+		{"local", Context{Type: ContextLocal, Dockerfile: "FROM a\n"}, Rules{}, ""},
+		{"https", git("https://github.com/a/b.git", "main", "docker"), Rules{}, ""},
+		{"ssh", git("ssh://git@github.com/a/b.git", "v1.0", ""), Rules{}, ""},
+		{"scp-like", git("git@github.com:a/b.git", "", ""), Rules{}, ""},
+		{"git", git("git://example.com/r", "0123456789abcdef0123456789abcdef01234567", "a/b/../c"), Rules{}, ""},
+		{"file allowed", git("file:///tmp/repo", "", ""), Rules{AllowFileURLs: true}, ""},
+		{"file refused", git("file:///tmp/repo", "", ""), Rules{}, "context.git.url"},
+		{"local path refused", git("/tmp/repo", "", ""), Rules{}, "context.git.url"},
+		{"http refused", git("http://example.com/r", "", ""), Rules{}, "context.git.url"},
+		{"ftp refused", git("ftp://example.com/r", "", ""), Rules{}, "context.git.url"},
+		{"password in URL", git("https://u:secret@example.com/r", "", ""), Rules{}, "context.git.url"},
+		{"no URL", git("", "", ""), Rules{}, "context.git.url"},
+		{"dir escapes", git("https://example.com/r", "", "../x"), Rules{}, "context.git.dir"},
+		{"dir escapes deep", git("https://example.com/r", "", "a/../../x"), Rules{}, "context.git.dir"},
+		{"dir absolute", git("https://example.com/r", "", "/etc"), Rules{}, "context.git.dir"},
+		{"ref option", git("https://example.com/r", "--upload-pack=x", ""), Rules{}, "context.git.ref"},
+		{"ref dots", git("https://example.com/r", "a..b", ""), Rules{}, "context.git.ref"},
+		{"no type", Context{}, Rules{}, "context.type"},
+		{"bad type", Context{Type: "svn"}, Rules{}, "context.type"},
+		{"git without git", Context{Type: ContextGit}, Rules{}, "context.git"},
+		{"git with dockerfile", Context{Type: ContextGit, Dockerfile: "FROM a", Git: &Git{URL: "https://e.com/r"}}, Rules{}, "context.dockerfile"},
+		{"local with git", Context{Type: ContextLocal, Dockerfile: "FROM a", Git: &Git{URL: "https://e.com/r"}}, Rules{}, "context.git"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := ValidateContext(c.c, c.rules)
+			if c.field == "" {
+				if err != nil {
+					t.Fatalf("got %v, want ok", err)
+				}
+				return
+			}
+			var inv *InvalidError
+			if !errors.As(err, &inv) || inv.Field != c.field {
+				t.Fatalf("got %v, want an error on %s", err, c.field)
+			}
+		})
+	}
+}
+
+func TestCleanDir(t *testing.T) {
+	for in, want := range map[string]string{"": "", ".": "", "docker": "docker", "a/./b/": "a/b", "a/../b": "b"} {
+		if got, err := CleanDir(in); err != nil || got != want {
+			t.Errorf("CleanDir(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+func TestValidateDestinations(t *testing.T) {
+	ok := []Destination{{Reference: "registry.example.com/team/x:latest", Credential: "hub"}, {Reference: "127.0.0.1:5000/x"}}
+	if err := ValidateDestinations(ok); err != nil {
+		t.Fatal(err)
+	}
+	for _, ds := range [][]Destination{
+		{{Reference: ""}},
+		{{Reference: "UPPER/x"}},
+		{{Reference: "r.example/x", Credential: "Bad Name"}},
+		{{Reference: "r.example/x"}, {Reference: "r.example/x"}},
+	} {
+		if err := ValidateDestinations(ds); err == nil {
+			t.Errorf("ValidateDestinations(%+v) accepted", ds)
+		}
+	}
+}
+
+func TestStatusFollowsRevisions(t *testing.T) {
+	now := time.Now()
+	img := Image{Name: "a", Context: Context{Type: ContextLocal, Dockerfile: "FROM a"}, Version: 1, DefinitionRev: 1}
+	if img.Status() != StatusNotBuilt {
+		t.Fatalf("new image: %s", img.Status())
+	}
+	img.BuiltRev = 1
+	if img.Status() != StatusBuilt {
+		t.Fatalf("built: %s", img.Status())
+	}
+	next := img
+	next.Description = "only the description"
+	img.Edit(next, "bob", now)
+	if img.Status() != StatusBuilt || img.Version != 2 || img.Modified.By != "bob" {
+		t.Fatalf("a description edit changed the status: %s, version %d", img.Status(), img.Version)
+	}
+	next.Context.Dockerfile = "FROM b"
+	img.Edit(next, "bob", now)
+	if img.Status() != StatusModified || img.DefinitionRev != 2 {
+		t.Fatalf("a Dockerfile edit: %s, rev %d", img.Status(), img.DefinitionRev)
+	}
+}
+
+// Fuzz targets: the seeds run in every `go test`; `go test -fuzz` explores.
+
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{"team/pytorch", "a__b", "A", "a//b", "-", "x/" + strings.Repeat("y", 300)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, n string) {
+		if ValidateName(n) == nil && (n != strings.ToLower(n) || strings.Contains(n, "//") || len(n) > MaxNameLength) {
+			t.Fatalf("accepted %q", n)
+		}
+	})
+}
+
+func FuzzValidateDockerfile(f *testing.F) {
+	for _, s := range []string{"FROM a\nRUN b\n", "RUN x", "FROM a\nCOPY --from= a b", "FROM a\nRUN <<EOF\nx\n", "# escape=`\nFROM a\nRUN a`\n b", "\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		err := ValidateDockerfile(src)
+		var inv *InvalidError
+		if err != nil && !errors.As(err, &inv) {
+			t.Fatalf("error of the wrong type: %v", err)
+		}
+		if inv != nil && inv.Line > strings.Count(src, "\n")+1 {
+			t.Fatalf("line %d beyond the end of %q", inv.Line, src)
+		}
+	})
+}
+
+func FuzzValidateContext(f *testing.F) {
+	f.Add("git", "https://github.com/a/b", "main", "docker")
+	f.Add("git", "git@github.com:a/b.git", "", "../x")
+	f.Add("git", "file:///x", "-x", "/abs")
+	f.Add("local", "", "", "")
+	f.Fuzz(func(t *testing.T, typ, url, ref, dir string) {
+		c := Context{Type: typ, Dockerfile: "FROM a\n"}
+		if typ == ContextGit {
+			c = Context{Type: typ, Git: &Git{URL: url, Ref: ref, Dir: dir}}
+		}
+		if ValidateContext(c, Rules{}) == nil && typ == ContextGit {
+			if d, err := CleanDir(dir); err != nil || strings.HasPrefix(d, "..") || strings.HasPrefix(d, "/") {
+				t.Fatalf("accepted dir %q", dir)
+			}
+			if strings.HasPrefix(ref, "-") {
+				t.Fatalf("accepted ref %q", ref)
+			}
+		}
+	})
+}

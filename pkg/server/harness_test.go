@@ -1,0 +1,227 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/uuid"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/internal/apitest"
+	"github.com/slipway-dev/slipway/pkg/server"
+)
+
+// env is a real server on a real SQLite file in a temporary data dir.
+type env struct {
+	t       testing.TB
+	cfg     server.Config
+	srv     *server.Server
+	stop    context.CancelFunc
+	done    chan error
+	c       *apitest.Client
+	tokens  map[string]string
+	baseURL string
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(io.Discard, nil))
+}
+
+// start serves cfg (a fresh data dir when cfg.DataDir is empty).
+func start(t testing.TB, cfg server.Config) *env {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg = server.DefaultConfig()
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.Addr = "127.0.0.1:0"
+	s, err := server.Listen(cfg, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	e := &env{t: t, cfg: cfg, srv: s, stop: stop, done: make(chan error, 1), tokens: map[string]string{}, baseURL: s.URL()}
+	go func() { e.done <- s.Serve(ctx) }()
+	e.c = apitest.NewClient(t, e.baseURL)
+	waitReady(t, e.baseURL)
+	t.Cleanup(e.shutdown)
+	return e
+}
+
+func waitReady(t testing.TB, base string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		res, err := http.Get(base + "/health/readiness")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("server at %s not ready", base)
+}
+
+// shutdown stops the server and waits for it; safe to call twice.
+func (e *env) shutdown() {
+	if e.stop == nil {
+		return
+	}
+	e.stop()
+	if err := <-e.done; err != nil {
+		e.t.Errorf("serve: %v", err)
+	}
+	e.stop = nil
+}
+
+// restart stops the server and starts another on the same data dir.
+func (e *env) restart() *env {
+	e.shutdown()
+	cfg := e.cfg
+	return start(e.t, cfg)
+}
+
+func (e *env) token(subject string) string {
+	if tok, ok := e.tokens[subject]; ok {
+		return tok
+	}
+	tok, err := e.srv.Issuer.Issue(subject, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.tokens[subject] = tok
+	return tok
+}
+
+// call sends a JSON request as subject ("" for no token) and decodes the
+// answer into out when out is not nil.
+func (e *env) call(method, path, subject string, body any, out any, headers ...string) *http.Response {
+	e.t.Helper()
+	tok := ""
+	if subject != "" {
+		tok = e.token(subject)
+	}
+	res, data := e.c.JSON(method, path, tok, body, headers...)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			e.t.Fatalf("%s %s: decoding %q: %v", method, path, data, err)
+		}
+	}
+	return res
+}
+
+// want checks a response's status and, for errors, its code.
+func want(t testing.TB, res *http.Response, status int, code string) {
+	t.Helper()
+	if res.StatusCode != status {
+		t.Fatalf("%s %s: status %d, want %d", res.Request.Method, res.Request.URL.Path, res.StatusCode, status)
+	}
+}
+
+// errorBody is the contract's error shape.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Line    int    `json:"line"`
+		Field   string `json:"field"`
+	} `json:"error"`
+}
+
+// callErr sends a request expected to fail with status and code.
+func (e *env) callErr(method, path, subject string, body any, status int, code string, headers ...string) errorBody {
+	e.t.Helper()
+	var eb errorBody
+	res := e.call(method, path, subject, body, &eb, headers...)
+	if res.StatusCode != status || eb.Error.Code != code {
+		e.t.Fatalf("%s %s as %q: %d %q (%s), want %d %q", method, path, subject, res.StatusCode, eb.Error.Code, eb.Error.Message, status, code)
+	}
+	if eb.Error.Message == "" {
+		e.t.Fatalf("%s %s: error without a message", method, path)
+	}
+	return eb
+}
+
+// announce sends a workspace event as the platform would.
+func (e *env) announce(typ, id, owner string, members ...string) {
+	e.t.Helper()
+	ev := cloudevents.NewEvent()
+	ev.SetID(uuid.NewString())
+	ev.SetSource("/platform")
+	ev.SetType(typ)
+	ev.SetData(cloudevents.ApplicationJSON, events.Workspace{ID: id, Owner: owner, Members: members})
+	if res := e.postEvent(ev, "platform"); res.StatusCode != http.StatusNoContent {
+		e.t.Fatalf("announcing %s: %d", id, res.StatusCode)
+	}
+}
+
+// postEvent posts ev in structured mode as subject.
+func (e *env) postEvent(ev cloudevents.Event, subject string) *http.Response {
+	e.t.Helper()
+	body, err := json.Marshal(ev)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", e.baseURL+"/events", strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+	if subject != "" {
+		req.Header.Set("Authorization", "Bearer "+e.token(subject))
+	}
+	res := e.c.Do(req)
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res
+}
+
+// image is the part of an Image response the tests read.
+type image struct {
+	ID          string `json:"id"`
+	Workspace   string `json:"workspace"`
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	Status      string `json:"status"`
+	Context     struct {
+		Type       string `json:"type"`
+		Dockerfile string `json:"dockerfile"`
+	} `json:"context"`
+	History struct {
+		Created  stamp  `json:"created"`
+		Modified stamp  `json:"modified"`
+		Built    *stamp `json:"built"`
+	} `json:"history"`
+	Reference   *string         `json:"reference"`
+	LatestBuild json.RawMessage `json:"latest_build"`
+}
+
+type stamp struct {
+	By string    `json:"by"`
+	At time.Time `json:"at"`
+}
+
+func localImage(name, dockerfile string) map[string]any {
+	return map[string]any{"name": name, "description": "about " + name,
+		"context": map[string]any{"type": "local", "dockerfile": dockerfile}}
+}
+
+// create makes an image as subject in ws and returns it with its ETag.
+func (e *env) create(ws, subject, name string) (image, string) {
+	e.t.Helper()
+	var img image
+	res := e.call("POST", "/api/v1/workspaces/"+ws+"/images", subject, localImage(name, "FROM busybox\nRUN echo hi\n"), &img)
+	if res.StatusCode != http.StatusCreated {
+		e.t.Fatalf("create %s: %d", name, res.StatusCode)
+	}
+	return img, res.Header.Get("ETag")
+}
+
+func path(format string, args ...any) string { return fmt.Sprintf(format, args...) }

@@ -1,0 +1,514 @@
+// Package storetest is the conformance suite every store.Store backend must
+// pass: the same cases, run against SQLite locally and Firestore's emulator.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
+)
+
+// Opener returns a fresh, empty store for one test.
+type Opener func(t *testing.T) store.Store
+
+// Run runs every conformance case against the stores open returns.
+func Run(t *testing.T, open Opener) {
+	cases := []struct {
+		name string
+		f    func(*testing.T, store.Store)
+	}{
+		{"WorkspaceEventsAreIdempotent", workspaceEvents},
+		{"WorkspaceDeleteCascades", workspaceDelete},
+		{"ImageRoundTrip", imageRoundTrip},
+		{"NamesAreUniqueAcrossWorkspaces", uniqueNames},
+		{"ConcurrentCreatesOfOneName", concurrentCreates},
+		{"UpdateChecksVersion", updateChecksVersion},
+		{"ConcurrentUpdatesOneWins", concurrentUpdates},
+		{"RenameKeepsNamesUnique", renames},
+		{"ListPaginatesAndFilters", listImages},
+		{"BuildsAreNumberedOneActiveAtATime", buildNumbering},
+		{"BuildSuccessRecordsOnImage", buildSuccess},
+		{"BuildListNewestFirst", buildList},
+		{"LogsAppendAndReadFromOffset", logs},
+		{"Credentials", credentials},
+		{"DeleteImageFreesNameAndBuilds", deleteImage},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
+	}
+}
+
+var ctx = context.Background()
+
+var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+func mustWorkspace(t *testing.T, s store.Store, id, owner string, members ...string) {
+	t.Helper()
+	if err := s.ApplyWorkspace(ctx, "test/"+id+fmt.Sprint(time.Now().UnixNano()), store.Workspace{ID: id, Owner: owner, Members: members}, false); err != nil {
+		t.Fatalf("ApplyWorkspace(%s): %v", id, err)
+	}
+}
+
+// NewImage returns a valid image definition for tests.
+func NewImage(id, ws, name string) image.Image {
+	return image.Image{
+		ID: id, Workspace: ws, Name: name, Description: "test image",
+		Context: image.Context{Type: image.ContextLocal, Dockerfile: "FROM busybox\n"},
+		Created: image.Stamp{By: "alice", At: t0}, Modified: image.Stamp{By: "alice", At: t0},
+		Version: 1, DefinitionRev: 1,
+	}
+}
+
+func mustImage(t *testing.T, s store.Store, id, ws, name string) image.Image {
+	t.Helper()
+	img := NewImage(id, ws, name)
+	if err := s.CreateImage(ctx, img); err != nil {
+		t.Fatalf("CreateImage(%s): %v", name, err)
+	}
+	return img
+}
+
+func wantErr(t *testing.T, what string, got, want error) {
+	t.Helper()
+	if !errors.Is(got, want) {
+		t.Fatalf("%s: got error %v, want %v", what, got, want)
+	}
+}
+
+func workspaceEvents(t *testing.T, s store.Store) {
+	ws := store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}
+	if err := s.ApplyWorkspace(ctx, "src/1", ws, false); err != nil {
+		t.Fatal(err)
+	}
+	// Redelivery of the same event changes nothing, even with other data.
+	wantErr(t, "redelivered event", s.ApplyWorkspace(ctx, "src/1", store.Workspace{ID: "ws1", Owner: "mallory"}, false), store.ErrDuplicate)
+	got, err := s.GetWorkspace(ctx, "ws1")
+	if err != nil || got.Owner != "alice" || len(got.Members) != 1 || got.Members[0] != "bob" {
+		t.Fatalf("GetWorkspace = %+v, %v; want alice with member bob", got, err)
+	}
+	if got.RoleOf("alice") != store.RoleOwner || got.RoleOf("bob") != store.RoleMember || got.RoleOf("carol") != store.RoleNone {
+		t.Fatalf("roles wrong for %+v", got)
+	}
+	// An update replaces owner and members.
+	if err := s.ApplyWorkspace(ctx, "src/2", store.Workspace{ID: "ws1", Owner: "bob"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetWorkspace(ctx, "ws1"); got.Owner != "bob" || len(got.Members) != 0 {
+		t.Fatalf("after update: %+v", got)
+	}
+	_, err = s.GetWorkspace(ctx, "nope")
+	wantErr(t, "unknown workspace", err, store.ErrNotFound)
+}
+
+func workspaceDelete(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	if err := s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "hub", Kind: "registry", Registry: "r.example", Secret: "sealed"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ApplyWorkspace(ctx, "src/del", store.Workspace{ID: "ws1"}, true); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GetWorkspace(ctx, "ws1")
+	wantErr(t, "deleted workspace", err, store.ErrNotFound)
+	_, err = s.GetImage(ctx, "img1")
+	wantErr(t, "image of deleted workspace", err, store.ErrNotFound)
+	_, err = s.GetCredential(ctx, "ws1", "hub")
+	wantErr(t, "credential of deleted workspace", err, store.ErrNotFound)
+	// The name is free again.
+	mustWorkspace(t, s, "ws2", "bob")
+	mustImage(t, s, "img2", "ws2", "team/a")
+}
+
+func imageRoundTrip(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := NewImage("img1", "ws1", "team/pytorch")
+	img.Context = image.Context{Type: image.ContextGit, Git: &image.Git{URL: "https://example.com/r.git", Ref: "main", Dir: "docker", Credential: "gh"}}
+	img.Destinations = []image.Destination{{Reference: "registry.example.com/team/pytorch:latest", Credential: "hub"}}
+	if err := s.CreateImage(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetImage(ctx, "img1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Name != img.Name || got.Workspace != "ws1" || got.Version != 1 || *got.Context.Git != *img.Context.Git ||
+		len(got.Destinations) != 1 || got.Destinations[0] != img.Destinations[0] || !got.Created.At.Equal(t0) ||
+		got.Created.By != "alice" || got.Built != nil || got.Status() != image.StatusNotBuilt {
+		t.Fatalf("GetImage = %+v, want %+v", got, img)
+	}
+	_, err = s.GetImage(ctx, "nope")
+	wantErr(t, "unknown image", err, store.ErrNotFound)
+}
+
+func uniqueNames(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustWorkspace(t, s, "ws2", "bob")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	wantErr(t, "same name, other workspace", s.CreateImage(ctx, NewImage("img2", "ws2", "team/a")), store.ErrNameTaken)
+	wantErr(t, "same name, same workspace", s.CreateImage(ctx, NewImage("img3", "ws1", "team/a")), store.ErrNameTaken)
+}
+
+func concurrentCreates(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustWorkspace(t, s, "ws2", "bob")
+	var ok, taken atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ws := []string{"ws1", "ws2"}[i%2]
+			switch err := s.CreateImage(ctx, NewImage(fmt.Sprintf("img%d", i), ws, "race/name")); {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, store.ErrNameTaken):
+				taken.Add(1)
+			default:
+				t.Errorf("create %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 || taken.Load() != 39 {
+		t.Fatalf("40 concurrent creates: %d created, %d name_taken; want 1 and 39", ok.Load(), taken.Load())
+	}
+}
+
+func updateChecksVersion(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	next := img
+	next.Description = "changed"
+	img.Edit(next, "bob", t0.Add(time.Minute))
+	if err := s.UpdateImage(ctx, img, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetImage(ctx, "img1")
+	if got.Version != 2 || got.Description != "changed" || got.Modified.By != "bob" || got.DefinitionRev != 1 {
+		t.Fatalf("after update: %+v", got)
+	}
+	stale := got
+	stale.Version = 3
+	wantErr(t, "stale update", s.UpdateImage(ctx, stale, 1), store.ErrConflict)
+	missing := NewImage("nope", "ws1", "team/z")
+	wantErr(t, "update of missing image", s.UpdateImage(ctx, missing, 1), store.ErrNotFound)
+}
+
+func concurrentUpdates(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	var ok, conflict atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := img
+			next := img
+			next.Description = fmt.Sprintf("edit %d", i)
+			mine.Edit(next, "alice", t0)
+			switch err := s.UpdateImage(ctx, mine, img.Version); {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, store.ErrConflict):
+				conflict.Add(1)
+			default:
+				t.Errorf("update %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 || conflict.Load() != 19 {
+		t.Fatalf("20 concurrent updates with one version: %d won, %d conflicts; want 1 and 19", ok.Load(), conflict.Load())
+	}
+}
+
+func renames(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	a := mustImage(t, s, "img1", "ws1", "team/a")
+	mustImage(t, s, "img2", "ws1", "team/b")
+	next := a
+	next.Name = "team/b"
+	a.Edit(next, "alice", t0)
+	wantErr(t, "rename onto a taken name", s.UpdateImage(ctx, a, 1), store.ErrNameTaken)
+	a, _ = s.GetImage(ctx, "img1")
+	next = a
+	next.Name = "team/c"
+	a.Edit(next, "alice", t0)
+	if err := s.UpdateImage(ctx, a, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetImage(ctx, "img1"); got.Name != "team/c" || got.DefinitionRev != 2 {
+		t.Fatalf("after rename: %+v", got)
+	}
+	// The old name is free.
+	mustImage(t, s, "img3", "ws1", "team/a")
+}
+
+func listImages(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustWorkspace(t, s, "ws2", "alice")
+	for i := range 7 {
+		mustImage(t, s, fmt.Sprintf("img%d", i), "ws1", fmt.Sprintf("team/i%d", i))
+	}
+	mustImage(t, s, "other", "ws2", "team/other")
+	var names []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		imgs, next, err := s.ListImages(ctx, "ws1", store.ImageFilter{}, store.Page{Limit: 3, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, img := range imgs {
+			names = append(names, img.Name)
+		}
+		if next == "" {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		cursor = next
+	}
+	if fmt.Sprint(names) != "[team/i0 team/i1 team/i2 team/i3 team/i4 team/i5 team/i6]" {
+		t.Fatalf("paged names = %v", names)
+	}
+	// Usable: only images with a successful build.
+	b := mustBuild(t, s, "img3", 1)
+	succeed(t, s, b)
+	imgs, _, err := s.ListImages(ctx, "ws1", store.ImageFilter{Usable: true}, store.Page{Limit: 10})
+	if err != nil || len(imgs) != 1 || imgs[0].ID != "img3" || imgs[0].Reference == "" {
+		t.Fatalf("usable images = %+v, %v", imgs, err)
+	}
+	_, _, err = s.ListImages(ctx, "ws1", store.ImageFilter{}, store.Page{Limit: 3, Cursor: "!!not a cursor"})
+	wantErr(t, "bad cursor", err, store.ErrBadCursor)
+}
+
+func mustBuild(t *testing.T, s store.Store, imageID string, rev int64) build.Build {
+	t.Helper()
+	b, err := s.CreateBuild(ctx, build.New(imageID, rev, "alice", build.TriggerManual, t0))
+	if err != nil {
+		t.Fatalf("CreateBuild(%s): %v", imageID, err)
+	}
+	return b
+}
+
+func succeed(t *testing.T, s store.Store, b build.Build) build.Build {
+	t.Helper()
+	b, err := s.UpdateBuild(ctx, b.Image, b.Number, func(b *build.Build) error {
+		if err := b.Start(t0.Add(time.Second)); err != nil {
+			return err
+		}
+		return b.Succeed("sha256:abc", "127.0.0.1:5000/x@sha256:abc", nil, t0.Add(time.Minute))
+	})
+	if err != nil {
+		t.Fatalf("settling build: %v", err)
+	}
+	return b
+}
+
+func buildNumbering(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	b1 := mustBuild(t, s, "img1", 1)
+	if b1.Number != 1 || b1.Status != build.Queued {
+		t.Fatalf("first build = %+v", b1)
+	}
+	_, err := s.CreateBuild(ctx, build.New("img1", 1, "alice", build.TriggerManual, t0))
+	wantErr(t, "second build while one is queued", err, store.ErrBuildActive)
+	// Concurrent requests while none is active: exactly one is queued.
+	if _, err := s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error { return b.Cancel("alice", t0) }); err != nil {
+		t.Fatal(err)
+	}
+	var ok atomic.Int32
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.CreateBuild(ctx, build.New("img1", 1, "alice", build.TriggerManual, t0))
+			if err == nil {
+				ok.Add(1)
+			} else if !errors.Is(err, store.ErrBuildActive) {
+				t.Errorf("concurrent build: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 {
+		t.Fatalf("10 concurrent build requests queued %d builds, want 1", ok.Load())
+	}
+	active, err := s.ListActiveBuilds(ctx)
+	if err != nil || len(active) != 1 || active[0].Number != 2 {
+		t.Fatalf("active builds = %+v, %v; want build 2", active, err)
+	}
+	img, _ := s.GetImage(ctx, "img1")
+	if img.LatestBuild == nil || img.LatestBuild.Number != 2 || img.LatestBuild.Status != build.Queued {
+		t.Fatalf("image's latest build = %+v", img.LatestBuild)
+	}
+	_, err = s.CreateBuild(ctx, build.New("nope", 1, "alice", build.TriggerManual, t0))
+	wantErr(t, "build of a missing image", err, store.ErrNotFound)
+	_, err = s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error { return b.Cancel("alice", t0) })
+	wantErr(t, "cancel a cancelled build", err, build.ErrTransition)
+}
+
+func buildSuccess(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	b := succeed(t, s, mustBuild(t, s, "img1", img.DefinitionRev))
+	got, _ := s.GetImage(ctx, "img1")
+	if got.Status() != image.StatusBuilt || got.Reference != *b.Reference || got.Built == nil ||
+		got.Built.By != "alice" || !got.Built.At.Equal(t0.Add(time.Minute)) || got.Version != img.Version {
+		t.Fatalf("image after success = %+v (built %+v)", got, got.Built)
+	}
+	if got.LatestBuild == nil || got.LatestBuild.Status != build.Succeeded {
+		t.Fatalf("latest build after success = %+v", got.LatestBuild)
+	}
+	// A definition change makes it modified; a failed build keeps it so.
+	next := got
+	next.Context.Dockerfile = "FROM busybox\nRUN true\n"
+	got.Edit(next, "bob", t0.Add(2*time.Minute))
+	if err := s.UpdateImage(ctx, got, img.Version); err != nil {
+		t.Fatal(err)
+	}
+	b2 := mustBuild(t, s, "img1", got.DefinitionRev)
+	if _, err := s.UpdateBuild(ctx, "img1", b2.Number, func(b *build.Build) error {
+		b.Start(t0)
+		return b.Fail(build.ReasonDockerfile, "RUN false: exit 1", t0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetImage(ctx, "img1")
+	if got.Status() != image.StatusModified || got.Reference != *b.Reference {
+		t.Fatalf("after a failed build of a modified image: status %s, reference %s", got.Status(), got.Reference)
+	}
+	// An error from the change aborts it.
+	boom := errors.New("boom")
+	_, err := s.UpdateBuild(ctx, "img1", b2.Number, func(b *build.Build) error { b.Status = build.Running; return boom })
+	wantErr(t, "aborted change", err, boom)
+	if b, _ := s.GetBuild(ctx, "img1", b2.Number); b.Status != build.Failed || b.Failure.Reason != build.ReasonDockerfile {
+		t.Fatalf("aborted change was written: %+v", b)
+	}
+}
+
+func buildList(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	for range 5 {
+		b := mustBuild(t, s, "img1", 1)
+		if _, err := s.UpdateBuild(ctx, "img1", b.Number, func(b *build.Build) error { return b.Cancel("alice", t0) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var numbers []int
+	cursor := ""
+	for {
+		bs, next, err := s.ListBuilds(ctx, "img1", store.Page{Limit: 2, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			numbers = append(numbers, b.Number)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if fmt.Sprint(numbers) != "[5 4 3 2 1]" {
+		t.Fatalf("build numbers = %v, want newest first", numbers)
+	}
+	_, err := s.GetBuild(ctx, "img1", 9)
+	wantErr(t, "unknown build", err, store.ErrNotFound)
+}
+
+func logs(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	b := mustBuild(t, s, "img1", 1)
+	var want bytes.Buffer
+	for i := range 20 {
+		line := []byte(fmt.Sprintf("step %d\n", i))
+		want.Write(line)
+		if err := s.AppendLog(ctx, "img1", b.Number, line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, off := range []int64{0, 1, 7, 50, int64(want.Len()) - 1, int64(want.Len()), int64(want.Len()) + 10} {
+		got, err := s.ReadLog(ctx, "img1", b.Number, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exp := []byte{}
+		if off < int64(want.Len()) {
+			exp = want.Bytes()[off:]
+		}
+		if !bytes.Equal(got, exp) {
+			t.Fatalf("ReadLog(offset %d) = %q, want %q", off, got, exp)
+		}
+	}
+	_, err := s.ReadLog(ctx, "img1", 7, 0)
+	wantErr(t, "log of unknown build", err, store.ErrNotFound)
+}
+
+func credentials(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	c := store.Credential{Workspace: "ws1", Name: "hub", Kind: "registry", Registry: "r.example", Username: "u", Secret: "sealed1"}
+	if err := s.PutCredential(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	c.Secret = "sealed2"
+	if err := s.PutCredential(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "gh", Kind: "git", Username: "u", Secret: "sealed3"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetCredential(ctx, "ws1", "hub")
+	if err != nil || got != c {
+		t.Fatalf("GetCredential = %+v, %v; want %+v", got, err, c)
+	}
+	cs, err := s.ListCredentials(ctx, "ws1")
+	if err != nil || len(cs) != 2 || cs[0].Name != "gh" || cs[1].Name != "hub" {
+		t.Fatalf("ListCredentials = %+v, %v", cs, err)
+	}
+	if err := s.DeleteCredential(ctx, "ws1", "hub"); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, "delete twice", s.DeleteCredential(ctx, "ws1", "hub"), store.ErrNotFound)
+	_, err = s.GetCredential(ctx, "ws1", "hub")
+	wantErr(t, "deleted credential", err, store.ErrNotFound)
+}
+
+func deleteImage(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	b := mustBuild(t, s, "img1", 1)
+	if err := s.AppendLog(ctx, "img1", b.Number, []byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteImage(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, "delete twice", s.DeleteImage(ctx, "img1"), store.ErrNotFound)
+	_, err := s.GetBuild(ctx, "img1", b.Number)
+	wantErr(t, "build of deleted image", err, store.ErrNotFound)
+	if active, _ := s.ListActiveBuilds(ctx); len(active) != 0 {
+		t.Fatalf("builds of a deleted image still active: %+v", active)
+	}
+	// The name is free, and a new image of that name starts at build 1.
+	mustImage(t, s, "img2", "ws1", "team/a")
+	if b := mustBuild(t, s, "img2", 1); b.Number != 1 {
+		t.Fatalf("new image's first build is %d", b.Number)
+	}
+}
