@@ -13,7 +13,7 @@ all: build
 bin/slipway: FORCE
 	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/slipway
 
-build: bin/slipway
+build: bin/slipway bin/executor
 
 run: build
 	./bin/slipway serve

@@ -32,7 +32,7 @@ func (a *api) createBuild(w http.ResponseWriter, r *http.Request) error {
 	if b, err = a.Store.CreateBuild(r.Context(), b); err != nil {
 		return err
 	}
-	view := viewBuild(b, a.Now())
+	view := b.View(a.Now())
 	a.Events.Publish(events.BuildQueued, b.ID(), view)
 	w.Header().Set("Location", "/api/v1/images/"+img.ID+"/builds/"+strconv.Itoa(b.Number))
 	writeJSON(w, http.StatusAccepted, view)
@@ -53,9 +53,9 @@ func (a *api) listBuilds(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	now := a.Now()
-	views := make([]BuildView, len(bs))
+	views := make([]build.View, len(bs))
 	for i, b := range bs {
-		views[i] = viewBuild(b, now)
+		views[i] = b.View(now)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"builds": views, "next_page_token": next})
 	return nil
@@ -80,7 +80,7 @@ func (a *api) getBuild(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewBuild(b, a.Now()))
+	writeJSON(w, http.StatusOK, b.View(a.Now()))
 	return nil
 }
 
@@ -95,7 +95,7 @@ func (a *api) cancelBuild(w http.ResponseWriter, r *http.Request) error {
 	if b, err = a.settleCancel(r, b.Image, b.Number); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, viewBuild(b, a.Now()))
+	writeJSON(w, http.StatusAccepted, b.View(a.Now()))
 	return nil
 }
 
@@ -109,7 +109,7 @@ func (a *api) settleCancel(r *http.Request, imageID string, n int) (build.Build,
 	if err != nil {
 		return b, err
 	}
-	a.Events.Publish(events.BuildCancelled, b.ID(), viewBuild(b, a.Now()))
+	a.Events.Publish(events.BuildCancelled, b.ID(), b.View(a.Now()))
 	return b, nil
 }
 

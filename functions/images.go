@@ -24,7 +24,7 @@ type ImageView struct {
 	History      HistoryView         `json:"history"`
 	Destinations []image.Destination `json:"destinations"`
 	Reference    *string             `json:"reference"`
-	LatestBuild  *BuildView          `json:"latest_build"`
+	LatestBuild  *build.View         `json:"latest_build"`
 }
 
 // HistoryView is who created, modified and built an image, and when.
@@ -32,19 +32,6 @@ type HistoryView struct {
 	Created  image.Stamp  `json:"created"`
 	Modified image.Stamp  `json:"modified"`
 	Built    *image.Stamp `json:"built"`
-}
-
-// BuildView is a build as the API shows it.
-type BuildView struct {
-	build.Build
-	DurationSeconds *float64 `json:"duration_seconds"`
-}
-
-func viewBuild(b build.Build, now time.Time) BuildView {
-	if b.Pushes == nil {
-		b.Pushes = []build.Push{}
-	}
-	return BuildView{Build: b, DurationSeconds: b.Duration(now)}
 }
 
 func viewImage(img image.Image, now time.Time) ImageView {
@@ -60,7 +47,7 @@ func viewImage(img image.Image, now time.Time) ImageView {
 		v.Reference = &img.Reference
 	}
 	if img.LatestBuild != nil {
-		b := viewBuild(*img.LatestBuild, now)
+		b := img.LatestBuild.View(now)
 		v.LatestBuild = &b
 	}
 	return v

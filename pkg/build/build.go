@@ -153,10 +153,35 @@ func (b *Build) Succeed(digest, reference string, pushes []Push, now time.Time) 
 	return nil
 }
 
+// FailPush ends a running build whose image was built and stored in the
+// internal registry but could not be pushed to every destination: the build
+// keeps its digest and per-destination results, and fails with reason push.
+func (b *Build) FailPush(digest, reference string, pushes []Push, message string, now time.Time) error {
+	if b.Status != Running {
+		return fmt.Errorf("%w: fail a %s build", ErrTransition, b.Status)
+	}
+	b.finish(Failed, now)
+	b.Digest, b.Reference = &digest, &reference
+	b.Pushes = pushes
+	b.Failure = &Failure{Reason: ReasonPush, Message: message}
+	return nil
+}
+
 func (b *Build) finish(s Status, now time.Time) {
 	b.Status = s
 	b.FinishedAt = &now
-	if b.StartedAt == nil {
-		b.StartedAt = &now
+}
+
+// View is a build as the API and events show it.
+type View struct {
+	Build
+	DurationSeconds *float64 `json:"duration_seconds"`
+}
+
+// View returns the build's API form at time now.
+func (b Build) View(now time.Time) View {
+	if b.Pushes == nil {
+		b.Pushes = []Push{}
 	}
+	return View{Build: b, DurationSeconds: b.Duration(now)}
 }

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -288,4 +289,31 @@ func Validate(img Image, rules Rules) error {
 		}
 	}
 	return ValidateDestinations(img.Destinations)
+}
+
+// BaseRegistries lists the registry hosts a Dockerfile's FROM instructions
+// pull from (Docker Hub as index.docker.io). Stage references and bases
+// named through build arguments are not resolved and left out.
+func BaseRegistries(dockerfile string) []string {
+	res, err := parser.Parse(strings.NewReader(dockerfile))
+	if err != nil {
+		return nil
+	}
+	stages, _, err := instructions.Parse(res.AST, nil)
+	if err != nil {
+		return nil
+	}
+	var hosts []string
+	named := map[string]bool{}
+	for _, s := range stages {
+		base := s.BaseName
+		named[strings.ToLower(s.Name)] = true
+		if named[strings.ToLower(base)] || base == "scratch" || strings.Contains(base, "$") {
+			continue
+		}
+		if ref, err := name.ParseReference(base); err == nil && !slices.Contains(hosts, ref.Context().RegistryStr()) {
+			hosts = append(hosts, ref.Context().RegistryStr())
+		}
+	}
+	return hosts
 }

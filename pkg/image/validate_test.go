@@ -208,3 +208,10 @@ func FuzzValidateContext(f *testing.F) {
 		}
 	})
 }
+
+func TestBaseRegistries(t *testing.T) {
+	got := BaseRegistries("ARG V=1\nFROM registry.example.com:5000/base:$V AS a\nFROM busybox AS build\nFROM build\nFROM ghcr.io/x/y@sha256:" + strings.Repeat("a", 64) + "\nFROM scratch\nFROM 127.0.0.1:8080/team/b\n")
+	if strings.Join(got, " ") != "index.docker.io ghcr.io 127.0.0.1:8080" {
+		t.Fatalf("BaseRegistries = %v", got)
+	}
+}

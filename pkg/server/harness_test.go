@@ -31,6 +31,13 @@ type env struct {
 	baseURL string
 }
 
+// serverConfig is the default configuration on a fresh data dir.
+func serverConfig(t testing.TB) server.Config {
+	cfg := server.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	return cfg
+}
+
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(io.Discard, nil))
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/slipway-dev/slipway/functions"
 	"github.com/slipway-dev/slipway/pkg/auth"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/secret"
 	"github.com/slipway-dev/slipway/pkg/store"
 	"github.com/slipway-dev/slipway/pkg/store/sqlite"
@@ -92,6 +93,11 @@ func (s *Server) open() error {
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
 		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
 	})
+	reg2, err := registry.New(context.Background(), s.cfg.DataDir, slogWriter{s.log})
+	if err != nil {
+		return err
+	}
+	s.mux.Handle("/v2/", reg2)
 	s.mux.Handle("/api/", api)
 	s.mux.Handle("/events", api)
 	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
@@ -195,3 +201,11 @@ func (c *codeRecorder) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach the underlying writer's Flush.
 func (c *codeRecorder) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// slogWriter forwards a dependency's log lines to the structured log.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Warn("registry", "line", strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,105 @@
+package build
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Classify maps what a runner observed to the failure a user sees: the one
+// place where an executor's exit, a kill by the memory limit, a timeout or a
+// cancellation becomes a contract reason with an actionable message. logTail
+// is the end of the build log, where the executor states its error. It
+// returns nil when the build succeeded.
+func Classify(o Outcome, limits Limits, logTail string) *Failure {
+	switch {
+	case o.Cancelled:
+		return &Failure{Reason: ReasonCancelled, Message: "the build was cancelled"}
+	case o.TimedOut:
+		return &Failure{Reason: ReasonTimeout, Message: fmt.Sprintf("the build ran longer than its time limit of %s and was stopped", limits.Timeout)}
+	case o.OOMKilled:
+		return &Failure{Reason: ReasonOOM, Message: fmt.Sprintf("the build ran out of memory: it needed more than its limit of %d MiB%s", limits.MemoryBytes>>20, failingStep(logTail))}
+	case o.ExitCode == 0 && o.Digest != "":
+		return nil
+	case o.ExitCode == 0:
+		return &Failure{Reason: ReasonInternal, Message: "the executor ended without reporting an image digest"}
+	}
+	errLine := lastError(logTail)
+	lower := strings.ToLower(errLine)
+	switch {
+	case strings.Contains(lower, "error pushing image"), strings.Contains(lower, "checking push permission"):
+		return &Failure{Reason: ReasonPush, Message: "pushing the image failed: " + trimErr(errLine)}
+	case strings.Contains(lower, "failed to execute command"):
+		return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed with %s", orInstruction(lastInstruction(logTail)), exitStatus(errLine))}
+	case strings.Contains(lower, "retrieving image"), strings.Contains(lower, "manifest_unknown"),
+		strings.Contains(lower, "manifest unknown"), strings.Contains(lower, "failed to get filesystem from image"),
+		strings.Contains(lower, "unauthorized"), strings.Contains(lower, "name_unknown"),
+		strings.Contains(lower, "error building image: get "), strings.Contains(lower, "unable to complete operation"):
+		return &Failure{Reason: ReasonBaseImage, Message: "a base image could not be pulled: " + trimErr(errLine)}
+	case strings.Contains(lower, "error building"), strings.Contains(lower, "dockerfile"):
+		return &Failure{Reason: ReasonDockerfile, Message: trimErr(errLine) + failingStep(logTail)}
+	case errLine != "":
+		return &Failure{Reason: ReasonInternal, Message: fmt.Sprintf("the executor failed (exit code %d): %s", o.ExitCode, trimErr(errLine))}
+	}
+	return &Failure{Reason: ReasonInternal, Message: fmt.Sprintf("the executor failed with exit code %d", o.ExitCode)}
+}
+
+// lastError is the executor's last error line (Kaniko prints "error
+// building image: ..." or "error pushing image: ..." before it exits).
+func lastError(log string) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if strings.Contains(strings.ToLower(l), "error") {
+			return l
+		}
+	}
+	return ""
+}
+
+// kanikoStep matches Kaniko's announcement of the instruction it runs, e.g.
+// `INFO[0001] RUN exit 3`.
+var kanikoStep = regexp.MustCompile(`(?m)^(?:INFO|WARN)\[\d+\] ((?:RUN|COPY|ADD|FROM|WORKDIR|USER|ENV|ARG|LABEL|CMD|ENTRYPOINT|EXPOSE|VOLUME|SHELL|STOPSIGNAL|HEALTHCHECK|ONBUILD) .*)$`)
+
+// lastInstruction is the last Dockerfile instruction the executor began.
+func lastInstruction(log string) string {
+	m := kanikoStep.FindAllStringSubmatch(log, -1)
+	if len(m) == 0 {
+		return ""
+	}
+	return strings.TrimSpace(m[len(m)-1][1])
+}
+
+func orInstruction(s string) string {
+	if s == "" {
+		return "a RUN instruction"
+	}
+	return fmt.Sprintf("instruction %q", s)
+}
+
+func failingStep(log string) string {
+	if s := lastInstruction(log); s != "" {
+		return fmt.Sprintf(" (during %q)", s)
+	}
+	return ""
+}
+
+var exitStatusRE = regexp.MustCompile(`exit (?:status|code) (\d+)`)
+
+func exitStatus(line string) string {
+	if m := exitStatusRE.FindStringSubmatch(line); m != nil {
+		return "exit code " + m[1]
+	}
+	return "an error: " + trimErr(line)
+}
+
+// kanikoPrefix matches the level prefix Kaniko puts on log lines.
+var kanikoPrefix = regexp.MustCompile(`^(?:ERRO|FATA|WARN|INFO)\[\d+\]\s*`)
+
+func trimErr(line string) string {
+	line = kanikoPrefix.ReplaceAllString(line, "")
+	if len(line) > 500 {
+		line = line[:500] + "…"
+	}
+	return line
+}

@@ -1,0 +1,78 @@
+package build
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClassify(t *testing.T) {
+	limits := Limits{MemoryBytes: 512 << 20, Timeout: 10 * time.Minute}
+	runLog := "INFO[0000] FROM 127.0.0.1:5000/busybox\nINFO[0001] RUN echo one\nINFO[0001] RUN exit 3\n" +
+		"error building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n"
+	cases := []struct {
+		name    string
+		o       Outcome
+		log     string
+		reason  Reason
+		message string
+	}{
+		{"success", Outcome{Digest: "sha256:abc"}, "", "", ""},
+		{"cancelled", Outcome{Cancelled: true, ExitCode: 137}, runLog, ReasonCancelled, "cancelled"},
+		{"timeout", Outcome{TimedOut: true, ExitCode: 137}, runLog, ReasonTimeout, "10m0s"},
+		{"oom", Outcome{OOMKilled: true, ExitCode: 137}, runLog, ReasonOOM, "512 MiB"},
+		{"failing RUN", Outcome{ExitCode: 1}, runLog, ReasonDockerfile, `instruction "RUN exit 3" failed with exit code 3`},
+		{"base image", Outcome{ExitCode: 1}, "INFO[0000] Retrieving image manifest 127.0.0.1:5000/nope\nerror building image: unable to complete operation after 0 attempts, last error: GET http://127.0.0.1:5000/v2/nope/manifests/latest: MANIFEST_UNKNOWN: manifest unknown\n", ReasonBaseImage, "MANIFEST_UNKNOWN"},
+		{"push", Outcome{ExitCode: 1}, "error pushing image: failed to push to destination r.example/x:latest: UNAUTHORIZED\n", ReasonPush, "r.example/x"},
+		{"push permission", Outcome{ExitCode: 1}, "error checking push permissions -- make sure you entered the correct tag name: checking push permission for \"r/x\": UNAUTHORIZED\n", ReasonPush, "push permission"},
+		{"missing COPY source", Outcome{ExitCode: 1}, "INFO[0000] COPY nope /x\nerror building image: error building stage: failed to get files used from context: lstat /workspace/nope: no such file or directory\n", ReasonDockerfile, `during "COPY nope /x"`},
+		{"no digest", Outcome{}, "", ReasonInternal, "digest"},
+		{"silent crash", Outcome{ExitCode: 2}, "", ReasonInternal, "exit code 2"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := Classify(c.o, limits, c.log)
+			if c.reason == "" {
+				if f != nil {
+					t.Fatalf("got %+v, want success", f)
+				}
+				return
+			}
+			if f == nil || f.Reason != c.reason || !strings.Contains(f.Message, c.message) {
+				t.Fatalf("got %+v, want %s containing %q", f, c.reason, c.message)
+			}
+		})
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	now := time.Now()
+	b := New("img", 1, "alice", TriggerManual, now)
+	if err := b.Succeed("d", "r", nil, now); err == nil {
+		t.Fatal("a queued build succeeded")
+	}
+	if err := b.Start(now); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(now); err == nil {
+		t.Fatal("started twice")
+	}
+	if err := b.Succeed("sha256:x", "r@sha256:x", []Push{{Reference: "r", Status: "pushed"}}, now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d := b.Duration(now); d == nil || *d != 1 {
+		t.Fatalf("duration %v", d)
+	}
+	for name, f := range map[string]func() error{
+		"cancel": func() error { return b.Cancel("alice", now) },
+		"fail":   func() error { return b.Fail(ReasonInternal, "x", now) },
+	} {
+		if err := f(); err == nil {
+			t.Errorf("%s of a finished build allowed", name)
+		}
+	}
+	q := New("img", 1, "alice", TriggerManual, now)
+	if err := q.Cancel("bob", now); err != nil || q.Status != Cancelled || q.Failure.Reason != ReasonCancelled || q.StartedAt != nil || q.Duration(now) != nil {
+		t.Fatalf("cancel of a queued build: %+v, %v", q, err)
+	}
+}

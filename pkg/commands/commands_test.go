@@ -1,0 +1,95 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slipway-dev/slipway/pkg/server"
+)
+
+func run(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := Main(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageOnBadArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"token"},
+		{"token", "a", "b"},
+		{"token", "alice", "--ttl", "-1h"},
+		{"token", "alice", "--nope"},
+		{"workspace", "ws1"},
+		{"workspace", "--owner", "alice"},
+		{"serve", "extra"},
+		{"serve", "--addr"},
+		{"serve", "--log-level", "loud"},
+	} {
+		code, _, stderr := run(args...)
+		if code != 2 || !strings.Contains(stderr, "usage:") {
+			t.Errorf("slipway %q: exit %d, stderr %q; want 2 and usage", args, code, stderr)
+		}
+	}
+	if code, out, _ := run("help"); code != 0 || !strings.Contains(out, "slipway serve") {
+		t.Errorf("help: %d %q", code, out)
+	}
+}
+
+func TestTokenAndWorkspaceAgainstAServer(t *testing.T) {
+	data := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.DataDir, cfg.Addr = data, "127.0.0.1:0"
+	s, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Serve(ctx) }()
+	defer func() { stop(); <-done }()
+
+	// Flags may follow the positional argument.
+	code, tok, stderr := run("token", "alice", "--data", data)
+	if code != 0 || strings.Count(tok, ".") != 2 {
+		t.Fatalf("token: %d %q %q", code, tok, stderr)
+	}
+	code, out, stderr := run("workspace", "ws1", "--owner", "alice", "--member", "bob", "--member", "carol", "--server", s.URL(), "--data", data)
+	if code != 0 || !strings.Contains(out, "ws1") {
+		t.Fatalf("workspace: %d %q %q", code, out, stderr)
+	}
+	req, _ := http.NewRequest("GET", s.URL()+"/api/v1/workspaces/ws1/images", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(tok))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("alice lists ws1: %v %v", res, err)
+	}
+	// A member token works too; an outsider's does not.
+	_, bobTok, _ := run("token", "bob", "--data", data)
+	_, daveTok, _ := run("token", "dave", "--data", data)
+	for tok, want := range map[string]int{bobTok: 200, daveTok: 404} {
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(tok))
+		res, _ := http.DefaultClient.Do(req)
+		if res.StatusCode != want {
+			t.Errorf("list as another user: %d, want %d", res.StatusCode, want)
+		}
+	}
+	// Announcing with a key the server does not know fails with the status.
+	code, _, stderr = run("workspace", "ws2", "--owner", "x", "--server", s.URL(), "--data", t.TempDir())
+	if code != 1 || !strings.Contains(stderr, "401") {
+		t.Fatalf("workspace with a foreign key: %d %q", code, stderr)
+	}
+	// An unreachable server is an error, not a hang.
+	start := time.Now()
+	code, _, _ = run("workspace", "ws3", "--owner", "x", "--server", "http://127.0.0.1:1", "--data", data)
+	if code != 1 || time.Since(start) > 35*time.Second {
+		t.Fatalf("unreachable server: exit %d after %v", code, time.Since(start))
+	}
+}
