@@ -162,6 +162,7 @@ func New(d Deps) http.Handler {
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticate(h)) }
 	mux.HandleFunc("GET /api/v1/info", a.info)
 	mux.HandleFunc("GET /api/v1/openapi.yaml", serveOpenAPI)
+	route("GET /api/v1/workspaces/{ws}", a.getWorkspace)
 	route("GET /api/v1/workspaces/{ws}/images", a.listImages)
 	route("POST /api/v1/workspaces/{ws}/images", a.createImage)
 	route("GET /api/v1/images/{id}", a.getImage)
@@ -207,6 +208,21 @@ type statusRecorder struct {
 func (s *statusRecorder) Header() http.Header         { return s.header }
 func (s *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
 func (s *statusRecorder) WriteHeader(code int)        { s.status = code }
+
+// getWorkspace shows a workspace to its owner and members, with the caller's
+// role, so that a client can tell beforehand what the caller may do.
+func (a *api) getWorkspace(w http.ResponseWriter, r *http.Request) error {
+	ws, role, err := a.workspaceRole(r.Context(), r.PathValue("ws"))
+	if err != nil {
+		return err
+	}
+	members := ws.Members
+	if members == nil {
+		members = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": ws.ID, "owner": ws.Owner, "members": members, "role": map[store.Role]string{store.RoleOwner: "owner", store.RoleMember: "member"}[role]})
+	return nil
+}
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"registry": a.Registry, "version": a.Version})

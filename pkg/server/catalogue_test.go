@@ -42,6 +42,7 @@ func TestRightsMatrix(t *testing.T) {
 		return i.ID
 	}
 	rows := []row{
+		{"GET", "/api/v1/workspaces/ws1", nil, nil, 404, 200, 200},
 		{"GET", "/api/v1/workspaces/ws1/images", nil, nil, 404, 200, 200},
 		{"POST", "/api/v1/workspaces/ws1/images", "MEMBER", nil, 404, 201, 201},
 		{"GET", "/api/v1/images/" + img.ID, nil, nil, 404, 200, 200},
@@ -439,4 +440,22 @@ func TestHealthAndMetrics(t *testing.T) {
 	if info.Registry != strings.TrimPrefix(e.baseURL, "http://") || info.Version == "" {
 		t.Fatalf("info: %+v", info)
 	}
+}
+
+func TestGetWorkspace(t *testing.T) {
+	e := setup(t)
+	var ws struct {
+		ID, Owner, Role string
+		Members         []string
+	}
+	e.call("GET", "/api/v1/workspaces/ws1", "bob", nil, &ws)
+	if ws.ID != "ws1" || ws.Owner != "alice" || ws.Role != "member" || len(ws.Members) != 1 {
+		t.Fatalf("as member: %+v", ws)
+	}
+	e.call("GET", "/api/v1/workspaces/ws2", "carol", nil, &ws)
+	if ws.Role != "owner" || ws.Members == nil {
+		t.Fatalf("as owner: %+v", ws)
+	}
+	e.callErr("GET", "/api/v1/workspaces/ws1", "carol", nil, 404, "not_found")
+	e.callErr("GET", "/api/v1/workspaces/nope", "alice", nil, 404, "not_found")
 }
