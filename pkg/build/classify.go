@@ -57,9 +57,10 @@ func lastError(log string) string {
 	return ""
 }
 
-// kanikoStep matches Kaniko's announcement of the instruction it runs, e.g.
-// `INFO[0001] RUN exit 3`.
-var kanikoStep = regexp.MustCompile(`(?m)^(?:INFO|WARN)\[\d+\] ((?:RUN|COPY|ADD|FROM|WORKDIR|USER|ENV|ARG|LABEL|CMD|ENTRYPOINT|EXPOSE|VOLUME|SHELL|STOPSIGNAL|HEALTHCHECK|ONBUILD) .*)$`)
+// kanikoStep matches Kaniko's announcement of the instruction it runs, in
+// its text format (`level=info msg="RUN exit 3"`) or its colour format
+// (`INFO[0001] RUN exit 3`).
+var kanikoStep = regexp.MustCompile(`(?m)(?:^(?:INFO|WARN)\[\d+\] |level=\w+ msg=")((?:RUN|COPY|ADD|WORKDIR|USER|ENV|LABEL|CMD|ENTRYPOINT|EXPOSE|VOLUME|SHELL|STOPSIGNAL|HEALTHCHECK|ONBUILD) .*)$`)
 
 // lastInstruction is the last Dockerfile instruction the executor began.
 func lastInstruction(log string) string {
@@ -67,7 +68,11 @@ func lastInstruction(log string) string {
 	if len(m) == 0 {
 		return ""
 	}
-	return strings.TrimSpace(m[len(m)-1][1])
+	s := strings.TrimSpace(m[len(m)-1][1])
+	if strings.Contains(m[len(m)-1][0], `msg="`) {
+		s = strings.ReplaceAll(strings.TrimSuffix(s, `"`), `\"`, `"`)
+	}
+	return s
 }
 
 func orInstruction(s string) string {

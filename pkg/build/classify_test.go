@@ -26,6 +26,7 @@ func TestClassify(t *testing.T) {
 		{"push", Outcome{ExitCode: 1}, "error pushing image: failed to push to destination r.example/x:latest: UNAUTHORIZED\n", ReasonPush, "r.example/x"},
 		{"push permission", Outcome{ExitCode: 1}, "error checking push permissions -- make sure you entered the correct tag name: checking push permission for \"r/x\": UNAUTHORIZED\n", ReasonPush, "push permission"},
 		{"missing COPY source", Outcome{ExitCode: 1}, "INFO[0000] COPY nope /x\nerror building image: error building stage: failed to get files used from context: lstat /workspace/nope: no such file or directory\n", ReasonDockerfile, `during "COPY nope /x"`},
+		{"failing RUN, text format", Outcome{ExitCode: 3}, "time=\"t\" level=info msg=\"RUN echo \\\"a\\\" && exit 3\"\ntime=\"t\" level=info msg=\"Running: [/bin/sh -c exit 3]\"\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n", ReasonDockerfile, `instruction "RUN echo \"a\" && exit 3" failed with exit code 3`},
 		{"no digest", Outcome{}, "", ReasonInternal, "digest"},
 		{"silent crash", Outcome{ExitCode: 2}, "", ReasonInternal, "exit code 2"},
 	}

@@ -49,6 +49,10 @@ type Rules struct {
 	AllowFileURLs bool
 }
 
+// ReservedPrefix is the first path segment Slipway keeps for itself in the
+// internal registry (Kaniko's layer cache lives under it).
+const ReservedPrefix = "slipway-cache"
+
 // pathComponent is the OCI distribution spec's grammar of one repository path
 // component; go-containerregistry checks the character set, not the separators.
 var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
@@ -67,6 +71,9 @@ func ValidateName(n string) error {
 	repo, err := name.NewRepository("registry.invalid/"+n, name.StrictValidation)
 	if err != nil || repo.RepositoryStr() != n {
 		return invalid("name", "%q is not a valid repository path: use lower-case letters and digits separated by '.', '_', '-' and '/'", n)
+	}
+	if first, _, _ := strings.Cut(n, "/"); first == ReservedPrefix {
+		return invalid("name", "%q is reserved for Slipway's own use", ReservedPrefix)
 	}
 	for _, c := range strings.Split(n, "/") {
 		if !pathComponent.MatchString(c) {

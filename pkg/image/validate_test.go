@@ -9,7 +9,7 @@ import (
 
 func TestValidateName(t *testing.T) {
 	good := []string{"a", "team/pytorch", "team/py-torch_2.1", "a/b/c/d", "a__b", "a---b", "example.com/x", "x0"}
-	bad := []string{"", "Team/x", "team//x", "/team", "team/", "-a", "a-", "a..b", "a_._b", "a b", "a:b", "a@b",
+	bad := []string{"", "slipway-cache/x", "Team/x", "team//x", "/team", "team/", "-a", "a-", "a..b", "a_._b", "a b", "a:b", "a@b",
 		"team/ünicode", strings.Repeat("a", MaxNameLength+1), "a___b", ".a"}
 	for _, n := range good {
 		if err := ValidateName(n); err != nil {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +31,25 @@ type env struct {
 	c       *apitest.Client
 	tokens  map[string]string
 	baseURL string
+	logs    *lockedBuffer // the server's structured log
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // serverConfig is the default configuration on a fresh data dir.
@@ -36,10 +57,6 @@ func serverConfig(t testing.TB) server.Config {
 	cfg := server.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	return cfg
-}
-
-func quietLogger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(io.Discard, nil))
 }
 
 // start serves cfg (a fresh data dir when cfg.DataDir is empty).
@@ -50,12 +67,13 @@ func start(t testing.TB, cfg server.Config) *env {
 		cfg.DataDir = t.TempDir()
 	}
 	cfg.Addr = "127.0.0.1:0"
-	s, err := server.Listen(cfg, quietLogger())
+	logs := &lockedBuffer{}
+	s, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	e := &env{t: t, cfg: cfg, srv: s, stop: stop, done: make(chan error, 1), tokens: map[string]string{}, baseURL: s.URL()}
+	e := &env{t: t, cfg: cfg, srv: s, stop: stop, done: make(chan error, 1), tokens: map[string]string{}, baseURL: s.URL(), logs: logs}
 	go func() { e.done <- s.Serve(ctx) }()
 	e.c = apitest.NewClient(t, e.baseURL)
 	waitReady(t, e.baseURL)

@@ -21,8 +21,12 @@ import (
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/functions"
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/dispatch"
+	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
+	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/secret"
 	"github.com/slipway-dev/slipway/pkg/store"
 	"github.com/slipway-dev/slipway/pkg/store/sqlite"
@@ -38,6 +42,7 @@ type Server struct {
 	Store  store.Store
 	Issuer *auth.Issuer
 	Events *events.Publisher
+	builds *dispatch.Dispatcher
 	ready  atomic.Bool
 	mux    *http.ServeMux
 	http   *http.Server
@@ -86,6 +91,9 @@ func (s *Server) open() error {
 	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
 		return err
 	}
+	if s.builds, err = s.newDispatcher(box); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	api := functions.New(functions.Deps{
@@ -117,6 +125,41 @@ func (s *Server) open() error {
 	return nil
 }
 
+// newDispatcher sets up local builds: Kaniko in runc. When runc or the
+// executor is missing the server still serves, and builds fail saying why.
+func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
+	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit}
+	if s.cfg.GitCAFile != "" {
+		ca, err := os.ReadFile(s.cfg.GitCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("git CA file: %w", err)
+		}
+		fetcher.CABundle = ca
+	}
+	runcDir := filepath.Join(s.cfg.DataDir, "runc")
+	runner, err := runc.New(runc.Options{
+		Executor: s.cfg.executor(),
+		StateDir: filepath.Join(runcDir, "bundles"),
+		Root:     filepath.Join(runcDir, "state"),
+	})
+	var r build.Runner = runner
+	var runnerError string
+	if err != nil {
+		r, runnerError = nil, "builds cannot run on this server: "+err.Error()
+		s.log.Warn("builds disabled", "error", err)
+	}
+	d := dispatch.New(dispatch.Options{
+		Store: s.Store, Runner: r, Events: s.Events, Secrets: box,
+		Git:      fetcher,
+		Registry: s.RegistryHost(), Slots: s.cfg.BuildSlots,
+		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
+		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"),
+		Log: s.log, RunnerError: runnerError,
+	})
+	d.Subscribe(s.Events)
+	return d, nil
+}
+
 // RegistryHost is the internal registry's HOST:PORT: this server's address,
 // with a wildcard host replaced by the loopback address.
 func (s *Server) RegistryHost() string {
@@ -135,6 +178,11 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
+		s.http.Close()
+		s.closeParts()
+		return err
+	}
 	s.ready.Store(true)
 	s.log.Info("serving", "addr", s.ln.Addr().String(), "data", s.cfg.DataDir, "version", s.cfg.Version)
 	var err error
@@ -154,6 +202,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.builds != nil {
+		s.builds.Close()
+	}
 	if s.Events != nil {
 		s.Events.Close(s.cfg.ShutdownTimeout)
 	}
