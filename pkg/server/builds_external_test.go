@@ -1,0 +1,172 @@
+package server_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the access controller
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
+	"github.com/slipway-dev/slipway/pkg/server"
+)
+
+// privateRegistry is a second, real Distribution registry on loopback that
+// requires HTTP basic auth (htpasswd), like an external registry.
+func privateRegistry(t *testing.T, user, password string) string {
+	t.Helper()
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem":  configuration.Parameters{"rootdirectory": filepath.Join(dir, "data")},
+			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
+		},
+		Auth: configuration.Auth{"htpasswd": configuration.Parameters{"realm": "test", "path": htpasswd}},
+	}
+	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func TestPushToExternalDestinations(t *testing.T) {
+	const user, password = "pusher", "s3cret-registry-password"
+	ext := privateRegistry(t, user, password)
+	e := buildEnv(t, nil)
+	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/ext", "alice",
+		map[string]any{"kind": "registry", "registry": ext, "username": user, "password": password}, nil), 204, "")
+	df := "FROM " + e.base() + "\nRUN echo shipped > /shipped\n"
+	withCred := e.newImage(map[string]any{"name": "team/shipped", "context": map[string]any{"type": "local", "dockerfile": df},
+		"destinations": []map[string]any{{"reference": ext + "/team/shipped:v1", "credential": "ext"}}})
+	b := e.waitFor(withCred.ID, e.startBuild(withCred.ID), 2*time.Minute, ended)
+	if b.Status != "succeeded" || len(b.Pushes) != 2 || b.Pushes[1].Reference != ext+"/team/shipped:v1" || b.Pushes[1].Status != "pushed" {
+		t.Fatalf("build with an authenticated destination: %+v\n%s", b, e.buildLog(withCred.ID, 1))
+	}
+	// The external registry has it, under the same digest, for the right user only.
+	ref, _ := name.ParseReference(ext + "/team/shipped:v1")
+	if _, err := remote.Image(ref); err == nil {
+		t.Fatal("the external registry served the image without credentials")
+	}
+	img, err := remote.Image(ref, remote.WithAuth(&authn.Basic{Username: user, Password: password}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := img.Digest(); d.String() != *b.Digest {
+		t.Fatalf("external digest %s, built %s", d, *b.Digest)
+	}
+	// Without a credential the destination refuses: reported per destination.
+	noCred := e.newImage(map[string]any{"name": "team/refused", "context": map[string]any{"type": "local", "dockerfile": df},
+		"destinations": []map[string]any{{"reference": ext + "/team/refused:v1"}}})
+	b = e.waitFor(noCred.ID, e.startBuild(noCred.ID), 2*time.Minute, ended)
+	if b.Status != "failed" || b.Failure.Reason != "push" || len(b.Pushes) != 2 || b.Pushes[0].Status != "pushed" ||
+		b.Pushes[1].Status != "failed" || b.Pushes[1].Error == nil || !strings.Contains(strings.ToUpper(*b.Pushes[1].Error), "UNAUTHORIZED") ||
+		!strings.Contains(b.Failure.Message, ext+"/team/refused:v1") || b.Digest == nil {
+		t.Fatalf("build with a refusing destination: %+v %+v", b, b.Failure)
+	}
+	var got image
+	e.call("GET", "/api/v1/images/"+noCred.ID, "alice", nil, &got)
+	if got.Status != "not_built" || got.Reference != nil {
+		t.Fatalf("a build whose push failed changed the image: %+v", got)
+	}
+	// A credential named but missing.
+	ghost := e.newImage(map[string]any{"name": "team/ghost", "context": map[string]any{"type": "local", "dockerfile": df},
+		"destinations": []map[string]any{{"reference": ext + "/team/ghost:v1", "credential": "nope"}}})
+	b = e.waitFor(ghost.ID, e.startBuild(ghost.ID), 2*time.Minute, ended)
+	if b.Status != "failed" || b.Pushes[1].Error == nil || !strings.Contains(*b.Pushes[1].Error, `"nope" does not exist`) {
+		t.Fatalf("build with a missing credential: %+v", b)
+	}
+	assertNoSecret(t, e, password, withCred.ID, noCred.ID, ghost.ID)
+}
+
+// assertNoSecret checks that secret appears in no API response about the
+// images and credentials, no build log and not the server's log.
+func assertNoSecret(t *testing.T, e *env, secret string, ids ...string) {
+	t.Helper()
+	paths := []string{"/api/v1/workspaces/ws1/credentials", "/api/v1/workspaces/ws1/images", "/api/v1/workspaces/ws1"}
+	for _, id := range ids {
+		paths = append(paths, "/api/v1/images/"+id, "/api/v1/images/"+id+"/builds", "/api/v1/images/"+id+"/builds/1", "/api/v1/images/"+id+"/builds/1/log")
+	}
+	for _, p := range paths {
+		for _, who := range []string{"alice", "bob"} {
+			if _, body := e.c.JSON("GET", p, e.token(who), nil); strings.Contains(string(body), secret) {
+				t.Errorf("GET %s as %s shows the secret", p, who)
+			}
+		}
+	}
+	if strings.Contains(e.logs.String(), secret) {
+		t.Error("the server's log shows the secret")
+	}
+	// And the database holds it only sealed.
+	db, err := os.ReadFile(filepath.Join(e.cfg.DataDir, server.DatabaseFile))
+	if err == nil && strings.Contains(string(db), secret) {
+		t.Error("the database holds the secret in clear")
+	}
+}
+
+func TestGitContexts(t *testing.T) {
+	root := t.TempDir()
+	fixture := gittest.NewFixture(t, filepath.Join(root, "public.git"))
+	// The private repository: same content, served over https with a token.
+	gittest.NewFixture(t, filepath.Join(root, "private.git"))
+	gitURL := gittest.ServeGit(t, root)
+	const token = "ghp_secret-git-token-0123456789"
+	httpsURL, caPEM := gittest.ServeHTTPS(t, root, "builder", token)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, caPEM, 0o600)
+
+	e := buildEnv(t, func(c *server.Config) { c.GitCAFile = caFile })
+	gitImage := func(name, url, ref, dir, cred string) image {
+		return e.newImage(map[string]any{"name": name, "context": map[string]any{"type": "git",
+			"git": map[string]any{"url": url, "ref": ref, "dir": dir, "credential": cred}}})
+	}
+	// Public, over git://, a tag and a directory.
+	pub := gitImage("team/from-git", strings.TrimSuffix(gitURL, "/")+"/public.git", "v1.0", "docker", "")
+	b := e.waitFor(pub.ID, e.startBuild(pub.ID), 2*time.Minute, ended)
+	if b.Status != "succeeded" || b.Commit == nil || *b.Commit != fixture.Second {
+		t.Fatalf("git build: %+v (want commit %s)\n%s", b, fixture.Second, e.buildLog(pub.ID, 1))
+	}
+	if got := files(t, pull(t, *b.Reference))["/app.txt"]; got != "second\n" {
+		t.Fatalf("built from the wrong commit or directory: app.txt = %q", got)
+	}
+	// Private, over https: refused without the credential, built with it.
+	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/git-token", "alice",
+		map[string]any{"kind": "git", "username": "builder", "token": token}, nil), 204, "")
+	privURL := strings.TrimSuffix(httpsURL, "/") + "/private.git"
+	anon := gitImage("team/private-anon", privURL, "dev", "docker", "")
+	b = e.waitFor(anon.ID, e.startBuild(anon.ID), 2*time.Minute, ended)
+	if b.Status != "failed" || b.Failure.Reason != "git" || !strings.Contains(b.Failure.Message, "authentication required") {
+		t.Fatalf("private repository without a credential: %+v", b.Failure)
+	}
+	priv := gitImage("team/private", privURL, "", "docker", "git-token")
+	b = e.waitFor(priv.ID, e.startBuild(priv.ID), 2*time.Minute, ended)
+	if b.Status != "succeeded" || b.Commit == nil || len(*b.Commit) != 40 {
+		t.Fatalf("private repository with its credential: %+v\n%s", b, e.buildLog(priv.ID, 1))
+	}
+	if got := files(t, pull(t, *b.Reference))["/app.txt"]; got != "third\n" {
+		t.Fatalf("default branch build: app.txt = %q", got)
+	}
+	// A directory that is not there.
+	missing := gitImage("team/no-dir", strings.TrimSuffix(gitURL, "/")+"/public.git", "", "nope", "")
+	b = e.waitFor(missing.ID, e.startBuild(missing.ID), 2*time.Minute, ended)
+	if b.Status != "failed" || b.Failure.Reason != "git" || !strings.Contains(b.Failure.Message, `"nope"`) {
+		t.Fatalf("missing directory: %+v", b.Failure)
+	}
+	assertNoSecret(t, e, token, pub.ID, anon.ID, priv.ID, missing.ID)
+}
