@@ -10,13 +10,16 @@ all: build
 
 -include mk/*.mk
 
+# deps installs what builds and tests need on a fresh machine (as root).
+deps: deps-build
+
 bin/slipway: FORCE
 	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/slipway
 
 build: bin/slipway bin/executor
 
 run: build
-	./bin/slipway serve
+	./bin/slipway serve --demo
 
 vet:
 	$(GO) vet ./...

@@ -27,9 +27,9 @@ have = case $(1) in \
 	*) dpkg-query -W -f='$${Status}' $(1) 2>/dev/null | grep -q '^install ok installed$$' ;; \
 	esac
 
-# deps: install the missing DEPS_PACKAGES with apt-get (as root).
-.PHONY: deps
-deps:
+# deps-build: install the missing DEPS_PACKAGES with apt-get (as root).
+.PHONY: deps-build
+deps-build:
 	@missing=""; \
 	for p in $(DEPS_PACKAGES); do \
 		$(call have,$$p) || missing="$$missing $$p"; \

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -458,4 +459,27 @@ func TestGetWorkspace(t *testing.T) {
 	}
 	e.callErr("GET", "/api/v1/workspaces/ws1", "carol", nil, 404, "not_found")
 	e.callErr("GET", "/api/v1/workspaces/nope", "alice", nil, 404, "not_found")
+}
+
+func TestDemoLink(t *testing.T) {
+	var out lockedBuffer
+	cfg := serverConfig(t)
+	cfg.Demo, cfg.Stdout = true, &out
+	e := start(t, cfg)
+	link := out.String()
+	i := strings.Index(link, "#token=")
+	if i < 0 || !strings.Contains(link, e.baseURL+"/#token=") || !strings.Contains(link, "&workspace=demo") {
+		t.Fatalf("demo output: %q", link)
+	}
+	tok := strings.TrimSpace(link[i+len("#token=") : strings.Index(link, "&workspace=")])
+	var ws struct{ Role string }
+	res, body := e.c.JSON("GET", "/api/v1/workspaces/demo", tok, nil)
+	if res.StatusCode != 200 || json.Unmarshal(body, &ws) != nil || ws.Role != "owner" {
+		t.Fatalf("the demo token does not own the demo workspace: %d %s", res.StatusCode, body)
+	}
+	// A restart keeps the workspace and prints a fresh link.
+	e.restart()
+	if strings.Count(out.String(), "#token=") != 2 {
+		t.Fatalf("no link after a restart: %q", out.String())
+	}
 }

@@ -5,6 +5,7 @@ package server
 
 import (
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,8 @@ type Config struct {
 	ShutdownTimeout time.Duration // grace period on SIGTERM
 	LogLevel        string        // debug, info, warn or error
 	Version         string        // reported by /api/v1/info
+	Demo            bool          // ensure a demo workspace and print a signed-in link to the page
+	Stdout          io.Writer     // where the demo link is printed
 
 	Executor          string        // the Kaniko executor; default: beside the slipway binary, or bin/executor
 	BuildSlots        int           // builds that run at once; the rest wait in FIFO order
@@ -47,6 +50,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        "info",
 		Version:         Version,
+		Stdout:          os.Stdout,
 
 		BuildSlots:        2,
 		BuildTimeout:      30 * time.Minute,
@@ -78,6 +82,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.EventPublishers = strings.Split(s, ",")
 		return nil
 	})
+	fs.BoolVar(&c.Demo, "demo", c.Demo, "create a demo workspace owned by user \"demo\" and print a signed-in link to the web page")
 	fs.BoolVar(&c.AllowFileGit, "allow-file-git", c.AllowFileGit, "allow file:// Git URLs in build contexts (local development only)")
 	fs.StringVar(&c.GitCAFile, "git-ca-file", c.GitCAFile, "extra PEM root certificates for Git over https")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", c.MaxBodyBytes, "request body cap in `BYTES`")

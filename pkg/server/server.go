@@ -125,6 +125,24 @@ func (s *Server) open() error {
 	return nil
 }
 
+// Demo names the demo workspace and its owner.
+const Demo = "demo"
+
+// demo ensures the demo workspace (owner "demo") and prints a link that
+// opens the web page signed in as its owner.
+func (s *Server) demo() error {
+	ws := store.Workspace{ID: Demo, Owner: Demo, Members: []string{}}
+	if err := s.Store.ApplyWorkspace(context.Background(), "slipway-demo/"+Demo, ws, false); err != nil && !errors.Is(err, store.ErrDuplicate) {
+		return err
+	}
+	tok, err := s.Issuer.Issue(Demo, 7*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(s.cfg.Stdout, "\nSlipway is ready. Open this link to use it as the demo user:\n\n  %s/#token=%s&workspace=%s\n\n", s.URL(), tok, Demo)
+	return nil
+}
+
 // newDispatcher sets up local builds: Kaniko in runc. When runc or the
 // executor is missing the server still serves, and builds fail saying why.
 func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
@@ -182,6 +200,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.http.Close()
 		s.closeParts()
 		return err
+	}
+	if s.cfg.Demo {
+		if err := s.demo(); err != nil {
+			s.log.Error("demo workspace", "error", err)
+		}
 	}
 	s.ready.Store(true)
 	s.log.Info("serving", "addr", s.ln.Addr().String(), "data", s.cfg.DataDir, "version", s.cfg.Version)
