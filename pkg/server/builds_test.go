@@ -60,11 +60,16 @@ func buildEnv(t *testing.T, configure func(*server.Config)) *env {
 		configure(&cfg)
 	}
 	e := start(t, cfg)
-	if _, err := registrytest.PushBusybox(context.Background(), e.base()); err != nil {
+	if _, err := pushBusybox(e); err != nil {
 		t.Fatal(err)
 	}
 	e.announce(events.WorkspaceCreated, "ws1", "alice", "bob")
 	return e
+}
+
+// pushBusybox puts the test base image into e's registry.
+func pushBusybox(e *env) (v1.Hash, error) {
+	return registrytest.PushBusybox(context.Background(), e.base())
 }
 
 // base is the test base image's reference.

@@ -30,6 +30,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/secret"
 	"github.com/slipway-dev/slipway/pkg/store"
 	"github.com/slipway-dev/slipway/pkg/store/sqlite"
+	"github.com/slipway-dev/slipway/pkg/web"
 )
 
 // DatabaseFile is the SQLite file's name in the data dir.
@@ -117,6 +118,7 @@ func (s *Server) open() error {
 		w.Write([]byte("ok\n"))
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.mux.Handle("/", web.Handler())
 	s.http = &http.Server{
 		Handler:           instrument(s.mux, reg),
 		ReadHeaderTimeout: 10 * time.Second,
