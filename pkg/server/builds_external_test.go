@@ -113,10 +113,11 @@ func assertNoSecret(t *testing.T, e *env, secret string, ids ...string) {
 	if strings.Contains(e.logs.String(), secret) {
 		t.Error("the server's log shows the secret")
 	}
-	// And the database holds it only sealed.
-	db, err := os.ReadFile(filepath.Join(e.cfg.DataDir, server.DatabaseFile))
-	if err == nil && strings.Contains(string(db), secret) {
-		t.Error("the database holds the secret in clear")
+	// And the database (with its write-ahead log) holds it only sealed.
+	for _, f := range []string{server.DatabaseFile, server.DatabaseFile + "-wal"} {
+		if db, err := os.ReadFile(filepath.Join(e.cfg.DataDir, f)); err == nil && strings.Contains(string(db), secret) {
+			t.Errorf("%s holds the secret in clear", f)
+		}
 	}
 }
 

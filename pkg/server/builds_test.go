@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -497,4 +500,44 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func TestBuildEvents(t *testing.T) {
+	got := make(chan cloudevents.Event, 32)
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ev, err := cloudevents.NewEventFromHTTPRequest(r); err == nil {
+			got <- *ev
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sink.Close()
+	e := buildEnv(t, func(c *server.Config) { c.Sink = sink.URL })
+	img := e.newImage(localImage("team/evented-build", "FROM "+e.base()+"\nRUN true\n"))
+	n := e.startBuild(img.ID)
+	e.waitFor(img.ID, n, time.Minute, ended)
+	slow := e.newImage(localImage("team/evented-cancel", "FROM "+e.base()+"\nRUN sleep 60\n"))
+	m := e.startBuild(slow.ID)
+	e.waitFor(slow.ID, m, time.Minute, running)
+	e.call("POST", fmt.Sprintf("/api/v1/images/%s/builds/%d/cancel", slow.ID, m), "alice", nil, nil)
+	want := map[string]bool{
+		img.ID + " " + events.BuildQueued: true, img.ID + " " + events.BuildStarted: true, img.ID + " " + events.BuildSucceeded: true,
+		slow.ID + " " + events.BuildStarted: true, slow.ID + " " + events.BuildCancelled: true,
+	}
+	deadline := time.After(15 * time.Second)
+	for len(want) > 0 {
+		select {
+		case ev := <-got:
+			var data buildJSON
+			var ref struct{ Image string }
+			if err := ev.DataAs(&data); err != nil || ev.DataAs(&ref) != nil || ev.Source() != events.Source {
+				t.Fatalf("event %v: %v", ev, err)
+			}
+			if ev.Type() == events.BuildSucceeded && (data.Digest == nil || data.Status != "succeeded") {
+				t.Fatalf("succeeded event without its result: %s", ev.Data())
+			}
+			delete(want, ref.Image+" "+ev.Type())
+		case <-deadline:
+			t.Fatalf("events not seen at the sink: %v", want)
+		}
+	}
 }

@@ -1,0 +1,360 @@
+package kube
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"path"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+)
+
+// Labels of build pods and their Secrets. The ApiServerSource that feeds the
+// reporter selects pods by LabelManagedBy=ManagedBy.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "slipway"
+	LabelImage     = "slipway.dev/image" // the image's ID
+	LabelBuild     = "slipway.dev/build" // the build's number
+)
+
+// Keys of a build's Secret.
+const (
+	// GitTokenKey holds the token of a private git context; only the init
+	// container sees it, as the environment variable GitTokenEnv.
+	GitTokenKey = "git-token"
+	// DockerfileKey holds the Dockerfile of a local context.
+	DockerfileKey = "Dockerfile"
+)
+
+// The build pod's layout. Its init container, for git contexts only, runs
+// the InitImage's entrypoint (slipway) with the arguments
+//
+//	fetch-context --url URL [--ref REF] [--dir DIR] --dest /workspace
+//
+// and the token, if any, in $SLIPWAY_GIT_TOKEN: it checks the commit out
+// into /workspace (an emptyDir) as gitctx.Fetch does with dest /workspace,
+// and Kaniko builds /workspace/DIR.
+const (
+	kanikoContainer  = "kaniko"
+	initContainer    = "fetch-context"
+	workspaceVolume  = "workspace"
+	tmpVolume        = "tmp"
+	dockerVolume     = "docker-config"
+	dockerfileVolume = "dockerfile"
+	workspaceDir     = "/workspace"
+	dockerConfigDir  = "/kaniko/.docker"
+	terminationLog   = "/dev/termination-log"
+	// GitTokenEnv is the init container's environment variable that holds
+	// the git token, from the Secret's GitTokenKey.
+	GitTokenEnv = "SLIPWAY_GIT_TOKEN"
+)
+
+// initUser is the init container's user and group: the nonroot user of
+// distroless and ko images. Fetching a context needs no privilege.
+const initUser = 65532
+
+// terminationGrace is how long a deleted build pod's containers get to stop
+// after SIGTERM before SIGKILL: a cancelled build stops within seconds.
+const terminationGrace = 5
+
+// kanikoCapabilities are the only capabilities the executor keeps. Kaniko
+// runs as root but needs no more than what unpacking images and running RUN
+// steps as their USER take (Kaniko documents no list; see its issues #778,
+// #1171 and #2201, and shipwright-io/build's Kaniko strategy):
+//   - CHOWN, FOWNER, FSETID: restore the owners, modes and set-user/group-ID
+//     bits of the files it unpacks and copies (without FSETID, chmod silently
+//     drops the set-group-ID bit of files whose group root is not in);
+//   - DAC_OVERRIDE: read and write files whatever their modes;
+//   - SETUID, SETGID: run RUN steps as the Dockerfile's USER;
+//   - SETFCAP: unpack, or install with rpm/dpkg, files with file capabilities;
+//   - KILL: kill what a RUN step left running as another user.
+//
+// Left out of Docker's defaults: MKNOD (Kaniko skips /dev, the only place
+// base images keep device nodes), NET_RAW, NET_BIND_SERVICE, SYS_CHROOT,
+// SETPCAP and AUDIT_WRITE, which builds do not need.
+var kanikoCapabilities = []corev1.Capability{"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETFCAP"}
+
+// ContextSource is where a build pod gets its build context: exactly one of
+// Dockerfile (a local context: the Dockerfile's text, the whole context) and
+// Git.
+type ContextSource struct {
+	Dockerfile string
+	Git        *image.Git
+	// GitToken authenticates to Git's repository; empty for a public one.
+	// It reaches the pod only through the build's Secret.
+	GitToken string
+}
+
+// buildPod is what Create makes of a spec: the pod, and the Secret (nil
+// when the build needs none) to create once the pod exists.
+type buildPod struct {
+	pod    *corev1.Pod
+	secret *corev1.Secret
+}
+
+// newBuildPod checks spec and src and returns the objects of the build.
+func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, error) {
+	imageID, number, err := ParseID(spec.ID)
+	if err != nil {
+		return nil, err
+	}
+	if len(spec.Destinations) == 0 {
+		return nil, fmt.Errorf("kube: build %s: no destination", spec.ID)
+	}
+	dockerfile, err := cleanRelative(spec.Dockerfile)
+	if err != nil {
+		return nil, fmt.Errorf("kube: build %s: Dockerfile: %w", spec.ID, err)
+	}
+	if dockerfile == "" {
+		dockerfile = "Dockerfile"
+	}
+	labels := map[string]string{LabelManagedBy: ManagedBy, LabelImage: imageID, LabelBuild: strconv.Itoa(number)}
+	secretData := map[string][]byte{}
+	if spec.DockerConfig != nil {
+		secretData[corev1.DockerConfigJsonKey] = spec.DockerConfig
+	}
+
+	kaniko := corev1.Container{
+		Name:                     kanikoContainer,
+		Image:                    r.opts.KanikoImage,
+		Env:                      []corev1.EnvVar{{Name: "DOCKER_CONFIG", Value: dockerConfigDir}},
+		Resources:                resources(spec.Limits),
+		VolumeMounts:             []corev1.VolumeMount{{Name: workspaceVolume, MountPath: workspaceDir}},
+		TerminationMessagePath:   terminationLog,
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(0)),
+			RunAsGroup:               ptr(int64(0)),
+			RunAsNonRoot:             ptr(false),
+			Privileged:               ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: kanikoCapabilities},
+		},
+	}
+	volumes := []corev1.Volume{{Name: workspaceVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	var initContainers []corev1.Container
+	contextDir := workspaceDir
+
+	switch {
+	case src.Git != nil && src.Dockerfile != "":
+		return nil, fmt.Errorf("kube: build %s: the context source has both a Dockerfile and a git repository", spec.ID)
+	case src.Git != nil:
+		if r.opts.InitImage == "" {
+			return nil, fmt.Errorf("kube: build %s: a git context needs Options.InitImage", spec.ID)
+		}
+		if src.Git.URL == "" {
+			return nil, fmt.Errorf("kube: build %s: the git context has no URL", spec.ID)
+		}
+		dir, err := image.CleanDir(src.Git.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("kube: build %s: %w", spec.ID, err)
+		}
+		args := []string{"fetch-context", "--url", src.Git.URL}
+		if src.Git.Ref != "" {
+			args = append(args, "--ref", src.Git.Ref)
+		}
+		if dir != "" {
+			args = append(args, "--dir", dir)
+			contextDir = path.Join(workspaceDir, dir)
+		}
+		args = append(args, "--dest", workspaceDir)
+		fetch := corev1.Container{
+			Name:      initContainer,
+			Image:     r.opts.InitImage,
+			Args:      args,
+			Resources: resources(spec.Limits),
+			VolumeMounts: []corev1.VolumeMount{
+				{Name: workspaceVolume, MountPath: workspaceDir},
+				{Name: tmpVolume, MountPath: "/tmp"},
+			},
+			TerminationMessagePath:   terminationLog,
+			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+			SecurityContext: &corev1.SecurityContext{
+				RunAsUser:                ptr(int64(initUser)),
+				RunAsGroup:               ptr(int64(initUser)),
+				RunAsNonRoot:             ptr(true),
+				Privileged:               ptr(false),
+				AllowPrivilegeEscalation: ptr(false),
+				ReadOnlyRootFilesystem:   ptr(true),
+				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			},
+		}
+		if src.GitToken != "" {
+			secretData[GitTokenKey] = []byte(src.GitToken)
+			fetch.Env = []corev1.EnvVar{{Name: GitTokenEnv, ValueFrom: &corev1.EnvVarSource{
+				SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: spec.ID}, Key: GitTokenKey},
+			}}}
+		}
+		initContainers = []corev1.Container{fetch}
+		volumes = append(volumes, corev1.Volume{Name: tmpVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	case src.Dockerfile != "":
+		if src.GitToken != "" {
+			return nil, fmt.Errorf("kube: build %s: a git token without a git context", spec.ID)
+		}
+		// The Dockerfile is the whole context: one file of the Secret,
+		// mounted into the empty workspace, as the runc runner's context
+		// directory holds just the Dockerfile.
+		secretData[DockerfileKey] = []byte(src.Dockerfile)
+		kaniko.VolumeMounts = append(kaniko.VolumeMounts, corev1.VolumeMount{
+			Name: dockerfileVolume, MountPath: path.Join(workspaceDir, dockerfile), SubPath: DockerfileKey, ReadOnly: true,
+		})
+		volumes = append(volumes, secretVolume(dockerfileVolume, spec.ID, DockerfileKey, DockerfileKey, 0o444))
+	default:
+		return nil, fmt.Errorf("kube: build %s: the context source has neither a Dockerfile nor a git repository", spec.ID)
+	}
+
+	if spec.DockerConfig != nil {
+		kaniko.VolumeMounts = append(kaniko.VolumeMounts, corev1.VolumeMount{Name: dockerVolume, MountPath: dockerConfigDir, ReadOnly: true})
+		volumes = append(volumes, secretVolume(dockerVolume, spec.ID, corev1.DockerConfigJsonKey, "config.json", 0o400))
+	}
+	kaniko.Args = executorArgs(spec, path.Join(contextDir, dockerfile), contextDir)
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: spec.ID, Namespace: r.opts.Namespace, Labels: labels},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			ActiveDeadlineSeconds:         deadline(spec.Limits),
+			TerminationGracePeriodSeconds: ptr(int64(terminationGrace)),
+			AutomountServiceAccountToken:  ptr(false),
+			EnableServiceLinks:            ptr(false),
+			HostNetwork:                   false,
+			HostPID:                       false,
+			HostIPC:                       false,
+			SecurityContext: &corev1.PodSecurityContext{
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			InitContainers: initContainers,
+			Containers:     []corev1.Container{kaniko},
+			Volumes:        volumes,
+		},
+	}
+	b := &buildPod{pod: pod}
+	if len(secretData) > 0 {
+		typ := corev1.SecretTypeOpaque
+		if spec.DockerConfig != nil {
+			typ = corev1.SecretTypeDockerConfigJson
+		}
+		b.secret = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: spec.ID, Namespace: r.opts.Namespace, Labels: labels},
+			Type:       typ,
+			Immutable:  ptr(true),
+			Data:       secretData,
+		}
+	}
+	return b, nil
+}
+
+// executorArgs are the Kaniko executor's arguments, those of the runc
+// runner but for the paths and the digest, which goes to the termination
+// message.
+func executorArgs(spec build.Spec, dockerfile, contextDir string) []string {
+	args := []string{
+		"--dockerfile", dockerfile,
+		"--context", "dir://" + contextDir,
+		"--digest-file", terminationLog,
+		"--push-retry", "2",
+		"--verbosity", "info",
+		"--log-format", "text",
+		// Kaniko's check that it runs in a container fails on cgroup v2
+		// nodes (kaniko issue #1592); a pod is a container.
+		"--force",
+	}
+	for _, d := range spec.Destinations {
+		args = append(args, "--destination", d)
+	}
+	for _, h := range spec.InsecureRegistries {
+		args = append(args, "--insecure-registry", h, "--skip-tls-verify-registry", h)
+	}
+	if spec.CacheRepo != "" {
+		args = append(args, "--cache=true", "--cache-repo", spec.CacheRepo)
+	}
+	return args
+}
+
+// resources turns a build's limits into a container's: memory requested as
+// much as allowed, so the scheduler places the build where its limit fits,
+// and a CPU limit (its request defaults to the limit). Limits.Pids has no
+// per-pod setting: the kubelet's --pod-max-pids bounds every pod.
+func resources(l build.Limits) corev1.ResourceRequirements {
+	var rr corev1.ResourceRequirements
+	if l.MemoryBytes > 0 {
+		mem := *resource.NewQuantity(l.MemoryBytes, resource.BinarySI)
+		rr.Requests = corev1.ResourceList{corev1.ResourceMemory: mem}
+		rr.Limits = corev1.ResourceList{corev1.ResourceMemory: mem}
+	}
+	if l.CPUs > 0 {
+		if rr.Limits == nil {
+			rr.Limits = corev1.ResourceList{}
+		}
+		rr.Limits[corev1.ResourceCPU] = *resource.NewMilliQuantity(int64(math.Ceil(l.CPUs*1000)), resource.DecimalSI)
+	}
+	return rr
+}
+
+// deadline is the pod's activeDeadlineSeconds: Limits.Timeout rounded up,
+// nil for none. The kubelet counts it from the pod's start, image pulls and
+// context fetch included.
+func deadline(l build.Limits) *int64 {
+	if l.Timeout <= 0 {
+		return nil
+	}
+	return ptr(int64(math.Ceil(l.Timeout.Seconds())))
+}
+
+// secretVolume is a volume with one key of the build's Secret as file name.
+func secretVolume(name, secret, key, file string, mode int32) corev1.Volume {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName:  secret,
+		Items:       []corev1.KeyToPath{{Key: key, Path: file}},
+		DefaultMode: ptr(mode),
+	}}}
+}
+
+// ParseID splits a build ID, "<image ID>-<number>", into its parts, and
+// checks that it can name a pod and label it: the ID is a DNS subdomain
+// (lower case) and the image ID a label value (at most 63 characters).
+func ParseID(id string) (imageID string, number int, err error) {
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 {
+		return "", 0, fmt.Errorf("kube: build ID %q is not <image>-<number>", id)
+	}
+	imageID, num := id[:i], id[i+1:]
+	number, err = strconv.Atoi(num)
+	if err != nil || number < 0 || strconv.Itoa(number) != num {
+		return "", 0, fmt.Errorf("kube: build ID %q is not <image>-<number>", id)
+	}
+	if errs := validation.IsDNS1123Subdomain(id); len(errs) > 0 {
+		return "", 0, fmt.Errorf("kube: build ID %q cannot name a pod: %s", id, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsValidLabelValue(imageID); len(errs) > 0 {
+		return "", 0, fmt.Errorf("kube: image ID %q cannot be a label value: %s", imageID, strings.Join(errs, "; "))
+	}
+	return imageID, number, nil
+}
+
+// cleanRelative returns p as a clean slash-separated relative path that
+// stays in its directory; "" for "" or ".".
+func cleanRelative(p string) (string, error) {
+	if strings.ContainsRune(p, 0) || strings.Contains(p, `\`) || path.IsAbs(p) {
+		return "", fmt.Errorf("%q is not a relative path", p)
+	}
+	clean := path.Clean(p)
+	switch {
+	case clean == ".":
+		return "", nil
+	case clean == ".." || strings.HasPrefix(clean, "../"):
+		return "", errors.New("the path leaves the build context")
+	}
+	return clean, nil
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,676 @@
+package web_test
+
+// Browser tests: Debian's Chromium, headless, driven with chromedp, against a
+// real Slipway served in-process (API, registry, builds and this page on one
+// address). They fail, never skip, when Chromium is missing.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+	"github.com/google/uuid"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
+	"github.com/slipway-dev/slipway/pkg/server"
+)
+
+// repoRoot is the repository's root, from this package's directory.
+const repoRoot = "../.."
+
+// Status colours as the page's stylesheet sets them (computed RGB).
+const (
+	red    = "rgb(198, 40, 40)"
+	green  = "rgb(46, 125, 50)"
+	orange = "rgb(245, 124, 0)"
+)
+
+// slipway is a real server on a fresh data dir.
+type slipway struct {
+	t    *testing.T
+	srv  *server.Server
+	base string
+	toks map[string]string
+	mu   sync.Mutex
+}
+
+// startSlipway serves a fresh Slipway that can build: the Kaniko executor
+// from bin/ in runc, busybox in its registry as HOST/library/busybox.
+func startSlipway(t *testing.T) *slipway {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Addr = "127.0.0.1:0"
+	if exe, err := filepath.Abs(filepath.Join(repoRoot, "bin", "executor")); err == nil {
+		cfg.Executor = exe
+	}
+	srv, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	s := &slipway{t: t, srv: srv, base: srv.URL(), toks: map[string]string{}}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(s.base + "/health/readiness")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server at %s not ready", s.base)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s
+}
+
+func (s *slipway) token(subject string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if tok, ok := s.toks[subject]; ok {
+		return tok
+	}
+	tok, err := s.srv.Issuer.Issue(subject, time.Hour)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.toks[subject] = tok
+	return tok
+}
+
+// call sends a JSON request as subject and returns the status, the ETag and
+// the decoded body.
+func (s *slipway) call(method, path, subject string, body any, headers ...string) (int, string, map[string]any) {
+	s.t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, s.base+path, r)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token(subject))
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	data, _ := io.ReadAll(res.Body)
+	var out map[string]any
+	json.Unmarshal(data, &out)
+	return res.StatusCode, res.Header.Get("ETag"), out
+}
+
+// announce sends platform.workspace.created as the platform would.
+func (s *slipway) announce(id, owner string, members ...string) {
+	s.t.Helper()
+	ev := map[string]any{
+		"specversion": "1.0", "id": uuid.NewString(), "source": "/platform", "type": events.WorkspaceCreated,
+		"datacontenttype": "application/json",
+		"data":            events.Workspace{ID: id, Owner: owner, Members: members},
+	}
+	b, _ := json.Marshal(ev)
+	req, _ := http.NewRequest("POST", s.base+"/events", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+	req.Header.Set("Authorization", "Bearer "+s.token("platform"))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusNoContent {
+		s.t.Fatalf("announcing %s: %d", id, res.StatusCode)
+	}
+}
+
+// createImage creates a local-context image as subject and returns its id.
+func (s *slipway) createImage(ws, subject, name, description, dockerfile string) string {
+	s.t.Helper()
+	code, _, img := s.call("POST", "/api/v1/workspaces/"+ws+"/images", subject, map[string]any{
+		"name": name, "description": description, "context": map[string]any{"type": "local", "dockerfile": dockerfile},
+	})
+	if code != http.StatusCreated {
+		s.t.Fatalf("create %s: %d %v", name, code, img)
+	}
+	return img["id"].(string)
+}
+
+// chromium finds Debian's Chromium, failing with the fix when it is missing.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"/usr/bin/chromium", "chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("Chromium is not installed; the browser tests need it: run `apt-get install -y chromium` (or `make deps-web`)")
+	return ""
+}
+
+// newBrowser starts one headless Chromium for the test and returns its context.
+func newBrowser(t *testing.T) context.Context {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium(t)),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("no-default-browser-check", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("mute-audio", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	}
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	browser, cancelBrowser := chromedp.NewContext(alloc)
+	if err := chromedp.Run(browser); err != nil {
+		cancelBrowser()
+		cancelAlloc()
+		t.Fatalf("starting Chromium: %v", err)
+	}
+	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
+	return browser
+}
+
+// tab is one browser tab signed in as a user.
+type tab struct {
+	t    *testing.T
+	ctx  context.Context
+	s    *slipway
+	mu   sync.Mutex
+	errs []string
+}
+
+// openTab opens a tab (in its own browser context when isolated: separate
+// storage, like another browser) signed in as subject on workspace ws,
+// through the fragment link the server prints.
+func openTab(t *testing.T, browser context.Context, s *slipway, subject, ws string, isolated bool, timeout time.Duration) *tab {
+	t.Helper()
+	var opts []chromedp.ContextOption
+	if isolated {
+		opts = append(opts, chromedp.WithNewBrowserContext())
+	}
+	ctx, cancel := chromedp.NewContext(browser, opts...)
+	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
+	tb := &tab{t: t, ctx: ctx, s: s}
+	chromedp.ListenTarget(ctx, func(ev any) {
+		if e, ok := ev.(*runtime.EventExceptionThrown); ok {
+			tb.mu.Lock()
+			tb.errs = append(tb.errs, e.ExceptionDetails.Error())
+			tb.mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		tb.mu.Lock()
+		defer tb.mu.Unlock()
+		for _, e := range tb.errs {
+			t.Errorf("uncaught exception in the page: %s", e)
+		}
+		cancelTimeout()
+		cancel()
+	})
+	tb.run(
+		chromedp.EmulateViewport(1280, 900),
+		chromedp.Navigate(s.base+"/#token="+s.token(subject)+"&workspace="+ws),
+		chromedp.WaitVisible(".tiles .tile-new-link", chromedp.ByQuery),
+	)
+	// The token left the address bar.
+	var href string
+	tb.run(chromedp.Evaluate(`location.href`, &href))
+	if strings.Contains(href, "token") {
+		t.Fatalf("the token is still in the address: %s", href)
+	}
+	return tb
+}
+
+func (tb *tab) run(actions ...chromedp.Action) {
+	tb.t.Helper()
+	if err := chromedp.Run(tb.ctx, actions...); err != nil {
+		tb.t.Fatalf("browser: %v", err)
+	}
+}
+
+// eval evaluates a JavaScript expression and returns its value in out.
+func (tb *tab) eval(js string, out any) {
+	tb.t.Helper()
+	tb.run(chromedp.Evaluate(js, out))
+}
+
+// waitFor polls a JavaScript condition until it is true, failing with what
+// after timeout.
+func (tb *tab) waitFor(js, what string, timeout time.Duration) {
+	tb.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var ok bool
+		if err := chromedp.Run(tb.ctx, chromedp.Evaluate(`!!(`+js+`)`, &ok)); err != nil {
+			tb.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			var text string
+			chromedp.Run(tb.ctx, chromedp.Evaluate(`document.querySelector("main").innerText.slice(0, 1500)`, &text))
+			tb.t.Fatalf("timed out after %s waiting for %s; the page shows:\n%s", timeout, what, text)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (tb *tab) click(sel string) {
+	tb.t.Helper()
+	tb.run(chromedp.WaitVisible(sel, chromedp.ByQuery), chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
+}
+
+func (tb *tab) text(sel string) string {
+	tb.t.Helper()
+	var s string
+	tb.eval(fmt.Sprintf(`(document.querySelector(%q)||{}).innerText||""`, sel), &s)
+	return s
+}
+
+// goTo switches the page's route (a fragment change, as a link does).
+func (tb *tab) goTo(route string) {
+	tb.t.Helper()
+	tb.eval(fmt.Sprintf(`location.hash = %q`, "#"+route), nil)
+}
+
+// openImage opens an image's editor and waits until it is loaded.
+func (tb *tab) openImage(id, name string) {
+	tb.t.Helper()
+	tb.goTo("/images/" + id)
+	tb.waitFor(fmt.Sprintf(`document.querySelector("#page-title")?.innerText === %q && document.querySelector("#f-name")?.value === %q`, name, name), "the editor of "+name, 10*time.Second)
+}
+
+// tile is the CSS selector of name's tile.
+func tile(name string) string { return fmt.Sprintf(`.tile[data-name=%q]`, name) }
+
+// tileColor is the computed colour of name's status icon.
+func (tb *tab) tileColor(name string) string {
+	tb.t.Helper()
+	var c string
+	tb.eval(fmt.Sprintf(`getComputedStyle(document.querySelector(%q)).color`, tile(name)+" .status-icon"), &c)
+	return c
+}
+
+// typeInDockerfile puts the cursor at the end of the Dockerfile and types text.
+func (tb *tab) typeInDockerfile(text string) {
+	tb.t.Helper()
+	tb.run(
+		chromedp.Click(".cm-content", chromedp.ByQuery, chromedp.NodeVisible),
+		chromedp.Evaluate(`(() => { const c = document.querySelector(".cm-content"); const r = document.createRange(); r.selectNodeContents(c); r.collapse(false); const s = getSelection(); s.removeAllRanges(); s.addRange(r); })()`, nil),
+		chromedp.KeyEvent(text),
+	)
+}
+
+// dockerfile is the editor's text.
+func (tb *tab) dockerfile() string {
+	tb.t.Helper()
+	var s string
+	tb.eval(`[...document.querySelectorAll(".cm-content .cm-line")].map(l => l.textContent).join("\n")`, &s)
+	return s
+}
+
+// screenshot saves a full-page PNG at width under test-artifacts/screenshots.
+func (tb *tab) screenshot(name string, width int64) {
+	tb.t.Helper()
+	var png []byte
+	tb.run(
+		chromedp.EmulateViewport(width, 900),
+		chromedp.Sleep(300*time.Millisecond), // layout and fonts settle
+		chromedp.FullScreenshot(&png, 100),
+		chromedp.EmulateViewport(1280, 900),
+	)
+	dir := filepath.Join(repoRoot, "test-artifacts", "screenshots")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.t.Fatal(err)
+	}
+	p := filepath.Join(dir, fmt.Sprintf("%s-%d.png", name, width))
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		tb.t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(p)
+	tb.t.Logf("screenshot: %s", abs)
+}
+
+// TestBrowser drives the Docker Images page as its users do.
+func TestBrowser(t *testing.T) {
+	s := startSlipway(t)
+	s.announce("ws1", "alice", "bob")
+	browser := newBrowser(t)
+	start := time.Now()
+	t.Cleanup(func() { t.Logf("browser tests took %s", time.Since(start).Round(time.Millisecond)) })
+
+	// Names the subtests share.
+	const created = "team/created-in-browser"
+	builtName := "team/built-in-browser"
+	var builtID string
+
+	t.Run("create an image and see its red tile", func(t *testing.T) {
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.click(`[data-testid="new-image"]`)
+		tb.run(chromedp.WaitVisible("#f-name", chromedp.ByQuery),
+			chromedp.SendKeys("#f-name", created, chromedp.ByQuery),
+			chromedp.SendKeys("#f-desc", "Made by the browser test.", chromedp.ByQuery))
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`location.hash.startsWith("#/images/") && !location.hash.endsWith("/new") && document.querySelector("#page-title")?.innerText === "`+created+`"`, "the editor of the created image", 10*time.Second)
+		if got := tb.text(`[data-testid="status-label"]`); got != "Not built" {
+			t.Errorf("status after create: %q, want Not built", got)
+		}
+		tb.click(`a[data-action="back"]`)
+		tb.waitFor(`document.querySelector('`+tile(created)+`[data-status="not_built"]')`, "the new image's tile", 10*time.Second)
+		if c := tb.tileColor(created); c != red {
+			t.Errorf("not built tile's icon is %s, want red %s", c, red)
+		}
+		// The icon's tooltip says what the status means, on hover and on focus.
+		tb.run(chromedp.Focus(tile(created)+" .status-icon", chromedp.ByQuery))
+		var tip string
+		tb.eval(`(() => { const i = document.querySelector('`+tile(created)+` .status-icon'); const t = document.getElementById(i.getAttribute("aria-describedby")); return getComputedStyle(t).visibility + ": " + t.innerText })()`, &tip)
+		if !strings.HasPrefix(tip, "visible: Not built") {
+			t.Errorf("the focused status icon's tooltip: %q", tip)
+		}
+	})
+
+	t.Run("a Dockerfile the server rejects has its line marked", func(t *testing.T) {
+		id := s.createImage("ws1", "alice", "team/bad-dockerfile", "", "FROM busybox\nRUN echo one\n")
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.openImage(id, "team/bad-dockerfile")
+		tb.typeInDockerfile("FROBNICATE the-widgets")
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`document.querySelector(".cm-error-line")`, "the marked line", 10*time.Second)
+		var marked string
+		tb.eval(`document.querySelector(".cm-error-line").textContent`, &marked)
+		if marked != "FROBNICATE the-widgets" {
+			t.Errorf("marked line %q, want the FROBNICATE line", marked)
+		}
+		if msg := tb.text(`[data-testid="dockerfile-error"]`); !strings.Contains(msg, "Line 3") || !strings.Contains(msg, "FROBNICATE") {
+			t.Errorf("the Dockerfile's error says %q, want line 3 and the instruction", msg)
+		}
+		alert := tb.text(`[data-testid="editor-alert"]`)
+		if !strings.Contains(alert, "not accepted") || strings.Contains(alert, "{") {
+			t.Errorf("the alert says %q: want words, not JSON", alert)
+		}
+		// The text is still there, unsaved.
+		if !strings.Contains(tb.dockerfile(), "FROBNICATE") {
+			t.Error("the rejected text is gone from the editor")
+		}
+		tb.screenshot("editor-invalid-line", 1280)
+	})
+
+	t.Run("build and watch the log stream to a green tile", func(t *testing.T) {
+		requireBuilds(t)
+		ref := s.srv.RegistryHost() + "/library/busybox"
+		if _, err := registrytest.PushBusybox(context.Background(), ref); err != nil {
+			t.Fatalf("pushing the base image: %v", err)
+		}
+		builtID = s.createImage("ws1", "alice", builtName, "Built by the browser test.",
+			"FROM "+ref+"\nRUN echo browser-build-step-one && sleep 2 && echo browser-build-step-two\n")
+		tb := openTab(t, browser, s, "alice", "ws1", false, 5*time.Minute)
+		tb.openImage(builtID, builtName)
+		tb.waitFor(`!document.querySelector('[data-action="build"]').disabled`, "BUILD enabled for the owner", 10*time.Second)
+		tb.click(`[data-action="build"]`)
+		// The new build's row opens by itself and follows the log.
+		tb.waitFor(`document.querySelector('.build-row[data-build="1"] .build-toggle[aria-expanded="true"]')`, "build #1's row, expanded", 10*time.Second)
+		sawLive := false
+		deadline := time.Now().Add(4 * time.Minute)
+		for {
+			var st struct {
+				Live   bool   `json:"live"`
+				Status string `json:"status"`
+				Log    string `json:"log"`
+			}
+			tb.eval(`(() => { const r = document.querySelector('.build-row[data-build="1"]'); return { live: r.classList.contains("is-live"), status: r.querySelector(".build-status").dataset.status, log: r.querySelector("pre.log").textContent }; })()`, &st)
+			if st.Live && st.Log != "" && (st.Status == "running" || st.Status == "queued") {
+				sawLive = true
+			}
+			if st.Status == "succeeded" {
+				break
+			}
+			if st.Status == "failed" || st.Status == "cancelled" {
+				t.Fatalf("build #1 %s; its log:\n%s\n%s", st.Status, st.Log, tb.text(".build-failure"))
+			}
+			if time.Now().After(deadline) {
+				var lb string
+				_, _, img := s.call("GET", "/api/v1/images/"+builtID, "alice", nil)
+				if b, _ := json.Marshal(img["latest_build"]); b != nil {
+					lb = string(b)
+				}
+				t.Fatalf("build #1 did not succeed in 4 minutes (status %q); the page's log:\n%s\nthe API's latest build: %s\n"+
+					"Builds are run by the server's dispatcher (Kaniko in runc): if the build stays queued, the dispatcher is not running builds yet.", st.Status, st.Log, lb)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !sawLive {
+			t.Error("never saw the log growing while the build ran (follow=true streaming)")
+		}
+		log := tb.text(`.build-row[data-build="1"] pre.log`)
+		if !strings.Contains(log, "browser-build-step-two") {
+			t.Errorf("the streamed log lacks the build's last output; it is:\n%s", log)
+		}
+		// The refresh button reads from the offset on: nothing new once done.
+		tb.click(`.build-row[data-build="1"] [data-action="refresh-log"]`)
+		tb.waitFor(`document.querySelector('.build-row[data-build="1"] .log-status').innerText.includes("No new lines")`, "the refresh button's answer", 10*time.Second)
+		if again := tb.text(`.build-row[data-build="1"] pre.log`); again != log {
+			t.Error("refreshing a finished build's log changed it")
+		}
+		tb.waitFor(`document.querySelector('[data-testid="status-label"]').innerText === "Built"`, "the editor's status Built", 15*time.Second)
+		var row string
+		tb.eval(`document.querySelector('.build-row[data-build="1"] .build-dur').innerText`, &row)
+		if !strings.HasSuffix(row, " s") {
+			t.Errorf("build row's duration %q", row)
+		}
+		tb.screenshot("editor-build-log", 1280)
+		tb.screenshot("editor-build-log", 768)
+		tb.click(`a[data-action="back"]`)
+		tb.waitFor(`document.querySelector('`+tile(builtName)+`[data-status="built"]')`, "the green tile", 10*time.Second)
+		if c := tb.tileColor(builtName); c != green {
+			t.Errorf("built tile's icon is %s, want green %s", c, green)
+		}
+	})
+
+	t.Run("edit a built image and see orange", func(t *testing.T) {
+		if builtID == "" {
+			t.Fatal("needs the image built by the previous subtest (build and watch the log stream to a green tile), which did not build")
+		}
+		_, _, img := s.call("GET", "/api/v1/images/"+builtID, "alice", nil)
+		if img["status"] != "built" {
+			t.Fatalf("needs a built image; %s is %v (see the build subtest)", builtName, img["status"])
+		}
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.openImage(builtID, builtName)
+		tb.typeInDockerfile("RUN echo changed-after-the-build")
+		tb.waitFor(`document.querySelector('[data-testid="build-reason"]').innerText.includes("Save your changes first")`, "BUILD waiting for SAVE", 5*time.Second)
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`document.querySelector('[data-testid="status-label"]').innerText === "Modified"`, "the editor's status Modified", 10*time.Second)
+		tb.click(`a[data-action="back"]`)
+		tb.waitFor(`document.querySelector('`+tile(builtName)+`[data-status="modified"]')`, "the orange tile", 10*time.Second)
+		if c := tb.tileColor(builtName); c != orange {
+			t.Errorf("modified tile's icon is %s, want orange %s", c, orange)
+		}
+	})
+
+	t.Run("a member sees BUILD disabled with the reason", func(t *testing.T) {
+		id := s.createImage("ws1", "bob", "team/members-image", "Bob made it.", "FROM busybox\n")
+		tb := openTab(t, browser, s, "bob", "ws1", false, time.Minute)
+		tb.openImage(id, "team/members-image")
+		var disabled bool
+		tb.eval(`document.querySelector('[data-action="build"]').disabled`, &disabled)
+		if !disabled {
+			t.Error("BUILD is enabled for a member")
+		}
+		if reason := tb.text(`[data-testid="build-reason"]`); !strings.Contains(reason, "Only the workspace's owner, alice, can build") {
+			t.Errorf("the reason shown: %q", reason)
+		}
+		var describedBy string
+		tb.eval(`document.querySelector('[data-action="build"]').getAttribute("aria-describedby")`, &describedBy)
+		if describedBy != "build-reason" {
+			t.Errorf("BUILD's aria-describedby %q: the reason is not tied to the button", describedBy)
+		}
+		// Members edit: SAVE works for them.
+		tb.run(chromedp.SendKeys("#f-desc", " Edited by bob.", chromedp.ByQuery))
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`document.querySelector('.dirty-note').hidden`, "the member's save", 10*time.Second)
+		// Delete is the owner's too.
+		tb.eval(`document.querySelector('[data-action="delete"]').disabled`, &disabled)
+		if !disabled {
+			t.Error("DELETE is enabled for a member")
+		}
+		tb.screenshot("editor-member", 1280)
+		if code, _, _ := s.call("GET", "/api/v1/images/"+id+"/builds", "alice", nil); code != 200 {
+			t.Fatalf("listing builds: %d", code)
+		}
+		_, _, bl := s.call("GET", "/api/v1/images/"+id+"/builds", "alice", nil)
+		if n := len(bl["builds"].([]any)); n != 0 {
+			t.Errorf("the member's page started %d builds", n)
+		}
+	})
+
+	t.Run("delete after confirming", func(t *testing.T) {
+		const name = "team/to-delete"
+		id := s.createImage("ws1", "alice", name, "Short-lived.", "FROM busybox\n")
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.waitFor(`document.querySelector('`+tile(name)+`')`, "the tile", 10*time.Second)
+		del := tile(name) + ` [data-action="delete"]`
+		tb.click(del)
+		tb.waitFor(`document.querySelector("dialog[open]")`, "the confirm dialog", 5*time.Second)
+		var focus, title string
+		tb.eval(`document.activeElement.dataset.action`, &focus)
+		if focus != "cancel" {
+			t.Errorf("focus in the dialog is on %q, want the Cancel button", focus)
+		}
+		tb.eval(`document.getElementById(document.querySelector("dialog[open]").getAttribute("aria-labelledby")).innerText`, &title)
+		if title != "Delete "+name+"?" {
+			t.Errorf("dialog title %q", title)
+		}
+		tb.screenshot("tiles-confirm-delete", 1280)
+		// Escape cancels and keeps the image; focus goes back to the button.
+		tb.run(chromedp.KeyEvent(kb.Escape))
+		tb.waitFor(`!document.querySelector("dialog[open]")`, "the dialog to close", 5*time.Second)
+		tb.eval(`document.activeElement.getAttribute("aria-label")`, &focus)
+		if focus != "Delete image "+name {
+			t.Errorf("focus after Escape is on %q, want the delete button", focus)
+		}
+		if code, _, _ := s.call("GET", "/api/v1/images/"+id, "alice", nil); code != 200 {
+			t.Fatalf("the image is gone after Cancel: %d", code)
+		}
+		tb.click(del)
+		tb.click(`dialog[open] [data-action="confirm"]`)
+		tb.waitFor(`!document.querySelector('`+tile(name)+`')`, "the tile to go", 10*time.Second)
+		if code, _, _ := s.call("GET", "/api/v1/images/"+id, "alice", nil); code != 404 {
+			t.Errorf("after confirming, GET the image: %d, want 404", code)
+		}
+	})
+
+	t.Run("two tabs save the same image: the second is told and keeps its text", func(t *testing.T) {
+		const name = "team/two-tabs"
+		id := s.createImage("ws1", "alice", name, "Original description.", "FROM busybox\nRUN echo base\n")
+		a := openTab(t, browser, s, "alice", "ws1", true, time.Minute)
+		b := openTab(t, browser, s, "alice", "ws1", true, time.Minute)
+		a.openImage(id, name)
+		b.openImage(id, name)
+
+		// B saves a new description first.
+		b.run(chromedp.SetValue("#f-desc", "", chromedp.ByQuery), chromedp.SendKeys("#f-desc", "Description from tab B.", chromedp.ByQuery))
+		b.click(`[data-action="save"]`)
+		b.waitFor(`document.querySelector('.dirty-note').hidden`, "tab B's save", 10*time.Second)
+
+		// A edits the Dockerfile on the old version and saves: 412, in words.
+		a.typeInDockerfile("RUN echo from-tab-a")
+		a.click(`[data-action="save"]`)
+		a.waitFor(`!document.querySelector('[data-testid="conflict"]').hidden`, "tab A's conflict message", 10*time.Second)
+		msg := a.text(`[data-testid="conflict"]`)
+		if !strings.Contains(msg, "Someone else saved this image") || !strings.Contains(msg, "changed by someone else") || strings.Contains(msg, `"error"`) {
+			t.Errorf("the conflict message: %q", msg)
+		}
+		a.screenshot("editor-conflict", 1280)
+		if !strings.Contains(a.dockerfile(), "RUN echo from-tab-a") {
+			t.Fatal("tab A lost its text on 412")
+		}
+
+		// Reload: A keeps its Dockerfile, takes B's description, saves.
+		a.click(`[data-action="reload"]`)
+		a.waitFor(`document.querySelector('[data-testid="conflict"]').innerText.includes("Your edits are still here")`, "the reload", 10*time.Second)
+		if !strings.Contains(a.dockerfile(), "RUN echo from-tab-a") {
+			t.Fatal("tab A lost its text on reload")
+		}
+		var desc string
+		a.eval(`document.querySelector("#f-desc").value`, &desc)
+		if desc != "Description from tab B." {
+			t.Errorf("tab A's description after reload %q, want tab B's (A did not touch it)", desc)
+		}
+		a.click(`[data-action="save"]`)
+		a.waitFor(`document.querySelector('.dirty-note').hidden && document.querySelector('[data-testid="conflict"]').hidden`, "tab A's second save", 10*time.Second)
+		_, _, img := s.call("GET", "/api/v1/images/"+id, "alice", nil)
+		ctxm, _ := img["context"].(map[string]any)
+		if df, _ := ctxm["dockerfile"].(string); !strings.Contains(df, "RUN echo from-tab-a") {
+			t.Errorf("saved Dockerfile %q lacks tab A's line", df)
+		}
+		if img["description"] != "Description from tab B." {
+			t.Errorf("saved description %q, want tab B's", img["description"])
+		}
+	})
+
+	t.Run("screenshots of the tiles and the editor at 1280 and 768", func(t *testing.T) {
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.waitFor(`document.querySelectorAll(".tiles .tile[data-name]").length >= 3`, "the tiles", 10*time.Second)
+		tb.screenshot("tiles", 1280)
+		tb.screenshot("tiles", 768)
+		var id string
+		tb.eval(`document.querySelector('.tile[data-name] a.tile-open').getAttribute("href").split("/").pop()`, &id)
+		var name string
+		tb.eval(`document.querySelector('.tile[data-name]').dataset.name`, &name)
+		tb.openImage(id, name)
+		tb.screenshot("editor", 1280)
+		tb.screenshot("editor", 768)
+	})
+}
+
+// requireBuilds fails, naming the fix, when what real builds need is missing.
+func requireBuilds(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Fatal("runc is not installed; builds run Kaniko in runc: run `make deps`")
+	}
+	exe, _ := filepath.Abs(filepath.Join(repoRoot, "bin", "executor"))
+	if _, err := os.Stat(exe); err != nil {
+		t.Fatalf("no Kaniko executor at %s: run `make build`", exe)
+	}
+}
