@@ -5,6 +5,7 @@ package registry
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
@@ -43,6 +44,9 @@ func New(ctx context.Context, dataDir string, log io.Writer) (http.Handler, erro
 			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
 		},
 	}
+	// One registry process: the secret only signs upload state between
+	// requests to the same process.
+	cfg.HTTP.Secret = rand.Text()
 	cfg.Log.Level = "warn"
 	cfg.Log.AccessLog.Disabled = true
 	return handlers.NewApp(ctx, cfg), nil

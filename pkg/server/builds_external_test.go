@@ -41,6 +41,7 @@ func privateRegistry(t *testing.T, user, password string) string {
 		},
 		Auth: configuration.Auth{"htpasswd": configuration.Parameters{"realm": "test", "path": htpasswd}},
 	}
+	cfg.HTTP.Secret = "test"
 	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")

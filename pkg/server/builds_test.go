@@ -389,39 +389,20 @@ func TestQueueIsFIFOWithinSlots(t *testing.T) {
 	for _, id := range ids {
 		e.startBuild(id)
 	}
-	// With one slot, never more than one runs; the others wait queued.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		runningNow, done := 0, 0
-		for _, id := range ids {
-			switch b := e.getBuild(id, 1); {
-			case b.Status == "running":
-				runningNow++
-			case ended(b):
-				done++
-			}
-		}
-		if runningNow > 1 {
-			t.Fatalf("%d builds run at once with one slot", runningNow)
-		}
-		if done == len(ids) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the queue did not drain")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	var starts []time.Time
+	// With one slot the builds run one after the other, in the order they
+	// were queued: their [started, finished] intervals do not overlap.
+	var bs []buildJSON
 	for _, id := range ids {
-		b := e.getBuild(id, 1)
+		b := e.waitFor(id, 1, 2*time.Minute, ended)
 		if b.Status != "succeeded" {
 			t.Fatalf("queued build: %+v", b)
 		}
-		starts = append(starts, *b.StartedAt)
+		bs = append(bs, b)
 	}
-	if !starts[0].Before(starts[1]) || !starts[1].Before(starts[2]) {
-		t.Fatalf("builds did not start in the order they were queued: %v", starts)
+	for i := 1; i < len(bs); i++ {
+		if bs[i].StartedAt.Before(*bs[i-1].FinishedAt) {
+			t.Fatalf("build %d started at %v, before build %d finished at %v", i, bs[i].StartedAt, i-1, bs[i-1].FinishedAt)
+		}
 	}
 }
 
