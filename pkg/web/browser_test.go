@@ -200,7 +200,7 @@ func newBrowser(t *testing.T) context.Context {
 	}
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	browser, cancelBrowser := chromedp.NewContext(alloc)
-	if err := chromedp.Run(browser); err != nil {
+	if err := chromedp.Do(browser); err != nil {
 		cancelBrowser()
 		cancelAlloc()
 		t.Fatalf("starting Chromium: %v", err)
@@ -230,13 +230,20 @@ func openTab(t *testing.T, browser context.Context, s *slipway, subject, ws stri
 	ctx, cancel := chromedp.NewContext(browser, opts...)
 	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
 	tb := &tab{t: t, ctx: ctx, s: s}
-	chromedp.ListenTarget(ctx, func(ev any) {
+	err := chromedp.Listen(ctx, func(ev any) {
 		if e, ok := ev.(*runtime.EventExceptionThrown); ok {
+			msg := e.ExceptionDetails.Text
+			if x := e.ExceptionDetails.Exception; x != nil && x.Description != "" {
+				msg += " " + x.Description
+			}
 			tb.mu.Lock()
-			tb.errs = append(tb.errs, e.ExceptionDetails.Error())
+			tb.errs = append(tb.errs, msg)
 			tb.mu.Unlock()
 		}
 	})
+	if err != nil {
+		t.Fatalf("opening a tab: %v", err)
+	}
 	t.Cleanup(func() {
 		tb.mu.Lock()
 		defer tb.mu.Unlock()
@@ -246,23 +253,23 @@ func openTab(t *testing.T, browser context.Context, s *slipway, subject, ws stri
 		cancelTimeout()
 		cancel()
 	})
-	tb.run(
+	tb.do(
 		chromedp.EmulateViewport(1280, 900),
 		chromedp.Navigate(s.base+"/#token="+s.token(subject)+"&workspace="+ws),
-		chromedp.WaitVisible(".tiles .tile-new-link", chromedp.ByQuery),
+		chromedp.WaitVisible(chromedp.CSS(".tiles .tile-new-link")),
 	)
 	// The token left the address bar.
 	var href string
-	tb.run(chromedp.Evaluate(`location.href`, &href))
+	tb.eval(`location.href`, &href)
 	if strings.Contains(href, "token") {
 		t.Fatalf("the token is still in the address: %s", href)
 	}
 	return tb
 }
 
-func (tb *tab) run(actions ...chromedp.Action) {
+func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {
 	tb.t.Helper()
-	if err := chromedp.Run(tb.ctx, actions...); err != nil {
+	if err := chromedp.Do(tb.ctx, actions...); err != nil {
 		tb.t.Fatalf("browser: %v", err)
 	}
 }
@@ -270,7 +277,15 @@ func (tb *tab) run(actions ...chromedp.Action) {
 // eval evaluates a JavaScript expression and returns its value in out.
 func (tb *tab) eval(js string, out any) {
 	tb.t.Helper()
-	tb.run(chromedp.Evaluate(js, out))
+	res, err := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`JSON.stringify((`+js+`) ?? null)`))
+	if err != nil {
+		tb.t.Fatalf("evaluating %s: %v", js, err)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(res), out); err != nil {
+			tb.t.Fatalf("evaluating %s: decoding %s: %v", js, res, err)
+		}
+	}
 }
 
 // waitFor polls a JavaScript condition until it is true, failing with what
@@ -279,16 +294,15 @@ func (tb *tab) waitFor(js, what string, timeout time.Duration) {
 	tb.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		var ok bool
-		if err := chromedp.Run(tb.ctx, chromedp.Evaluate(`!!(`+js+`)`, &ok)); err != nil {
+		ok, err := chromedp.Run(tb.ctx, chromedp.Evaluate[bool](`!!(`+js+`)`))
+		if err != nil {
 			tb.t.Fatalf("waiting for %s: %v", what, err)
 		}
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			var text string
-			chromedp.Run(tb.ctx, chromedp.Evaluate(`document.querySelector("main").innerText.slice(0, 1500)`, &text))
+			text, _ := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`document.querySelector("main").innerText.slice(0, 1500)`))
 			tb.t.Fatalf("timed out after %s waiting for %s; the page shows:\n%s", timeout, what, text)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -297,7 +311,7 @@ func (tb *tab) waitFor(js, what string, timeout time.Duration) {
 
 func (tb *tab) click(sel string) {
 	tb.t.Helper()
-	tb.run(chromedp.WaitVisible(sel, chromedp.ByQuery), chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
+	tb.do(chromedp.WaitVisible(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
 }
 
 func (tb *tab) text(sel string) string {
@@ -334,11 +348,21 @@ func (tb *tab) tileColor(name string) string {
 // typeInDockerfile puts the cursor at the end of the Dockerfile and types text.
 func (tb *tab) typeInDockerfile(text string) {
 	tb.t.Helper()
-	tb.run(
-		chromedp.Click(".cm-content", chromedp.ByQuery, chromedp.NodeVisible),
-		chromedp.Evaluate(`(() => { const c = document.querySelector(".cm-content"); const r = document.createRange(); r.selectNodeContents(c); r.collapse(false); const s = getSelection(); s.removeAllRanges(); s.addRange(r); })()`, nil),
+	tb.do(
+		chromedp.Click(chromedp.CSS(".cm-content"), chromedp.NodeVisible),
+		chromedp.Evaluate[chromedp.Void](`(() => { const c = document.querySelector(".cm-content"); const r = document.createRange(); r.selectNodeContents(c); r.collapse(false); const s = getSelection(); s.removeAllRanges(); s.addRange(r); })()`),
 		chromedp.KeyEvent(text),
 	)
+}
+
+// setSelect chooses value in a select, as a user's choice does.
+func (tb *tab) setSelect(sel, value string) {
+	tb.t.Helper()
+	var ok bool
+	tb.eval(fmt.Sprintf(`(() => { const s = document.querySelector(%q); if (![...s.options].some(o => o.value === %q)) return false; s.value = %q; s.dispatchEvent(new Event("change", { bubbles: true })); return true; })()`, sel, value, value), &ok)
+	if !ok {
+		tb.t.Fatalf("%s has no option %q", sel, value)
+	}
 }
 
 // dockerfile is the editor's text.
@@ -352,13 +376,17 @@ func (tb *tab) dockerfile() string {
 // screenshot saves a full-page PNG at width under test-artifacts/screenshots.
 func (tb *tab) screenshot(name string, width int64) {
 	tb.t.Helper()
-	var png []byte
-	tb.run(
-		chromedp.EmulateViewport(width, 900),
-		chromedp.Sleep(300*time.Millisecond), // layout and fonts settle
-		chromedp.FullScreenshot(&png, 100),
-		chromedp.EmulateViewport(1280, 900),
-	)
+	// Lay the page out at width, then make the viewport as tall as the page,
+	// so that the whole page is in one shot with the top bar at the top.
+	tb.do(chromedp.EmulateViewport(width, 900), chromedp.Sleep(200*time.Millisecond))
+	var height int64
+	tb.eval(`Math.max(900, document.documentElement.scrollHeight)`, &height)
+	tb.do(chromedp.EmulateViewport(width, height), chromedp.Sleep(300*time.Millisecond))
+	png, err := chromedp.Run(tb.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		tb.t.Fatalf("screenshot: %v", err)
+	}
+	tb.do(chromedp.EmulateViewport(1280, 900))
 	dir := filepath.Join(repoRoot, "test-artifacts", "screenshots")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.t.Fatal(err)
@@ -387,9 +415,9 @@ func TestBrowser(t *testing.T) {
 	t.Run("create an image and see its red tile", func(t *testing.T) {
 		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
 		tb.click(`[data-testid="new-image"]`)
-		tb.run(chromedp.WaitVisible("#f-name", chromedp.ByQuery),
-			chromedp.SendKeys("#f-name", created, chromedp.ByQuery),
-			chromedp.SendKeys("#f-desc", "Made by the browser test.", chromedp.ByQuery))
+		tb.do(chromedp.WaitVisible(chromedp.CSS("#f-name")),
+			chromedp.SendKeys(chromedp.CSS("#f-name"), created),
+			chromedp.SendKeys(chromedp.CSS("#f-desc"), "Made by the browser test."))
 		tb.click(`[data-action="save"]`)
 		tb.waitFor(`location.hash.startsWith("#/images/") && !location.hash.endsWith("/new") && document.querySelector("#page-title")?.innerText === "`+created+`"`, "the editor of the created image", 10*time.Second)
 		if got := tb.text(`[data-testid="status-label"]`); got != "Not built" {
@@ -401,7 +429,7 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("not built tile's icon is %s, want red %s", c, red)
 		}
 		// The icon's tooltip says what the status means, on hover and on focus.
-		tb.run(chromedp.Focus(tile(created)+" .status-icon", chromedp.ByQuery))
+		tb.do(chromedp.Focus(chromedp.CSS(tile(created) + " .status-icon")))
 		var tip string
 		tb.eval(`(() => { const i = document.querySelector('`+tile(created)+` .status-icon'); const t = document.getElementById(i.getAttribute("aria-describedby")); return getComputedStyle(t).visibility + ": " + t.innerText })()`, &tip)
 		if !strings.HasPrefix(tip, "visible: Not built") {
@@ -545,7 +573,7 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("BUILD's aria-describedby %q: the reason is not tied to the button", describedBy)
 		}
 		// Members edit: SAVE works for them.
-		tb.run(chromedp.SendKeys("#f-desc", " Edited by bob.", chromedp.ByQuery))
+		tb.do(chromedp.SendKeys(chromedp.CSS("#f-desc"), " Edited by bob."))
 		tb.click(`[data-action="save"]`)
 		tb.waitFor(`document.querySelector('.dirty-note').hidden`, "the member's save", 10*time.Second)
 		// Delete is the owner's too.
@@ -582,7 +610,7 @@ func TestBrowser(t *testing.T) {
 		}
 		tb.screenshot("tiles-confirm-delete", 1280)
 		// Escape cancels and keeps the image; focus goes back to the button.
-		tb.run(chromedp.KeyEvent(kb.Escape))
+		tb.do(chromedp.KeyEvent(kb.Escape))
 		tb.waitFor(`!document.querySelector("dialog[open]")`, "the dialog to close", 5*time.Second)
 		tb.eval(`document.activeElement.getAttribute("aria-label")`, &focus)
 		if focus != "Delete image "+name {
@@ -608,7 +636,8 @@ func TestBrowser(t *testing.T) {
 		b.openImage(id, name)
 
 		// B saves a new description first.
-		b.run(chromedp.SetValue("#f-desc", "", chromedp.ByQuery), chromedp.SendKeys("#f-desc", "Description from tab B.", chromedp.ByQuery))
+		b.eval(`(() => { const d = document.querySelector("#f-desc"); d.value = ""; d.dispatchEvent(new Event("input")); })()`, nil)
+		b.do(chromedp.SendKeys(chromedp.CSS("#f-desc"), "Description from tab B."))
 		b.click(`[data-action="save"]`)
 		b.waitFor(`document.querySelector('.dirty-note').hidden`, "tab B's save", 10*time.Second)
 
@@ -648,7 +677,117 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("git context, destinations and credentials", func(t *testing.T) {
+		const name = "team/from-git"
+		id := s.createImage("ws1", "alice", name, "From a repository.", "FROM busybox\n")
+		for cred, body := range map[string]any{
+			"gh":  map[string]any{"kind": "git", "username": "robot", "token": "gh-secret-token"},
+			"old": map[string]any{"kind": "registry", "registry": "old.example.com", "password": "old-secret"},
+		} {
+			if code, _, _ := s.call("PUT", "/api/v1/workspaces/ws1/credentials/"+cred, "alice", body); code != http.StatusNoContent {
+				t.Fatalf("PUT credential %s: %d", cred, code)
+			}
+		}
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.openImage(id, name)
+
+		// The owner stores a registry credential with the form.
+		tb.click(`[data-action="add-credential"]`)
+		tb.do(
+			chromedp.SendKeys(chromedp.CSS("#c-name"), "hub"),
+			chromedp.SendKeys(chromedp.CSS("#c-registry"), "registry.example.com"),
+			chromedp.SendKeys(chromedp.CSS("#c-user"), "robot"),
+			chromedp.SendKeys(chromedp.CSS("#c-secret"), "hub-secret-password"),
+		)
+		tb.click(`.cred-form button[type="submit"]`)
+		tb.waitFor(`[...document.querySelectorAll(".cred")].some(li => li.innerText.includes("hub") && li.innerText.includes("registry.example.com"))`, "the stored credential in the list", 10*time.Second)
+		if list := strings.ToLower(tb.text(".cred-list")); !strings.Contains(list, "gh") || !strings.Contains(list, "git") || !strings.Contains(list, "old.example.com") {
+			t.Errorf("the credential list shows %q: want names, kinds and registries", list)
+		}
+
+		// Delete one, after confirming.
+		tb.click(`[aria-label="Delete credential old"]`)
+		tb.click(`dialog[open] [data-action="confirm"]`)
+		tb.waitFor(`![...document.querySelectorAll(".cred")].some(li => li.innerText.includes("old.example.com"))`, "the deleted credential to go", 10*time.Second)
+		_, _, creds := s.call("GET", "/api/v1/workspaces/ws1/credentials", "alice", nil)
+		if b, _ := json.Marshal(creds); strings.Contains(string(b), `"old"`) || !strings.Contains(string(b), `"hub"`) {
+			t.Errorf("credentials after the page's PUT and DELETE: %s", b)
+		}
+
+		// A git context and a destination with the credentials.
+		tb.click(`label[for="ctx-git"]`)
+		tb.do(
+			chromedp.SendKeys(chromedp.CSS("#f-git-url"), "https://git.example.com/team/images.git"),
+			chromedp.SendKeys(chromedp.CSS("#f-git-ref"), "v1.2"),
+			chromedp.SendKeys(chromedp.CSS("#f-git-dir"), "docker/base"),
+		)
+		tb.setSelect("#f-git-cred", "gh")
+		tb.click(`[data-action="add-destination"]`)
+		tb.do(chromedp.SendKeys(chromedp.CSS(".dest-row input"), "registry.example.com/team/from-git:latest"))
+		tb.setSelect(".dest-row select", "hub")
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`document.querySelector('.dirty-note').hidden`, "the save", 10*time.Second)
+		tb.screenshot("editor-git", 1280)
+		_, _, img := s.call("GET", "/api/v1/images/"+id, "alice", nil)
+		got, _ := json.Marshal(map[string]any{"context": img["context"], "destinations": img["destinations"]})
+		want := `{"context":{"git":{"credential":"gh","dir":"docker/base","ref":"v1.2","url":"https://git.example.com/team/images.git"},"type":"git"},"destinations":[{"credential":"hub","reference":"registry.example.com/team/from-git:latest"}]}`
+		if string(got) != want {
+			t.Errorf("saved\n%s\nwant\n%s", got, want)
+		}
+		// Switching back to LOCAL FOLDER offers the Dockerfile again.
+		tb.click(`label[for="ctx-local"]`)
+		if df := tb.dockerfile(); !strings.Contains(df, "FROM busybox") {
+			t.Errorf("the Dockerfile after switching back: %q", df)
+		}
+		var page string
+		tb.eval(`document.documentElement.outerHTML`, &page)
+		for _, secret := range []string{"hub-secret-password", "gh-secret-token", "old-secret"} {
+			if strings.Contains(page, secret) {
+				t.Errorf("the page holds the secret %q", secret)
+			}
+		}
+	})
+
+	t.Run("keyboard: create from the tiles and save with Ctrl+S", func(t *testing.T) {
+		const name = "team/by-keyboard"
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.do(chromedp.Focus(chromedp.CSS(`[data-testid="new-image"]`)), chromedp.KeyEvent(kb.Enter))
+		tb.waitFor(`document.activeElement && document.activeElement.id === "f-name"`, "focus on the name field of a new image", 10*time.Second)
+		tb.do(chromedp.KeyEvent(name), chromedp.KeyEvent("s", chromedp.KeyModifiers(chromedp.ModifierCtrl)))
+		tb.waitFor(`document.querySelector("#page-title")?.innerText === "`+name+`"`, "the saved image's editor", 10*time.Second)
+		// The dialog keeps focus inside and Escape closes it.
+		tb.do(chromedp.Focus(chromedp.CSS(`[data-action="delete"]`)), chromedp.KeyEvent(kb.Enter))
+		tb.waitFor(`document.querySelector("dialog[open]")`, "the confirm dialog", 5*time.Second)
+		tb.do(chromedp.KeyEvent(kb.Tab), chromedp.KeyEvent(kb.Tab), chromedp.KeyEvent(kb.Tab))
+		var inside bool
+		tb.eval(`document.querySelector("dialog[open]").contains(document.activeElement)`, &inside)
+		if !inside {
+			t.Error("Tab left the open dialog")
+		}
+		tb.do(chromedp.KeyEvent(kb.Escape))
+		tb.waitFor(`!document.querySelector("dialog[open]") && document.activeElement.dataset.action === "delete"`, "the dialog to close and focus to return", 5*time.Second)
+	})
+
 	t.Run("screenshots of the tiles and the editor at 1280 and 768", func(t *testing.T) {
+		// A built image too, so that the tiles show all three states.
+		if builtID != "" {
+			ref := s.srv.RegistryHost() + "/library/busybox"
+			id := s.createImage("ws1", "alice", "ml/jupyter-base", "Jupyter with the scientific Python stack, for notebooks.", "FROM "+ref+"\nRUN echo ready\n")
+			if code, _, b := s.call("POST", "/api/v1/images/"+id+"/builds", "alice", nil); code != http.StatusAccepted {
+				t.Fatalf("POST builds: %d %v", code, b)
+			}
+			deadline := time.Now().Add(3 * time.Minute)
+			for {
+				_, _, img := s.call("GET", "/api/v1/images/"+id, "alice", nil)
+				if img["status"] == "built" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("ml/jupyter-base did not build: %v", img["latest_build"])
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
 		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
 		tb.waitFor(`document.querySelectorAll(".tiles .tile[data-name]").length >= 3`, "the tiles", 10*time.Second)
 		tb.screenshot("tiles", 1280)

@@ -34,7 +34,7 @@ func TestBundleIsCurrent(t *testing.T) {
 	// Copy the source without node_modules, so the check never depends on
 	// (or disturbs) a developer's installed tree.
 	work := t.TempDir()
-	for _, name := range []string{"package.json", "package-lock.json", "build.mjs", "src"} {
+	for _, name := range []string{".npmrc", "package.json", "package-lock.json", "build.mjs", "src"} {
 		if err := copyTree(filepath.Join(srcDir, name), filepath.Join(work, name)); err != nil {
 			t.Fatal(err)
 		}
