@@ -164,8 +164,9 @@ func (r *Runner) notStarting(pod *corev1.Pod) string {
 // and log and OutcomeOf's error, which wraps ErrContext or ErrPod. The log
 // is that of the container that ended the build (Kaniko, or the init
 // container), with the build's credentials, read from its Secret, replaced
-// by "[redacted]", and at most Options.LogCap bytes: its beginning and its
-// end, where Kaniko states its error, around a marker line. A log the pod
+// by "[redacted]", and cut to Options.LogCap bytes when longer: its
+// beginning and its end, where Kaniko states its error, around a marker
+// line. A log the pod
 // took with it when it was deleted is nil.
 //
 // An error with done false means Report could not read what it needs (the

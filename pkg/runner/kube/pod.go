@@ -110,6 +110,9 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 	if len(spec.Destinations) == 0 {
 		return nil, fmt.Errorf("kube: build %s: no destination", spec.ID)
 	}
+	if _, err := credentials(spec.DockerConfig, ""); err != nil {
+		return nil, fmt.Errorf("kube: build %s: %w", spec.ID, err)
+	}
 	dockerfile, err := cleanRelative(spec.Dockerfile)
 	if err != nil {
 		return nil, fmt.Errorf("kube: build %s: Dockerfile: %w", spec.ID, err)
