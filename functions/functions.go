@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/auth"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/store"
@@ -47,6 +48,12 @@ type Deps struct {
 	Now        func() time.Time
 	// LogPoll is how often a followed build log is checked for more.
 	LogPoll time.Duration
+	// IgnoreWorkspaces: POST /events acknowledges the platform's workspace
+	// events without handling them (a cluster role other than receiver).
+	IgnoreWorkspaces bool
+	// Handlers handle further event types at POST /events (the cluster
+	// roles' build and pod events).
+	Handlers map[string]events.Handler
 }
 
 type ctxKey struct{}

@@ -20,8 +20,22 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if h, ok := a.Handlers[e.Type()]; ok {
+		if err := h(r.Context(), e); err != nil {
+			if errors.Is(err, events.ErrMalformed) {
+				return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
+			}
+			return err // 500: the broker redelivers
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
 	switch e.Type() {
 	case events.WorkspaceCreated, events.WorkspaceUpdated, events.WorkspaceDeleted:
+		if a.IgnoreWorkspaces {
+			w.WriteHeader(http.StatusAccepted)
+			return nil
+		}
 		ws, err := events.DecodeWorkspace(e)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)

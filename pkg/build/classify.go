@@ -7,10 +7,11 @@ import (
 )
 
 // Classify maps what a runner observed to the failure a user sees: the one
-// place where an executor's exit, a kill by the memory limit, a timeout or a
-// cancellation becomes a contract reason with an actionable message. logTail
-// is the end of the build log, where the executor states its error. It
-// returns nil when the build succeeded.
+// place where an executor's exit, a kill by the memory limit, a timeout, a
+// cancellation, a failed fetch of the context or a failure of the runner
+// itself becomes a contract reason with an actionable message. logTail is
+// the end of the build log, where the executor (or the context's fetcher)
+// states its error. It returns nil when the build succeeded.
 func Classify(o Outcome, limits Limits, logTail string) *Failure {
 	switch {
 	case o.Cancelled:
@@ -19,6 +20,13 @@ func Classify(o Outcome, limits Limits, logTail string) *Failure {
 		return &Failure{Reason: ReasonTimeout, Message: fmt.Sprintf("the build ran longer than its time limit of %s and was stopped", limits.Timeout)}
 	case o.OOMKilled:
 		return &Failure{Reason: ReasonOOM, Message: fmt.Sprintf("the build ran out of memory: it needed more than its limit of %d MiB%s", limits.MemoryBytes>>20, failingStep(logTail))}
+	case o.ContextFailed:
+		if line := lastLine(logTail); line != "" {
+			return &Failure{Reason: ReasonGit, Message: "fetching the build context failed: " + trimErr(line)}
+		}
+		return &Failure{Reason: ReasonGit, Message: fmt.Sprintf("fetching the build context failed (exit code %d)", o.ExitCode)}
+	case o.Problem != "":
+		return &Failure{Reason: ReasonInternal, Message: o.Problem}
 	case o.ExitCode == 0 && o.Digest != "":
 		return nil
 	case o.ExitCode == 0:
@@ -51,6 +59,19 @@ func lastError(log string) string {
 	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.TrimSpace(lines[i])
 		if strings.Contains(strings.ToLower(l), "error") {
+			return l
+		}
+	}
+	return ""
+}
+
+// lastLine is the log's last line that is neither blank nor one of the
+// platform's own notes ("[slipway] ...").
+func lastLine(log string) string {
+	lines := strings.Split(log, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if l != "" && !strings.HasPrefix(l, "[slipway]") {
 			return l
 		}
 	}

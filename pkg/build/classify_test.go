@@ -10,6 +10,7 @@ func TestClassify(t *testing.T) {
 	limits := Limits{MemoryBytes: 512 << 20, Timeout: 10 * time.Minute}
 	runLog := "INFO[0000] FROM 127.0.0.1:5000/busybox\nINFO[0001] RUN echo one\nINFO[0001] RUN exit 3\n" +
 		"error building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n"
+	fetchLog := "fetching https://git.example.com/acme/app.git\ngit context: repository not found\n\n[slipway] the executor ended after 0.3 s with exit code 2\n"
 	cases := []struct {
 		name    string
 		o       Outcome
@@ -28,6 +29,15 @@ func TestClassify(t *testing.T) {
 		{"missing COPY source", Outcome{ExitCode: 1}, "INFO[0000] COPY nope /x\nerror building image: error building stage: failed to get files used from context: lstat /workspace/nope: no such file or directory\n", ReasonDockerfile, `during "COPY nope /x"`},
 		{"failing RUN, text format", Outcome{ExitCode: 3}, "time=\"t\" level=info msg=\"RUN echo \\\"a\\\" && exit 3\"\ntime=\"t\" level=info msg=\"Running: [/bin/sh -c exit 3]\"\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n", ReasonDockerfile, `instruction "RUN echo \"a\" && exit 3" failed with exit code 3`},
 		{"no digest", Outcome{}, "", ReasonInternal, "digest"},
+		{"success with commit", Outcome{Digest: "sha256:abc", Commit: "0123456789abcdef0123456789abcdef01234567"}, "", "", ""},
+		{"context failed", Outcome{ContextFailed: true, ExitCode: 2}, fetchLog, ReasonGit, "fetching the build context failed: git context: repository not found"},
+		{"context failed, no log", Outcome{ContextFailed: true, ExitCode: 2}, "\n[slipway] the executor ended\n", ReasonGit, "fetching the build context failed (exit code 2)"},
+		{"context fetch OOMKilled", Outcome{ContextFailed: true, OOMKilled: true, ExitCode: 137}, fetchLog, ReasonOOM, "512 MiB"},
+		{"context fetch timed out", Outcome{ContextFailed: true, TimedOut: true, ExitCode: 137}, fetchLog, ReasonTimeout, "10m0s"},
+		{"context failed, and a problem", Outcome{ContextFailed: true, ExitCode: 1, Problem: "the build pod failed: x"}, fetchLog, ReasonGit, "repository not found"},
+		{"problem", Outcome{ExitCode: -1, Problem: "the build pod failed: it was evicted: disk"}, runLog, ReasonInternal, "the build pod failed: it was evicted: disk"},
+		{"problem after the executor exited 0", Outcome{Digest: "sha256:abc", Problem: "the build pod failed: deleted"}, "", ReasonInternal, "the build pod failed: deleted"},
+		{"cancelled with a problem", Outcome{Cancelled: true, Problem: "the build pod failed: deleted"}, "", ReasonCancelled, "cancelled"},
 		{"silent crash", Outcome{ExitCode: 2}, "", ReasonInternal, "exit code 2"},
 	}
 	for _, c := range cases {

@@ -47,6 +47,19 @@ type Outcome struct {
 	TimedOut  bool   // Limits.Timeout elapsed and the runner stopped the build
 	Cancelled bool   // the context was cancelled and the runner stopped the build
 	Digest    string // the pushed image's digest ("sha256:..."), when it succeeded
+	// ContextFailed says that fetching the build context failed, so the
+	// executor never ran; the log's end says why. Only a runner that
+	// fetches contexts itself sets it (the kube runner, when its init
+	// container failed); ExitCode is then the fetcher's.
+	ContextFailed bool
+	// Commit is the git commit the build context was fetched at, when the
+	// runner fetched it; "" otherwise.
+	Commit string
+	// Problem, when not "", is the runner's own failure rather than the
+	// build's, said for the user: the executor's image could not be
+	// pulled, the build was evicted for anything but memory, someone else
+	// deleted it, and the like.
+	Problem string
 }
 
 // Runner executes builds. Run blocks until the build's executor has ended,
@@ -55,4 +68,49 @@ type Outcome struct {
 // (it could not start the container, say), not the build.
 type Runner interface {
 	Run(ctx context.Context, spec Spec, log io.Writer) (Outcome, error)
+}
+
+// ExecutorArgs returns the Kaniko executor's arguments that every runner
+// passes, whatever its paths: the Dockerfile's and the context directory's
+// paths as the executor sees them, and the file the executor writes the
+// pushed image's digest to. In this order:
+//
+//   - --dockerfile dockerfile and --context dir://contextDir;
+//   - --digest-file digestFile;
+//   - --push-retry 2, --verbosity info and --log-format text (plain lines,
+//     which Classify reads);
+//   - --force, since Kaniko refuses to run unless it recognises a container
+//     runtime: it does not know runc (it passes only by accident, finding
+//     "docker" in its own "--dockerfile" in /proc/1/cmdline), and its check
+//     fails on cgroup v2 nodes (kaniko issue #1592), where a pod is a
+//     container all the same;
+//   - --destination for each of spec.Destinations;
+//   - --insecure-registry and --skip-tls-verify-registry for each of
+//     spec.InsecureRegistries: Kaniko applies both to pulls (the base image)
+//     and pushes;
+//   - --cache=true and --cache-repo spec.CacheRepo when that is set.
+//
+// The executor's own path, when the runner needs it first, is not included.
+func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string {
+	args := []string{
+		"--dockerfile", dockerfile,
+		"--context", "dir://" + contextDir,
+		"--digest-file", digestFile,
+		"--push-retry", "2",
+		"--verbosity", "info",
+		"--log-format", "text",
+		// Skip Kaniko's check that it runs in a container it recognises:
+		// it knows neither runc nor pods on cgroup v2 nodes (see above).
+		"--force",
+	}
+	for _, d := range spec.Destinations {
+		args = append(args, "--destination", d)
+	}
+	for _, h := range spec.InsecureRegistries {
+		args = append(args, "--insecure-registry", h, "--skip-tls-verify-registry", h)
+	}
+	if spec.CacheRepo != "" {
+		args = append(args, "--cache=true", "--cache-repo", spec.CacheRepo)
+	}
+	return args
 }

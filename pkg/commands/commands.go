@@ -20,6 +20,8 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/gitctx"
+	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -30,6 +32,9 @@ const usage = `usage:
       print a bearer token for SUBJECT that the server on the same data dir accepts
   slipway workspace ID --owner USER [--member USER]... [--server URL] [--data DIR] [--update]
       announce a workspace to a running server as the platform would
+
+  slipway fetch-context --url URL [--ref REF] [--dir DIR] --dest DIR
+      fetch a Git build context (a build pod's init container; token in SLIPWAY_GIT_TOKEN)
 
 Run 'slipway COMMAND --help' for a command's flags.
 `
@@ -51,6 +56,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = token(args[1:], stdout, stderr)
 	case "workspace":
 		err = workspace(args[1:], stdout, stderr)
+	case "fetch-context":
+		err = fetchContext(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -106,8 +113,14 @@ func serve(args []string, stderr io.Writer) error {
 	cfg := server.DefaultConfig()
 	fs := newFlagSet("serve", stderr)
 	cfg.RegisterFlags(fs)
+	if err := server.ApplyEnv(fs); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	log, err := server.NewLogger(cfg.LogLevel)
 	if err != nil {
@@ -207,5 +220,48 @@ func workspace(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("sending to %s: %v", *srv, res)
 	}
 	fmt.Fprintf(stdout, "workspace %s announced (owner %s, members %s)\n", pos[0], *owner, members.String())
+	return nil
+}
+
+// GitTokenEnv carries a private repository's token to fetch-context; it is
+// never an argument, so it appears in no process listing or pod spec.
+const GitTokenEnv = "SLIPWAY_GIT_TOKEN"
+
+// fetchContext is the build pod's init container: it fetches the Git
+// context with the same code as local builds, and reports the commit (or
+// its error) in the container's termination message for the reporter.
+func fetchContext(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("fetch-context", stderr)
+	url := fs.String("url", "", "the repository `URL` (required)")
+	ref := fs.String("ref", "", "branch, tag or commit (default: the default branch)")
+	dir := fs.String("dir", "", "the directory with the Dockerfile, inside the repository")
+	dest := fs.String("dest", "", "an empty `DIR` to check the commit out into (required)")
+	username := fs.String("username", "", "the user name for the token (default git)")
+	termination := fs.String("termination-log", "/dev/termination-log", "where the result is written for Kubernetes")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *url == "" || *dest == "" {
+		return fmt.Errorf("%w: --url and --dest are required", errUsage)
+	}
+	var auth *gitctx.Auth
+	if tok := os.Getenv(GitTokenEnv); tok != "" {
+		auth = &gitctx.Auth{Username: *username, Token: tok}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	f := &gitctx.Fetcher{}
+	commit, _, err := f.Fetch(ctx, image.Git{URL: *url, Ref: *ref, Dir: *dir}, auth, *dest)
+	result := "commit " + commit
+	if err != nil {
+		result = "fetching the build context failed: " + err.Error()
+	}
+	if werr := os.WriteFile(*termination, []byte(result+"\n"), 0o644); werr != nil && !errors.Is(werr, os.ErrNotExist) {
+		fmt.Fprintf(stderr, "slipway fetch-context: writing %s: %v\n", *termination, werr)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, result)
 	return nil
 }

@@ -6,10 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -91,5 +94,29 @@ func TestTokenAndWorkspaceAgainstAServer(t *testing.T) {
 	code, _, _ = run("workspace", "ws3", "--owner", "x", "--server", "http://127.0.0.1:1", "--data", data)
 	if code != 1 || time.Since(start) > 35*time.Second {
 		t.Fatalf("unreachable server: exit %d after %v", code, time.Since(start))
+	}
+}
+
+func TestFetchContext(t *testing.T) {
+	root := t.TempDir()
+	fixture := gittest.NewFixture(t, filepath.Join(root, "repo.git"))
+	gitURL := gittest.ServeGit(t, root)
+	dest, term := t.TempDir(), filepath.Join(t.TempDir(), "termination-log")
+	code, out, stderr := run("fetch-context", "--url", strings.TrimSuffix(gitURL, "/")+"/repo.git", "--ref", "v1.0", "--dir", "docker", "--dest", dest, "--termination-log", term)
+	if code != 0 || strings.TrimSpace(out) != "commit "+fixture.Second {
+		t.Fatalf("fetch-context: %d %q %q", code, out, stderr)
+	}
+	if msg, _ := os.ReadFile(term); strings.TrimSpace(string(msg)) != "commit "+fixture.Second {
+		t.Fatalf("termination message %q", msg)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, gittest.AppFile)); string(b) != "second\n" {
+		t.Fatalf("checked out %q", b)
+	}
+	// A failure is reported in the termination message too, without the token.
+	t.Setenv(GitTokenEnv, "tok-secret-123")
+	code, _, stderr = run("fetch-context", "--url", strings.TrimSuffix(gitURL, "/")+"/repo.git", "--ref", "nope", "--dest", t.TempDir(), "--termination-log", term)
+	msg, _ := os.ReadFile(term)
+	if code != 1 || !strings.HasPrefix(string(msg), "fetching the build context failed: ") || strings.Contains(string(msg)+stderr, "tok-secret-123") {
+		t.Fatalf("failing fetch: %d %q %q", code, msg, stderr)
 	}
 }

@@ -62,14 +62,17 @@ type Options struct {
 	Events   Publisher
 	Secrets  Opener
 	Git      GitFetcher
-	Registry string       // the internal registry, HOST:PORT
-	Slots    int          // builds run at once
-	Limits   build.Limits // per build
-	LogCap   int64        // bytes of log kept per build
-	Cache    bool         // Kaniko's layer cache in the internal registry
-	WorkDir  string       // where build contexts are prepared
-	Log      *slog.Logger
-	Now      func() time.Time
+	Registry string // the internal registry, HOST:PORT
+	// InsecureRegistry: the internal registry speaks plain HTTP (the
+	// embedded one on loopback).
+	InsecureRegistry bool
+	Slots            int          // builds run at once
+	Limits           build.Limits // per build
+	LogCap           int64        // bytes of log kept per build
+	Cache            bool         // Kaniko's layer cache in the internal registry
+	WorkDir          string       // where build contexts are prepared
+	Log              *slog.Logger
+	Now              func() time.Time
 	// RunnerError, when set, fails every build with this message: the
 	// runner could not be set up (runc or the executor is missing).
 	RunnerError string
@@ -255,7 +258,7 @@ func (d *Dispatcher) Reconcile(ctx context.Context) error {
 		case b.Status == build.Queued:
 			d.enqueue(r)
 		case b.Status == build.Running:
-			d.settle(ctx, r, func(b *build.Build) error {
+			settle(ctx, d.o, r, func(b *build.Build) error {
 				return b.Fail(build.ReasonInterrupted, "the build was interrupted: the server stopped while it ran; build again", d.o.Now())
 			})
 		}
@@ -283,19 +286,19 @@ func (d *Dispatcher) Reconcile(ctx context.Context) error {
 
 // settle applies an ending to a build and announces it. A build that has
 // ended already (cancelled meanwhile) keeps its ending.
-func (d *Dispatcher) settle(ctx context.Context, r ref, end func(*build.Build) error) {
+func settle(ctx context.Context, o Options, r ref, end func(*build.Build) error) {
 	ctx = context.WithoutCancel(ctx)
-	b, err := d.o.Store.UpdateBuild(ctx, r.Image, r.Number, end)
+	b, err := o.Store.UpdateBuild(ctx, r.Image, r.Number, end)
 	switch {
 	case errors.Is(err, build.ErrTransition), errors.Is(err, store.ErrNotFound):
 		return
 	case err != nil:
-		d.o.Log.Error("settling build", "build", r.id(), "error", err)
+		o.Log.Error("settling build", "build", r.id(), "error", err)
 		return
 	}
 	typ := map[build.Status]string{build.Succeeded: events.BuildSucceeded, build.Failed: events.BuildFailed, build.Cancelled: events.BuildCancelled}[b.Status]
-	d.o.Events.Publish(typ, b.ID(), b.View(d.o.Now()))
-	d.o.Log.Info("build ended", "build", b.ID(), "status", b.Status, "reason", failureReason(b))
+	o.Events.Publish(typ, b.ID(), b.View(o.Now()))
+	o.Log.Info("build ended", "build", b.ID(), "status", b.Status, "reason", failureReason(b))
 }
 
 func failureReason(b build.Build) string {
@@ -320,7 +323,7 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	if err := log.Close(); err != nil {
 		d.o.Log.Error("writing build log", "build", r.id(), "error", err)
 	}
-	d.settle(ctx, r, end)
+	settle(ctx, d.o, r, end)
 }
 
 // fail returns an ending that fails a build with reason and message.
@@ -345,14 +348,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return d.fail(build.ReasonInternal, "preparing the build context: %v", err)
 	}
-	spec := build.Spec{
-		ID: b.ID(), Dockerfile: "Dockerfile", Limits: d.o.Limits,
-		Destinations:       []string{d.o.Registry + "/" + img.Name + ":latest"},
-		InsecureRegistries: []string{d.o.Registry},
-	}
-	if d.o.Cache {
-		spec.CacheRepo = d.o.Registry + "/" + image.ReservedPrefix + "/" + img.Name
-	}
+	spec := baseSpec(d.o, img, b)
 	switch img.Context.Type {
 	case image.ContextLocal:
 		spec.ContextDir = filepath.Join(work, "context")
@@ -365,7 +361,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	case image.ContextGit:
 		g := *img.Context.Git
 		log.Notef("fetching %s at %s", g.URL, orDefault(g.Ref, "the default branch"))
-		auth, err := d.gitAuth(ctx, img.Workspace, g.Credential)
+		auth, err := gitAuth(ctx, d.o, img.Workspace, g.Credential)
 		if err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err)
@@ -399,7 +395,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		log.Notef("%v", err)
 		return d.fail(build.ReasonDockerfile, "%v", err)
 	}
-	if spec.DockerConfig, err = d.dockerConfig(ctx, img.Workspace, image.BaseRegistries(string(dockerfile))); err != nil {
+	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(string(dockerfile))); err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
 	started := time.Now()
@@ -422,6 +418,24 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }
 }
 
+// baseSpec is what every runner gets for build b of img: its ID, limits,
+// the internal destination and the layer cache.
+func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
+	spec := build.Spec{
+		ID: b.ID(), Dockerfile: "Dockerfile", Limits: o.Limits,
+		Destinations: []string{internalTag(o, img)},
+	}
+	if o.InsecureRegistry {
+		spec.InsecureRegistries = []string{o.Registry}
+	}
+	if o.Cache {
+		spec.CacheRepo = o.Registry + "/" + image.ReservedPrefix + "/" + img.Name
+	}
+	return spec
+}
+
+func internalTag(o Options, img image.Image) string { return o.Registry + "/" + img.Name + ":latest" }
+
 func orDefault(s, def string) string {
 	if s == "" {
 		return def
@@ -430,18 +444,18 @@ func orDefault(s, def string) string {
 }
 
 // gitAuth opens a workspace's git credential by name (nil for none).
-func (d *Dispatcher) gitAuth(ctx context.Context, ws, cred string) (*gitctx.Auth, error) {
+func gitAuth(ctx context.Context, o Options, ws, cred string) (*gitctx.Auth, error) {
 	if cred == "" {
 		return nil, nil
 	}
-	c, err := d.o.Store.GetCredential(ctx, ws, cred)
+	c, err := o.Store.GetCredential(ctx, ws, cred)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind != "git") {
 		return nil, fmt.Errorf("the git credential %q does not exist in this workspace", cred)
 	}
 	if err != nil {
 		return nil, err
 	}
-	token, err := d.o.Secrets.Open(c.Secret)
+	token, err := o.Secrets.Open(c.Secret)
 	if err != nil {
 		return nil, err
 	}
@@ -458,8 +472,8 @@ func gitDir(img image.Image) string {
 // dockerConfig holds the workspace's credentials for the registries the
 // build pulls base images from, and no others: the build's own steps can
 // read it, so it carries only what the build needs.
-func (d *Dispatcher) dockerConfig(ctx context.Context, ws string, registries []string) ([]byte, error) {
-	cs, err := d.o.Store.ListCredentials(ctx, ws)
+func dockerConfig(ctx context.Context, o Options, ws string, registries []string) ([]byte, error) {
+	cs, err := o.Store.ListCredentials(ctx, ws)
 	if err != nil {
 		return nil, err
 	}
@@ -468,7 +482,7 @@ func (d *Dispatcher) dockerConfig(ctx context.Context, ws string, registries []s
 		if c.Kind != "registry" || !slices.Contains(registries, c.Registry) {
 			continue
 		}
-		pw, err := d.o.Secrets.Open(c.Secret)
+		pw, err := o.Secrets.Open(c.Secret)
 		if err != nil {
 			return nil, err
 		}
@@ -480,11 +494,20 @@ func (d *Dispatcher) dockerConfig(ctx context.Context, ws string, registries []s
 	return json.Marshal(map[string]any{"auths": auths})
 }
 
+// registryOf is the registry host of an image reference.
+func registryOf(ref string) string {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return ""
+	}
+	return r.Context().RegistryStr()
+}
+
 // push copies the built image from the internal registry to each external
 // destination with its credential, and reports each result. failed names
 // the destinations that refused, "" when all took it.
 func (d *Dispatcher) push(ctx context.Context, img image.Image, reference string, log *logWriter) (pushes []build.Push, failed string) {
-	pushes = []build.Push{{Reference: d.o.Registry + "/" + img.Name + ":latest", Status: "pushed"}}
+	pushes = []build.Push{{Reference: internalTag(d.o, img), Status: "pushed"}}
 	if len(img.Destinations) == 0 {
 		return pushes, ""
 	}

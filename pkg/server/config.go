@@ -4,12 +4,17 @@
 package server
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Config is every setting of `slipway serve`. DefaultConfig holds the
@@ -37,6 +42,93 @@ type Config struct {
 	BuildLogCap       int64         // bytes of log kept per build
 	BuildCache        bool          // Kaniko's layer cache in the internal registry
 	ReconcileInterval time.Duration // how often stuck builds are looked for
+
+	// The cluster column (see ../shared/DESIGN.md); the defaults are the
+	// embedded parts.
+	Role             string // all (one process), api, receiver, dispatcher, reporter or reconciler
+	Store            string // sqlite or firestore
+	FirestoreProject string // the Google Cloud project of the Firestore database
+	Runner           string // runc or kubernetes
+	BuildNamespace   string // where build pods run
+	KanikoImage      string // the Kaniko executor image of build pods
+	InitImage        string // the slipway image, for build pods' context fetching
+	Registry         string // HOST[:PORT] of an external internal-registry; empty: the embedded one
+	OIDCIssuer       string // verify the platform's OIDC tokens from this issuer instead of local tokens
+	OIDCAudience     string // the audience those tokens carry
+	// CredentialsKeyDir holds the key that seals workspace credentials
+	// (secret.KeyFile); every process of a deployment must share it, so in
+	// the cluster it is a mounted Secret. Empty: the data dir.
+	CredentialsKeyDir string
+}
+
+func (c *Config) credentialsKeyDir() string {
+	if c.CredentialsKeyDir != "" {
+		return c.CredentialsKeyDir
+	}
+	return c.DataDir
+}
+
+// Roles a process can take.
+var Roles = []string{"all", "api", "receiver", "dispatcher", "reporter", "reconciler"}
+
+// EnvVars maps each environment variable Slipway reads to the flag it sets;
+// flags given on the command line win over the environment.
+var EnvVars = map[string]string{
+	"SLIPWAY_ADDR": "addr", "SLIPWAY_DATA": "data", "SLIPWAY_ROLE": "role",
+	"SLIPWAY_STORE": "store", "SLIPWAY_FIRESTORE_PROJECT": "firestore-project",
+	"SLIPWAY_RUNNER": "runner", "SLIPWAY_BUILD_NAMESPACE": "build-namespace",
+	"SLIPWAY_KANIKO_IMAGE": "kaniko-image", "SLIPWAY_INIT_IMAGE": "init-image",
+	"SLIPWAY_REGISTRY": "registry", "SLIPWAY_OIDC_ISSUER": "oidc-issuer", "SLIPWAY_OIDC_AUDIENCE": "oidc-audience",
+	"SLIPWAY_BUILD_TIMEOUT": "build-timeout", "SLIPWAY_BUILD_MEMORY": "build-memory", "SLIPWAY_BUILD_CPU": "build-cpus",
+	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
+	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
+}
+
+// ApplyEnv sets the flags of fs named by EnvVars from the environment.
+func ApplyEnv(fs *flag.FlagSet) error {
+	for env, name := range EnvVars {
+		if v, ok := os.LookupEnv(env); ok && fs.Lookup(name) != nil {
+			if err := fs.Set(name, v); err != nil {
+				return fmt.Errorf("%s=%q: %w", env, v, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks that the settings make sense together.
+func (c *Config) Validate() error {
+	if !slices.Contains(Roles, c.Role) {
+		return fmt.Errorf("role %q: want one of %s", c.Role, strings.Join(Roles, ", "))
+	}
+	switch c.Store {
+	case "sqlite":
+	case "firestore":
+		if c.FirestoreProject == "" {
+			return errors.New("the firestore store needs --firestore-project")
+		}
+	default:
+		return fmt.Errorf("store %q: want sqlite or firestore", c.Store)
+	}
+	switch c.Runner {
+	case "runc":
+	case "kubernetes":
+		if c.KanikoImage == "" || c.InitImage == "" {
+			return errors.New("the kubernetes runner needs --kaniko-image and --init-image")
+		}
+	default:
+		return fmt.Errorf("runner %q: want runc or kubernetes", c.Runner)
+	}
+	if (c.OIDCIssuer == "") != (c.OIDCAudience == "") {
+		return errors.New("--oidc-issuer and --oidc-audience go together")
+	}
+	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
+		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
+	}
+	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
+		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
+	}
+	return nil
 }
 
 // DefaultConfig returns the embedded defaults, with SLIPWAY_ADDR,
@@ -60,6 +152,11 @@ func DefaultConfig() Config {
 		BuildLogCap:       4 << 20,
 		BuildCache:        false,
 		ReconcileInterval: 30 * time.Second,
+
+		Role:           "all",
+		Store:          "sqlite",
+		Runner:         "runc",
+		BuildNamespace: "slipway-builds",
 	}
 	if v := os.Getenv("SLIPWAY_ADDR"); v != "" {
 		c.Addr = v
@@ -90,12 +187,37 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")
 	fs.DurationVar(&c.BuildTimeout, "build-timeout", c.BuildTimeout, "wall-clock limit of one build")
-	fs.Int64Var(&c.BuildMemory, "build-memory", c.BuildMemory, "memory limit of one build in `BYTES`")
-	fs.Float64Var(&c.BuildCPUs, "build-cpus", c.BuildCPUs, "CPU limit of one build in cores")
+	fs.Func("build-memory", "memory limit of one build, in bytes or as a quantity such as 2Gi (default 2Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildMemory = q.Value()
+		return nil
+	})
+	fs.Func("build-cpus", "CPU limit of one build, in cores or as a quantity such as 1500m (default 1)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildCPUs = q.AsApproximateFloat64()
+		return nil
+	})
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")
 	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build")
 	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often stuck builds are looked for")
+	fs.StringVar(&c.Role, "role", c.Role, "which function this process serves: "+strings.Join(Roles, ", "))
+	fs.StringVar(&c.Store, "store", c.Store, "sqlite (in the data dir) or firestore")
+	fs.StringVar(&c.FirestoreProject, "firestore-project", c.FirestoreProject, "Google Cloud `PROJECT` of the Firestore database")
+	fs.StringVar(&c.Runner, "runner", c.Runner, "runc (local) or kubernetes (build pods)")
+	fs.StringVar(&c.BuildNamespace, "build-namespace", c.BuildNamespace, "Kubernetes namespace of build pods")
+	fs.StringVar(&c.KanikoImage, "kaniko-image", c.KanikoImage, "the Kaniko executor `IMAGE` of build pods")
+	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "the slipway `IMAGE`, whose fetch-context command prepares build pods")
+	fs.StringVar(&c.Registry, "registry", c.Registry, "`HOST[:PORT]` of the internal registry; empty serves the embedded one under /v2/")
+	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", c.OIDCIssuer, "accept OIDC tokens from this issuer `URL` instead of local tokens")
+	fs.StringVar(&c.OIDCAudience, "oidc-audience", c.OIDCAudience, "the audience OIDC tokens must carry")
+	fs.StringVar(&c.CredentialsKeyDir, "credentials-key-dir", c.CredentialsKeyDir, "`DIR` holding the key that seals workspace credentials (default: the data dir)")
 }
 
 // executor finds the Kaniko executor: the configured path, else beside the

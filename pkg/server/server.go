@@ -21,16 +21,24 @@ import (
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/functions"
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/auth/oidc"
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
+	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/secret"
 	"github.com/slipway-dev/slipway/pkg/store"
+	"github.com/slipway-dev/slipway/pkg/store/firestore"
 	"github.com/slipway-dev/slipway/pkg/store/sqlite"
 	"github.com/slipway-dev/slipway/pkg/web"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // DatabaseFile is the SQLite file's name in the data dir.
@@ -78,37 +86,71 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 }
 
 func (s *Server) open() error {
+	ctx := context.Background()
 	var err error
-	if s.Store, err = sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile)); err != nil {
+	switch s.cfg.Store {
+	case "firestore":
+		s.Store, err = firestore.Open(ctx, s.cfg.FirestoreProject)
+	default:
+		s.Store, err = sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile))
+	}
+	if err != nil {
 		return err
 	}
-	if s.Issuer, err = auth.LoadIssuer(s.cfg.DataDir); err != nil {
-		return err
+	var verifier auth.Verifier
+	if s.cfg.OIDCIssuer != "" {
+		if verifier, err = oidc.New(ctx, oidc.Options{Issuer: s.cfg.OIDCIssuer, Audience: s.cfg.OIDCAudience}); err != nil {
+			return err
+		}
+	} else {
+		if s.Issuer, err = auth.LoadIssuer(s.cfg.DataDir); err != nil {
+			return err
+		}
+		verifier = s.Issuer
 	}
-	box, err := secret.LoadBox(s.cfg.DataDir)
+	box, err := secret.LoadBox(s.cfg.credentialsKeyDir())
 	if err != nil {
 		return err
 	}
 	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
 		return err
 	}
-	if s.builds, err = s.newDispatcher(box); err != nil {
-		return err
+	deps := functions.Deps{
+		Store: s.Store, Verifier: auth.Cache(verifier, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
+		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
+		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
+		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
+	}
+	role := s.cfg.Role
+	switch {
+	case role == "all":
+		if s.builds, err = s.newDispatcher(box); err != nil {
+			return err
+		}
+	case role == "dispatcher" || role == "reporter" || role == "reconciler":
+		cluster, err := s.newCluster(box)
+		if err != nil {
+			return err
+		}
+		deps.Handlers = cluster.Handlers(role)
+	}
+	api := functions.New(deps)
+	if role == "all" || role == "api" {
+		if s.cfg.Registry == "" {
+			reg, err := registry.New(ctx, s.cfg.DataDir, slogWriter{s.log})
+			if err != nil {
+				return err
+			}
+			s.mux.Handle("/v2/", reg)
+		}
+		s.mux.Handle("/api/", api)
+		s.mux.Handle("/", web.Handler())
+	}
+	if role != "api" {
+		s.mux.Handle("/events", api)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	api := functions.New(functions.Deps{
-		Store: s.Store, Verifier: auth.Cache(s.Issuer, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
-		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
-		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
-	})
-	reg2, err := registry.New(context.Background(), s.cfg.DataDir, slogWriter{s.log})
-	if err != nil {
-		return err
-	}
-	s.mux.Handle("/v2/", reg2)
-	s.mux.Handle("/api/", api)
-	s.mux.Handle("/events", api)
 	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
@@ -118,13 +160,47 @@ func (s *Server) open() error {
 		w.Write([]byte("ok\n"))
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.mux.Handle("/", web.Handler())
 	s.http = &http.Server{
 		Handler:           instrument(s.mux, reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil
+}
+
+// newCluster sets up the cluster roles' handlers: build pods through the
+// in-cluster Kubernetes API.
+func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap)})
+	if err != nil {
+		return nil, err
+	}
+	get := func(ctx context.Context, id string) (*corev1.Pod, error) {
+		pod, err := client.CoreV1().Pods(s.cfg.BuildNamespace).Get(ctx, id, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return pod, err
+	}
+	return dispatch.NewCluster(s.dispatchOptions(box), pods, get), nil
+}
+
+// dispatchOptions are the build settings both runners share.
+func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
+	return dispatch.Options{
+		Store: s.Store, Events: s.Events, Secrets: box,
+		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
+		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
+		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"), Log: s.log,
+	}
 }
 
 // Demo names the demo workspace and its owner.
@@ -168,14 +244,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 		r, runnerError = nil, "builds cannot run on this server: "+err.Error()
 		s.log.Warn("builds disabled", "error", err)
 	}
-	d := dispatch.New(dispatch.Options{
-		Store: s.Store, Runner: r, Events: s.Events, Secrets: box,
-		Git:      fetcher,
-		Registry: s.RegistryHost(), Slots: s.cfg.BuildSlots,
-		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
-		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"),
-		Log: s.log, RunnerError: runnerError,
-	})
+	o := s.dispatchOptions(box)
+	o.Runner, o.Git, o.RunnerError = r, fetcher, runnerError
+	d := dispatch.New(o)
 	d.Subscribe(s.Events)
 	return d, nil
 }
@@ -183,6 +254,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 // RegistryHost is the internal registry's HOST:PORT: this server's address,
 // with a wildcard host replaced by the loopback address.
 func (s *Server) RegistryHost() string {
+	if s.cfg.Registry != "" {
+		return s.cfg.Registry
+	}
 	addr := s.ln.Addr().(*net.TCPAddr)
 	host := addr.IP.String()
 	if addr.IP.IsUnspecified() {
@@ -198,10 +272,12 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
-	if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
-		s.http.Close()
-		s.closeParts()
-		return err
+	if s.builds != nil {
+		if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
+			s.http.Close()
+			s.closeParts()
+			return err
+		}
 	}
 	if s.cfg.Demo {
 		if err := s.demo(); err != nil {

@@ -13,9 +13,10 @@
 // and limited to Limits.MemoryBytes, its CPU limited to Limits.CPUs, and its
 // life to Limits.Timeout (activeDeadlineSeconds). A git context is fetched
 // by an init container (InitImage, `slipway fetch-context`) into the emptyDir
-// /workspace; a local context is its Dockerfile alone, mounted from the
-// Secret. Kaniko writes the image's digest to its termination message, where
-// OutcomeOf reads it.
+// /workspace; that container writes the commit it fetched to its
+// termination message. A local context is its Dockerfile alone, mounted
+// from the Secret. Kaniko writes the image's digest to its termination
+// message. OutcomeOf reads both.
 //
 // Two ways to follow a build: Run (and RunWith) create the pod, watch it
 // until it ends, copy its log and delete it, like the runc runner; or Create
@@ -43,6 +44,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 // Defaults of Options.
@@ -74,7 +76,7 @@ type Options struct {
 	InitImage string
 	// StartTimeout is how long a container of a build pod may keep failing
 	// to start (its image cannot be pulled, say) before OutcomeOf gives the
-	// build up with ErrPod; DefaultStartTimeout when zero.
+	// build up with an Outcome.Problem; DefaultStartTimeout when zero.
 	StartTimeout time.Duration
 	// LogCap bounds the log Report returns, in bytes; DefaultLogCap when
 	// zero.
@@ -175,9 +177,11 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 // creates the pod, watches it, writes the log of the container that ended
 // it (Kaniko's, or the init container's when fetching the context failed)
 // to log with the credentials of the build replaced by "[redacted]", and
-// deletes the pod. When ctx is done first, it deletes the pod and returns
-// Outcome{Cancelled: true}. Errors wrapping ErrContext or ErrPod come with
-// the Outcome that OutcomeOf returned.
+// deletes the pod. The Outcome is OutcomeOf's, and tells how the build
+// ended, the runner's own failures (Outcome.Problem) included: a pod that
+// someone else deleted, say. When ctx is done first, it deletes the pod and
+// returns Outcome{Cancelled: true}. An error means the runner could not do
+// its part: create the pod, follow it, copy its log or delete it.
 func (r *Runner) RunWith(ctx context.Context, spec build.Spec, src ContextSource, log io.Writer) (build.Outcome, error) {
 	if log == nil {
 		log = io.Discard
@@ -204,32 +208,35 @@ func (r *Runner) RunWith(ctx context.Context, spec build.Spec, src ContextSource
 	if ctx.Err() != nil {
 		return cancelled()
 	}
+	if errors.Is(err, errDeleted) {
+		return build.Outcome{ExitCode: -1, Problem: deletedProblem(spec.ID)}, r.Cleanup(spec.ID)
+	}
 	if err != nil {
 		return build.Outcome{}, errors.Join(err, r.Cleanup(spec.ID))
 	}
-	o, _, outErr := r.OutcomeOf(pod)
+	o, _ := r.OutcomeOf(pod)
 	var logErr error
 	if c := logContainer(pod); c != "" {
-		red := &redactor{w: log, secrets: secrets}
+		red := secret.NewRedactor(log, secrets...)
 		logErr = errors.Join(r.copyLog(ctx, pod.Name, c, red), red.Flush())
 	}
-	return o, errors.Join(outErr, logErr, r.Cleanup(spec.ID))
+	return o, errors.Join(logErr, r.Cleanup(spec.ID))
 }
 
 // wait watches build id's pod until OutcomeOf says it has ended, and
-// returns it then. Each watch starts from a fresh look at the pod and lasts
-// at most watchTimeout.
+// returns it then, or errDeleted when the pod vanished first. Each watch
+// starts from a fresh look at the pod and lasts at most watchTimeout.
 func (r *Runner) wait(ctx context.Context, id string) (*corev1.Pod, error) {
 	pods := r.client.CoreV1().Pods(r.opts.Namespace)
 	for {
 		pod, err := pods.Get(ctx, id, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			return nil, deleted(id)
+			return nil, errDeleted
 		}
 		if err != nil {
 			return nil, fmt.Errorf("kube: get pod %s: %w", id, err)
 		}
-		if _, done, _ := r.OutcomeOf(pod); done {
+		if _, done := r.OutcomeOf(pod); done {
 			return pod, nil
 		}
 		w, err := pods.Watch(ctx, metav1.ListOptions{
@@ -265,9 +272,9 @@ func (r *Runner) watchPod(ctx context.Context, w watch.Interface, id string) (*c
 				return nil, nil // the resource version expired, say: look again
 			case !isPod || pod.Name != id:
 			case ev.Type == watch.Deleted:
-				return nil, deleted(id)
+				return nil, errDeleted
 			default:
-				if _, done, _ := r.OutcomeOf(pod); done {
+				if _, done := r.OutcomeOf(pod); done {
 					return pod, nil
 				}
 			}
@@ -275,10 +282,8 @@ func (r *Runner) watchPod(ctx context.Context, w watch.Interface, id string) (*c
 	}
 }
 
-// deleted is the error of a build whose pod vanished before it ended.
-func deleted(id string) error {
-	return fmt.Errorf("%w: pod %s was deleted before the build ended", ErrPod, id)
-}
+// errDeleted is wait's error for a build pod that vanished before it ended.
+var errDeleted = errors.New("kube: the build pod was deleted")
 
 // Leftovers returns the IDs of the builds whose pods have ended but are
 // still there: the builds to Cleanup once their results are recorded

@@ -27,6 +27,7 @@ import (
 
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 const (
@@ -584,16 +585,36 @@ func TestRunContextFetchFails(t *testing.T) {
 			p.ContainerStatuses = []corev1.ContainerStatus{{Name: kanikoContainer, State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "PodInitializing"}}}}
 		})
 	})
-	if !errors.Is(res.err, ErrContext) || errors.Is(res.err, ErrPod) || !strings.Contains(res.err.Error(), "(exit code 2): git context: repository not found") {
-		t.Errorf("Run error = %v, want ErrContext with the init container's message", res.err)
-	}
-	if res.o.ExitCode != 2 {
-		t.Errorf("Outcome = %+v, want the init container's exit code", res.o)
+	if res.err != nil || res.o != (build.Outcome{ExitCode: 2, ContextFailed: true}) {
+		t.Errorf("Run = %+v, %v; want ContextFailed with the init container's exit code", res.o, res.err)
 	}
 	if res.log != "fake logs" || !slices.Equal(h.logContainers(), []string{initContainer}) {
 		t.Errorf("log %q from %v, want the init container's", res.log, h.logContainers())
 	}
 	h.assertPodGone(t)
+	assertReason(t, res.o, res.log, build.ReasonGit)
+}
+
+func TestRunGitContextCommit(t *testing.T) {
+	h := newHarness(t)
+	src := gitSource()
+	const sha = "0123456789abcdef0123456789abcdef01234567"
+	res := h.run(t, context.Background(), testSpec(), &src, func() {
+		h.setStatus(t, func(p *corev1.PodStatus) {
+			kanikoEnded(corev1.PodSucceeded, 0, "Completed", digest)(p)
+			p.InitContainerStatuses = []corev1.ContainerStatus{{Name: initContainer, State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 0, Reason: "Completed", Message: "commit " + sha + "\n",
+			}}}}
+		})
+	})
+	if res.err != nil || res.o != (build.Outcome{Digest: digest, Commit: sha}) {
+		t.Fatalf("Run = %+v, %v; want the digest and the commit", res.o, res.err)
+	}
+	if !slices.Equal(h.logContainers(), []string{kanikoContainer}) {
+		t.Errorf("log from %v, want Kaniko's", h.logContainers())
+	}
+	h.assertPodGone(t)
+	assertReason(t, res.o, res.log, "")
 }
 
 func TestRunCancelled(t *testing.T) {
@@ -618,9 +639,10 @@ func TestRunPodDeletedBySomeoneElse(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	if !errors.Is(res.err, ErrPod) || !strings.Contains(res.err.Error(), "deleted") {
-		t.Errorf("Run = %+v, %v; want ErrPod", res.o, res.err)
+	if res.err != nil || res.o.ExitCode != -1 || !strings.Contains(res.o.Problem, "pod "+buildID+" was deleted") {
+		t.Errorf("Run = %+v, %v; want a Problem saying the pod was deleted", res.o, res.err)
 	}
+	assertReason(t, res.o, res.log, build.ReasonInternal)
 }
 
 func TestRunRefusesRicherContextDir(t *testing.T) {
@@ -672,6 +694,14 @@ func TestOutcomeOf(t *testing.T) {
 			Terminated: &corev1.ContainerStateTerminated{ExitCode: exit, Reason: reason, Message: "git context: authentication failed"},
 		}}}}
 	}
+	const sha1, sha256 = "0123456789abcdef0123456789abcdef01234567", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	fetched := func(msg string) func(*corev1.PodStatus) {
+		return func(s *corev1.PodStatus) {
+			s.InitContainerStatuses = []corev1.ContainerStatus{{Name: initContainer, State: corev1.ContainerState{
+				Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", Message: msg},
+			}}}
+		}
+	}
 	kanikoFailedLog := "INFO[0001] RUN exit 3\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n"
 
 	for _, tc := range []struct {
@@ -679,10 +709,10 @@ func TestOutcomeOf(t *testing.T) {
 		status  corev1.PodStatus
 		deleted bool
 		done    bool
-		want    build.Outcome
-		wantErr error
+		want    build.Outcome // but its Problem
+		problem string        // what Outcome.Problem contains; "" for none
 		logTail string
-		reason  build.Reason // of build.Classify, when no error
+		reason  build.Reason // of build.Classify
 	}{
 		{name: "pending", status: corev1.PodStatus{Phase: corev1.PodPending}},
 		{name: "running", status: corev1.PodStatus{Phase: corev1.PodRunning, StartTime: started(time.Hour)}},
@@ -695,41 +725,55 @@ func TestOutcomeOf(t *testing.T) {
 		{name: "deadline", status: with(ended(corev1.PodFailed, 137, "Error", ""), func(s *corev1.PodStatus) { s.Reason = "DeadlineExceeded" }), done: true, want: build.Outcome{ExitCode: 137, TimedOut: true}, reason: build.ReasonTimeout},
 		{name: "deadline while fetching", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "DeadlineExceeded"}, done: true, want: build.Outcome{ExitCode: -1, TimedOut: true}, reason: build.ReasonTimeout},
 		{name: "evicted for memory", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "Evicted", Message: "The node was low on resource: memory. Threshold quantity: 100Mi, available: 12Mi. Container kaniko was using 2Gi"}, done: true, want: build.Outcome{ExitCode: -1, OOMKilled: true}, reason: build.ReasonOOM},
-		{name: "evicted for disk", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "Evicted", Message: "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi."}, done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
+		{name: "evicted for disk", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "Evicted", Message: "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi."}, done: true, want: build.Outcome{ExitCode: -1},
+			problem: "the build pod failed: it was evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Gi.", reason: build.ReasonInternal},
 		{name: "preempted", status: with(ended(corev1.PodFailed, 143, "Error", ""), func(s *corev1.PodStatus) {
-			s.Conditions = []corev1.PodCondition{{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "PreemptionByScheduler"}}
-		}), done: true, want: build.Outcome{ExitCode: 143}, wantErr: ErrPod},
-		{name: "init failed", status: initEnded(128, "Error"), done: true, want: build.Outcome{ExitCode: 128}, wantErr: ErrContext},
-		{name: "init OOMKilled", status: initEnded(137, "OOMKilled"), done: true, want: build.Outcome{ExitCode: 137, OOMKilled: true}, reason: build.ReasonOOM},
-		{name: "node shut down", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "NodeShutdown", Message: "Pod was terminated in response to imminent node shutdown."}, done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
+			s.Conditions = []corev1.PodCondition{{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "PreemptionByScheduler", Message: "Preempted in order to admit critical pod"}}
+		}), done: true, want: build.Outcome{ExitCode: 143}, problem: "the build pod failed: it was stopped by the cluster (PreemptionByScheduler): Preempted in order to admit critical pod", reason: build.ReasonInternal},
+		{name: "init failed", status: initEnded(128, "Error"), done: true, want: build.Outcome{ExitCode: 128, ContextFailed: true}, logTail: "git context: authentication failed\n", reason: build.ReasonGit},
+		{name: "init OOMKilled", status: initEnded(137, "OOMKilled"), done: true, want: build.Outcome{ExitCode: 137, ContextFailed: true, OOMKilled: true}, reason: build.ReasonOOM},
+		{name: "node shut down", status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "NodeShutdown", Message: "Pod was terminated in response to imminent node shutdown."}, done: true, want: build.Outcome{ExitCode: -1},
+			problem: "the build pod failed: NodeShutdown: Pod was terminated in response to imminent node shutdown.", reason: build.ReasonInternal},
 		{name: "pull failing, early", status: waiting(kanikoContainer, "ImagePullBackOff", time.Minute)},
-		{name: "pull failing, late", status: waiting(kanikoContainer, "ImagePullBackOff", 3*time.Minute), done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
-		{name: "init pull failing, late", status: waiting(initContainer, "ErrImagePull", 3*time.Minute), done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
-		{name: "invalid image name", status: waiting(initContainer, "InvalidImageName", 0), done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
+		{name: "pull failing, late", status: waiting(kanikoContainer, "ImagePullBackOff", 3*time.Minute), done: true, want: build.Outcome{ExitCode: -1},
+			problem: "the build pod failed: container kaniko (registry/x:1) cannot start: ImagePullBackOff: Back-off pulling image", reason: build.ReasonInternal},
+		{name: "init pull failing, late", status: waiting(initContainer, "ErrImagePull", 3*time.Minute), done: true, want: build.Outcome{ExitCode: -1},
+			problem: "container fetch-context (registry/x:1) cannot start: ErrImagePull", reason: build.ReasonInternal},
+		{name: "invalid image name", status: waiting(initContainer, "InvalidImageName", 0), done: true, want: build.Outcome{ExitCode: -1},
+			problem: "(registry/x:1) cannot start: InvalidImageName", reason: build.ReasonInternal},
 		{name: "secret not there yet", status: waiting(kanikoContainer, "CreateContainerConfigError", 5*time.Second)},
 		{name: "initializing", status: waiting(kanikoContainer, "PodInitializing", time.Hour)},
-		{name: "deleted while running", status: corev1.PodStatus{Phase: corev1.PodRunning}, deleted: true, done: true, want: build.Outcome{ExitCode: -1}, wantErr: ErrPod},
+		{name: "deleted while running", status: corev1.PodStatus{Phase: corev1.PodRunning}, deleted: true, done: true, want: build.Outcome{ExitCode: -1},
+			problem: "the build pod failed: pod " + buildID + " was deleted before the build ended", reason: build.ReasonInternal},
 		{name: "deleted after it succeeded", status: ended(corev1.PodSucceeded, 0, "Completed", digest), deleted: true, done: true, want: build.Outcome{Digest: digest}},
+		{name: "succeeded with commit", status: with(ended(corev1.PodSucceeded, 0, "Completed", digest), fetched("commit "+sha1+"\n")), done: true, want: build.Outcome{Digest: digest, Commit: sha1}},
+		{name: "succeeded with SHA-256 commit", status: with(ended(corev1.PodSucceeded, 0, "Completed", digest), fetched("fetched\ncommit "+sha256)), done: true, want: build.Outcome{Digest: digest, Commit: sha256}},
+		{name: "succeeded with bad commit line", status: with(ended(corev1.PodSucceeded, 0, "Completed", digest), fetched("commit "+sha1[:39]+"\ncommit: "+sha1+"\ncommit "+strings.ToUpper(sha1))), done: true, want: build.Outcome{Digest: digest}},
+		{name: "kaniko failed with commit", status: with(ended(corev1.PodFailed, 1, "Error", kanikoFailedLog), fetched("commit "+sha1)), done: true, want: build.Outcome{ExitCode: 1, Commit: sha1}, logTail: kanikoFailedLog, reason: build.ReasonDockerfile},
+		{name: "kaniko pull failing with commit", status: with(waiting(kanikoContainer, "ImagePullBackOff", 3*time.Minute), fetched("commit "+sha1)), done: true, want: build.Outcome{ExitCode: -1, Commit: sha1},
+			problem: "ImagePullBackOff", reason: build.ReasonInternal},
+		{name: "running with commit", status: with(corev1.PodStatus{Phase: corev1.PodRunning, StartTime: started(time.Minute)}, fetched("commit "+sha1))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: buildID, CreationTimestamp: metav1.Time{Time: now.Add(-time.Hour)}}, Status: tc.status}
 			if tc.deleted {
 				pod.DeletionTimestamp = &metav1.Time{Time: now}
 			}
-			o, done, err := r.OutcomeOf(pod)
+			o, done := r.OutcomeOf(pod)
+			problem := o.Problem
+			o.Problem = ""
 			if done != tc.done || o != tc.want {
 				t.Errorf("OutcomeOf = %+v, %v; want %+v, %v", o, done, tc.want, tc.done)
 			}
 			switch {
-			case tc.wantErr == nil && err != nil:
-				t.Errorf("error %v", err)
-			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
-				t.Errorf("error %v, want %v", err, tc.wantErr)
-			case tc.wantErr == nil && tc.done:
-				assertReason(t, o, tc.logTail, tc.reason)
+			case tc.problem == "" && problem != "":
+				t.Errorf("Problem %q, want none", problem)
+			case tc.problem != "" && (!strings.Contains(problem, tc.problem) || !strings.HasPrefix(problem, "the build pod failed: ")):
+				t.Errorf("Problem %q, want one containing %q", problem, tc.problem)
 			}
-			if errors.Is(err, ErrPod) && tc.status.Phase == corev1.PodPending && !strings.Contains(err.Error(), "registry/x:1") {
-				t.Errorf("error %v does not name the image", err)
+			if tc.done {
+				o.Problem = problem
+				assertReason(t, o, tc.logTail, tc.reason)
 			}
 		})
 	}
@@ -789,7 +833,7 @@ func TestReportContextFailure(t *testing.T) {
 		p.InitContainerStatuses = []corev1.ContainerStatus{{Name: initContainer, State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 1}}}}
 	})
 	_, o, log, done, err := h.r.Report(ctx, h.pod(t))
-	if !done || !errors.Is(err, ErrContext) || o.ExitCode != 1 || string(log) != "fake logs" || !slices.Equal(h.logContainers(), []string{initContainer}) {
+	if !done || err != nil || o != (build.Outcome{ExitCode: 1, ContextFailed: true}) || string(log) != "fake logs" || !slices.Equal(h.logContainers(), []string{initContainer}) {
 		t.Errorf("Report = %+v %q %v %v (log of %v)", o, log, done, err, h.logContainers())
 	}
 }
@@ -874,22 +918,31 @@ func TestCredentials(t *testing.T) {
 	for _, b := range got {
 		s = append(s, string(b))
 	}
+	slices.Sort(s)
 	want := []string{registryAuth, "robot:" + registryPwd, gitToken, registryPwd, "other-password"}
-	slices.SortFunc(want, func(a, b string) int { return len(b) - len(a) })
+	slices.Sort(want)
 	if !slices.Equal(s, want) {
-		t.Errorf("credentials = %q, want %q (longest first, none shorter than %d)", s, want, minSecretLen)
+		t.Errorf("credentials = %q, want %q", s, want)
 	}
 	if _, err := credentials([]byte(`{"auths": "`+registryPwd), ""); err == nil || strings.Contains(err.Error(), registryPwd) {
 		t.Errorf("bad config: %v", err)
 	}
+	if got, err := credentials(nil, ""); len(got) != 0 || err != nil {
+		t.Errorf("no credentials = %q, %v", got, err)
+	}
 }
 
-func TestRedactor(t *testing.T) {
-	secrets, _ := credentials(nil, gitToken)
+// TestCredentialsRedacted checks that a redactor of a build's credentials
+// redacts its registry credentials and its git token.
+func TestCredentialsRedacted(t *testing.T) {
+	secrets, err := credentials(testSpec().DockerConfig, gitToken)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
-	r := &redactor{w: &out, secrets: secrets}
-	text := "token " + gitToken + " again " + gitToken + " end ghp_tok"
-	for i := 0; i < len(text); i += 3 { // split the token across writes
+	r := secret.NewRedactor(&out, secrets...)
+	text := "token " + gitToken + " auth " + registryAuth + " pass " + registryPwd + " end ghp_tok"
+	for i := 0; i < len(text); i += 3 { // split the secrets across writes
 		if _, err := r.Write([]byte(text[i:min(i+3, len(text))])); err != nil {
 			t.Fatal(err)
 		}
@@ -897,7 +950,7 @@ func TestRedactor(t *testing.T) {
 	if err := r.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if want := "token [redacted] again [redacted] end ghp_tok"; out.String() != want {
+	if want := "token [redacted] auth [redacted] pass [redacted] end ghp_tok"; out.String() != want {
 		t.Errorf("redacted = %q, want %q", out.String(), want)
 	}
 }

@@ -13,22 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/slipway-dev/slipway/pkg/build"
-)
-
-// Errors of builds whose executor did not decide how they ended. They stand
-// for facts that build.Outcome has no field for yet.
-var (
-	// ErrContext is wrapped when the init container failed to fetch the
-	// git context, so Kaniko never ran; the Outcome's ExitCode is the init
-	// container's and the error ends with its last message line. The
-	// build's failure reason is git.
-	ErrContext = errors.New("fetching the build context failed")
-	// ErrPod is wrapped when the build pod ended, or will never start, for a
-	// reason of the cluster rather than of the build: an image that cannot
-	// be pulled, a Secret that does not come, an eviction for anything but
-	// memory, a disruption (preemption, node drain), a deletion by someone
-	// else. The build's failure reason is internal, with the error's text.
-	ErrPod = errors.New("the build pod failed")
+	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 // Kubelet reasons.
@@ -38,38 +23,54 @@ const (
 	reasonOOM      = "OOMKilled"
 )
 
+// problemPrefix begins every Outcome.Problem of the runner: the build pod
+// ended, or will never start, for a reason of the cluster rather than of
+// the build.
+const problemPrefix = "the build pod failed: "
+
 // digestRE matches the digest Kaniko writes to its termination message.
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
+// commitRE matches the line the init container writes to its termination
+// message once it has fetched the context: "commit <sha>" (SHA-1 or SHA-256).
+var commitRE = regexp.MustCompile(`(?m)^commit ([0-9a-f]{40}|[0-9a-f]{64})[ \t\r]*$`)
+
 // OutcomeOf tells whether a build pod has ended, and how. While the build
-// runs, done is false. Once it has ended:
+// runs, done is false and the Outcome empty. Once it has ended:
 //   - Succeeded: Outcome{Digest} from Kaniko's termination message, where
-//     --digest-file puts it; without a valid digest, Outcome{} (build.Classify
-//     says the executor reported none).
+//     --digest-file puts it; without a valid digest, no Digest
+//     (build.Classify says the executor reported none).
 //   - Failed by activeDeadlineSeconds (status reason DeadlineExceeded):
 //     TimedOut.
 //   - Evicted (status reason Evicted) for memory: OOMKilled; for anything
-//     else (ephemeral storage, say) an error wrapping ErrPod with the
-//     kubelet's message.
+//     else (ephemeral storage, say) a Problem with the kubelet's message.
 //   - Disrupted (condition DisruptionTarget: preempted, drained, deleted by
-//     the taint manager): an error wrapping ErrPod.
-//   - The init container failed: OOMKilled when the memory limit killed
-//     it, otherwise an error wrapping ErrContext.
+//     the taint manager): a Problem.
+//   - The init container failed: ContextFailed, with the init container's
+//     ExitCode, and OOMKilled too when the memory limit killed it. Its log
+//     (see Report) says why.
 //   - Kaniko terminated: its ExitCode, and OOMKilled when its terminated
 //     reason is OOMKilled.
 //   - Deleted before it ended (deletionTimestamp set), or a container kept
 //     failing to start for Options.StartTimeout since the pod's start
 //     (ErrImagePull, ImagePullBackOff, CreateContainerConfigError,
 //     CreateContainerError; InvalidImageName and ErrImageNeverPull at once):
-//     an error wrapping ErrPod.
+//     a Problem.
 //
 // Outcome.ExitCode is Kaniko's exit code, the init container's when that
-// one failed, and -1 when neither has one.
-func (r *Runner) OutcomeOf(pod *corev1.Pod) (o build.Outcome, done bool, err error) {
+// one failed, and -1 when neither has one. Outcome.Commit is the commit the
+// init container wrote to its termination message ("commit <sha>"), when it
+// did. A Problem begins with "the build pod failed: ".
+func (r *Runner) OutcomeOf(pod *corev1.Pod) (o build.Outcome, done bool) {
 	kaniko := terminated(pod.Status.ContainerStatuses, kanikoContainer)
 	o.ExitCode = -1
 	if kaniko != nil {
 		o.ExitCode = int(kaniko.ExitCode)
+	}
+	if init := terminated(pod.Status.InitContainerStatuses, initContainer); init != nil {
+		if m := commitRE.FindAllStringSubmatch(init.Message, -1); m != nil {
+			o.Commit = m[len(m)-1][1]
+		}
 	}
 	switch pod.Status.Phase {
 	case corev1.PodSucceeded:
@@ -79,56 +80,60 @@ func (r *Runner) OutcomeOf(pod *corev1.Pod) (o build.Outcome, done bool, err err
 				o.Digest = d
 			}
 		}
-		return o, true, nil
+		return o, true
 	case corev1.PodFailed:
-		o, err = failed(pod, o, kaniko)
-		return o, true, err
+		return failed(pod, o, kaniko), true
 	}
 	if pod.DeletionTimestamp != nil {
-		return o, true, deleted(pod.Name)
+		o.Problem = deletedProblem(pod.Name)
+		return o, true
 	}
 	if msg := r.notStarting(pod); msg != "" {
-		return o, true, fmt.Errorf("%w: %s", ErrPod, msg)
+		o.Problem = problemPrefix + msg
+		return o, true
 	}
-	return build.Outcome{}, false, nil
+	return build.Outcome{}, false
 }
 
 // failed is OutcomeOf for a pod in phase Failed.
-func failed(pod *corev1.Pod, o build.Outcome, kaniko *corev1.ContainerStateTerminated) (build.Outcome, error) {
+func failed(pod *corev1.Pod, o build.Outcome, kaniko *corev1.ContainerStateTerminated) build.Outcome {
 	st := pod.Status
 	if st.Reason == reasonDeadline {
 		o.TimedOut = true
-		return o, nil
+		return o
 	}
 	if st.Reason == reasonEvicted {
 		if strings.Contains(strings.ToLower(st.Message), "memory") {
 			o.OOMKilled = true
-			return o, nil
+		} else {
+			o.Problem = problemPrefix + "it was evicted: " + st.Message
 		}
-		return o, fmt.Errorf("%w: it was evicted: %s", ErrPod, st.Message)
+		return o
 	}
 	for _, c := range st.Conditions {
 		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
-			return o, fmt.Errorf("%w: it was stopped by the cluster (%s): %s", ErrPod, c.Reason, c.Message)
+			o.Problem = fmt.Sprintf("%sit was stopped by the cluster (%s): %s", problemPrefix, c.Reason, c.Message)
+			return o
 		}
 	}
 	if init := terminated(st.InitContainerStatuses, initContainer); init != nil && init.ExitCode != 0 {
 		o.ExitCode = int(init.ExitCode)
-		if init.Reason == reasonOOM {
-			o.OOMKilled = true
-			return o, nil
-		}
-		err := fmt.Errorf("%w (exit code %d)", ErrContext, init.ExitCode)
-		if line := lastLine(init.Message); line != "" {
-			err = fmt.Errorf("%w: %s", err, line)
-		}
-		return o, err
+		o.ContextFailed = true
+		o.OOMKilled = init.Reason == reasonOOM
+		return o
 	}
 	if kaniko != nil {
 		o.OOMKilled = kaniko.Reason == reasonOOM
-		return o, nil
+		return o
 	}
-	return o, fmt.Errorf("%w: %s: %s", ErrPod, st.Reason, st.Message)
+	o.Problem = fmt.Sprintf("%s%s: %s", problemPrefix, st.Reason, st.Message)
+	return o
+}
+
+// deletedProblem is the Outcome.Problem of a build whose pod was deleted
+// before it ended.
+func deletedProblem(id string) string {
+	return fmt.Sprintf("%spod %s was deleted before the build ended", problemPrefix, id)
 }
 
 // notStarting describes a container of the pod that will not start, or ""
@@ -161,22 +166,22 @@ func (r *Runner) notStarting(pod *corev1.Pod) string {
 
 // Report is what the reporter calls on each event about a build pod: it
 // returns the build's ID and, once the pod has ended (done), its Outcome
-// and log and OutcomeOf's error, which wraps ErrContext or ErrPod. The log
-// is that of the container that ended the build (Kaniko, or the init
-// container), with the build's credentials, read from its Secret, replaced
-// by "[redacted]", and cut to Options.LogCap bytes when longer: its
-// beginning and its end, where Kaniko states its error, around a marker
-// line. A log the pod
-// took with it when it was deleted is nil.
+// (OutcomeOf's) and log. The log is that of the container that ended the
+// build (Kaniko, or the init container), with the build's credentials, read
+// from its Secret, replaced by "[redacted]", and cut to Options.LogCap bytes
+// when longer: its beginning and its end, where Kaniko states its error,
+// around a marker line. A log the pod took with it when it was deleted is
+// nil.
 //
-// An error with done false means Report could not read what it needs (the
-// Secret, the log): the caller retries. Report changes nothing; settling
-// the build once is the caller's business.
+// An error means Report could not read what it needs (the Secret, the
+// log), and comes with done false: the caller retries. How the build ended,
+// however it ended, is in the Outcome. Report changes nothing; settling the
+// build once is the caller's business.
 func (r *Runner) Report(ctx context.Context, pod *corev1.Pod) (id string, o build.Outcome, log []byte, done bool, err error) {
 	if pod == nil || pod.Namespace != r.opts.Namespace || pod.Labels[LabelManagedBy] != ManagedBy {
 		return "", build.Outcome{}, nil, false, errors.New("kube: not a build pod")
 	}
-	o, done, outErr := r.OutcomeOf(pod)
+	o, done = r.OutcomeOf(pod)
 	if !done {
 		return pod.Name, o, nil, false, nil
 	}
@@ -185,7 +190,7 @@ func (r *Runner) Report(ctx context.Context, pod *corev1.Pod) (id string, o buil
 			return pod.Name, build.Outcome{}, nil, false, err
 		}
 	}
-	return pod.Name, o, log, true, outErr
+	return pod.Name, o, log, true, nil
 }
 
 // readLog returns a container's log, redacted and capped; nil when the pod
@@ -202,7 +207,7 @@ func (r *Runner) readLog(ctx context.Context, pod, container string) ([]byte, er
 		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
 	}
 	buf := &capBuffer{max: r.opts.LogCap}
-	red := &redactor{w: buf, secrets: secrets}
+	red := secret.NewRedactor(buf, secrets...)
 	err = r.copyLog(ctx, pod, container, red)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -253,15 +258,4 @@ func terminated(statuses []corev1.ContainerStatus, name string) *corev1.Containe
 		}
 	}
 	return nil
-}
-
-// lastLine is the last non-blank line of a termination message, which the
-// kubelet fills with the end of the log when the container wrote none.
-func lastLine(msg string) string {
-	lines := strings.Split(strings.TrimSpace(msg), "\n")
-	line := strings.TrimSpace(lines[len(lines)-1])
-	if len(line) > 500 {
-		line = line[:500] + "…"
-	}
-	return line
 }

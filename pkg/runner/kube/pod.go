@@ -15,6 +15,7 @@ import (
 
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 // Labels of build pods and their Secrets. The ApiServerSource that feeds the
@@ -42,7 +43,8 @@ const (
 //
 // and the token, if any, in $SLIPWAY_GIT_TOKEN: it checks the commit out
 // into /workspace (an emptyDir) as gitctx.Fetch does with dest /workspace,
-// and Kaniko builds /workspace/DIR.
+// writes "commit <sha>" to its termination message (/dev/termination-log),
+// where OutcomeOf reads it, and Kaniko builds /workspace/DIR.
 const (
 	kanikoContainer  = "kaniko"
 	initContainer    = "fetch-context"
@@ -110,7 +112,7 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 	if len(spec.Destinations) == 0 {
 		return nil, fmt.Errorf("kube: build %s: no destination", spec.ID)
 	}
-	if _, err := credentials(spec.DockerConfig, ""); err != nil {
+	if _, err := secret.DockerConfigSecrets(spec.DockerConfig); err != nil {
 		return nil, fmt.Errorf("kube: build %s: %w", spec.ID, err)
 	}
 	dockerfile, err := cleanRelative(spec.Dockerfile)
@@ -219,7 +221,8 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 		kaniko.VolumeMounts = append(kaniko.VolumeMounts, corev1.VolumeMount{Name: dockerVolume, MountPath: dockerConfigDir, ReadOnly: true})
 		volumes = append(volumes, secretVolume(dockerVolume, spec.ID, corev1.DockerConfigJsonKey, "config.json", 0o400))
 	}
-	kaniko.Args = executorArgs(spec, path.Join(contextDir, dockerfile), contextDir)
+	// The digest goes to Kaniko's termination message, where OutcomeOf reads it.
+	kaniko.Args = build.ExecutorArgs(spec, path.Join(contextDir, dockerfile), contextDir, terminationLog)
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: spec.ID, Namespace: r.opts.Namespace, Labels: labels},
@@ -254,33 +257,6 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 		}
 	}
 	return b, nil
-}
-
-// executorArgs are the Kaniko executor's arguments, those of the runc
-// runner but for the paths and the digest, which goes to the termination
-// message.
-func executorArgs(spec build.Spec, dockerfile, contextDir string) []string {
-	args := []string{
-		"--dockerfile", dockerfile,
-		"--context", "dir://" + contextDir,
-		"--digest-file", terminationLog,
-		"--push-retry", "2",
-		"--verbosity", "info",
-		"--log-format", "text",
-		// Kaniko's check that it runs in a container fails on cgroup v2
-		// nodes (kaniko issue #1592); a pod is a container.
-		"--force",
-	}
-	for _, d := range spec.Destinations {
-		args = append(args, "--destination", d)
-	}
-	for _, h := range spec.InsecureRegistries {
-		args = append(args, "--insecure-registry", h, "--skip-tls-verify-registry", h)
-	}
-	if spec.CacheRepo != "" {
-		args = append(args, "--cache=true", "--cache-repo", spec.CacheRepo)
-	}
-	return args
 }
 
 // resources turns a build's limits into a container's: memory requested as

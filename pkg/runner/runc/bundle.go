@@ -198,32 +198,11 @@ func resources(l build.Limits) *specs.LinuxResources {
 	return res
 }
 
-// executorArgs returns the Kaniko executor's command line for spec.
+// executorArgs returns the Kaniko executor's command line for spec: the
+// executor, then the arguments of every runner with the container's paths.
 func executorArgs(spec build.Spec) []string {
-	args := []string{
-		executorPath,
-		"--dockerfile", path.Join(workspaceDir, filepath.ToSlash(dockerfile(spec))),
-		"--context", "dir://" + workspaceDir,
-		"--digest-file", digestPath,
-		"--push-retry", "2",
-		"--verbosity", "info",
-		"--log-format", "text",
-		// Kaniko refuses to run unless it recognises a container runtime,
-		// and it does not know runc: it passes only by accident, finding
-		// "docker" in its own "--dockerfile" in /proc/1/cmdline.
-		"--force",
-	}
-	for _, d := range spec.Destinations {
-		args = append(args, "--destination", d)
-	}
-	for _, h := range spec.InsecureRegistries {
-		// Kaniko applies both to pulls (the base image) and pushes.
-		args = append(args, "--insecure-registry", h, "--skip-tls-verify-registry", h)
-	}
-	if spec.CacheRepo != "" {
-		args = append(args, "--cache=true", "--cache-repo", spec.CacheRepo)
-	}
-	return args
+	df := path.Join(workspaceDir, filepath.ToSlash(dockerfile(spec)))
+	return append([]string{executorPath}, build.ExecutorArgs(spec, df, workspaceDir, digestPath)...)
 }
 
 // dockerfile returns the Dockerfile's path relative to the context,

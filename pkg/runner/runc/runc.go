@@ -30,6 +30,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 // DefaultRoot is runc's state directory when Options.Root is empty.
@@ -129,7 +130,7 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 	if log == nil {
 		log = io.Discard
 	}
-	secrets, err := dockerConfigSecrets(spec.DockerConfig)
+	secrets, err := secret.DockerConfigSecrets(spec.DockerConfig)
 	if err != nil {
 		return build.Outcome{}, fmt.Errorf("runc: build %s: %w", spec.ID, err)
 	}
@@ -141,12 +142,12 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 	if err := os.Mkdir(bundle, 0o700); err != nil {
 		return build.Outcome{}, fmt.Errorf("runc: build %s: %w", spec.ID, err)
 	}
-	out, err := r.run(ctx, spec, bundle, &redactor{w: log, secrets: secrets})
+	out, err := r.run(ctx, spec, bundle, secret.NewRedactor(log, secrets...))
 	return out, errors.Join(err, r.Cleanup(spec.ID))
 }
 
 // run runs the build in its bundle directory and reports how it ended.
-func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *redactor) (build.Outcome, error) {
+func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *secret.Redactor) (build.Outcome, error) {
 	var out build.Outcome
 	if err := r.writeBundle(bundle, spec); err != nil {
 		return out, fmt.Errorf("runc: build %s: write bundle: %w", spec.ID, err)

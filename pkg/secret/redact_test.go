@@ -1,4 +1,4 @@
-package runc
+package secret
 
 import (
 	"bytes"
@@ -11,9 +11,9 @@ func TestRedactorAcrossWrites(t *testing.T) {
 	const secret = "hunter2-password"
 	input := "login " + secret + " ok; again " + secret[:7] + " is not it; " + secret + "\nend hunter"
 	want := "login [redacted] ok; again " + secret[:7] + " is not it; [redacted]\nend hunter"
-	for _, chunk := range []int{1, 2, 5, 7, len(input)} {
+	for _, chunk := range []int{1, 2, 3, 5, 7, len(input)} {
 		var out bytes.Buffer
-		r := &redactor{w: &out, secrets: [][]byte{[]byte(secret)}}
+		r := NewRedactor(&out, []byte(secret))
 		for s := input; s != ""; {
 			n := min(chunk, len(s))
 			if _, err := r.Write([]byte(s[:n])); err != nil {
@@ -32,7 +32,7 @@ func TestRedactorAcrossWrites(t *testing.T) {
 
 func TestRedactorHoldsBackOnlyPrefixes(t *testing.T) {
 	var out bytes.Buffer
-	r := &redactor{w: &out, secrets: [][]byte{[]byte("topsecret")}}
+	r := NewRedactor(&out, []byte("topsecret"))
 	r.Write([]byte("line one\nabc top"))
 	if got := out.String(); got != "line one\nabc " {
 		t.Errorf("written before the rest: %q", got)
@@ -43,10 +43,32 @@ func TestRedactorHoldsBackOnlyPrefixes(t *testing.T) {
 	}
 }
 
+func TestNewRedactorSecrets(t *testing.T) {
+	var out bytes.Buffer
+	// A secret containing another is replaced whole, whatever the order
+	// given; one too short to redact, an empty one and a repeated one are
+	// harmless.
+	r := NewRedactor(&out, []byte("abcdef"), nil, []byte("tok"), []byte("abcdefghij"), []byte("abcdef"))
+	r.Write([]byte("x abcdefghij y abcdef z tok"))
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if want := "x [redacted] y [redacted] z tok"; out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+
+	out.Reset()
+	r = NewRedactor(&out)
+	r.Write([]byte("no secrets"))
+	if out.String() != "no secrets" {
+		t.Errorf("without secrets: %q written at once, want all of it", out.String())
+	}
+}
+
 func TestDockerConfigSecrets(t *testing.T) {
 	auth := base64.StdEncoding.EncodeToString([]byte("robot:pa55word-x"))
 	config := `{"auths":{"r.example":{"auth":"` + auth + `"},"q.example":{"username":"u","password":"another-pass","identitytoken":"tok"}}}`
-	secrets, err := dockerConfigSecrets([]byte(config))
+	secrets, err := DockerConfigSecrets([]byte(config))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +82,10 @@ func TestDockerConfigSecrets(t *testing.T) {
 		t.Errorf("secrets = %q, want %q", got, want)
 	}
 
-	_, err = dockerConfigSecrets([]byte(`{"auths": "` + auth))
+	if s, err := DockerConfigSecrets(nil); s != nil || err != nil {
+		t.Errorf("nil config: %q, %v", s, err)
+	}
+	_, err = DockerConfigSecrets([]byte(`{"auths": "` + auth))
 	if err == nil || strings.Contains(err.Error(), auth) {
 		t.Errorf("invalid config: err = %v, want one that does not quote it", err)
 	}

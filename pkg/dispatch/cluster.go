@@ -1,0 +1,251 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/runner/kube"
+	"github.com/slipway-dev/slipway/pkg/store"
+)
+
+// Pods is what the cluster roles need of the Kubernetes runner.
+type Pods interface {
+	Create(ctx context.Context, spec build.Spec, src kube.ContextSource) error
+	Cancel(ctx context.Context, id string) error
+	Report(ctx context.Context, pod *corev1.Pod) (id string, o build.Outcome, log []byte, done bool, err error)
+	Leftovers() ([]string, error)
+	Cleanup(id string) error
+}
+
+// PodGetter finds a build's pod; nil, nil when there is none.
+type PodGetter func(ctx context.Context, id string) (*corev1.Pod, error)
+
+// Cluster runs builds as Kaniko pods, statelessly: the dispatcher role
+// creates and deletes pods on build events, the reporter role settles builds
+// from the pods' change events, and the reconciler role, on each ping,
+// repairs what lost events left behind. Every handler is idempotent, as
+// Knative Eventing delivers at least once.
+type Cluster struct {
+	o    Options
+	pods Pods
+	get  PodGetter
+	// Grace is how long a build may stay queued, or running without a pod,
+	// before the reconciler acts.
+	Grace time.Duration
+}
+
+// NewCluster returns the cluster roles' handlers.
+func NewCluster(o Options, pods Pods, get PodGetter) *Cluster {
+	if o.Now == nil {
+		o.Now = func() time.Time { return time.Now().UTC() }
+	}
+	return &Cluster{o: o, pods: pods, get: get, Grace: time.Minute}
+}
+
+// Handlers returns the event handlers of a role.
+func (c *Cluster) Handlers(role string) map[string]events.Handler {
+	switch role {
+	case "dispatcher":
+		return map[string]events.Handler{events.BuildQueued: c.OnQueued, events.BuildCancelled: c.OnCancelled}
+	case "reporter":
+		return map[string]events.Handler{
+			"dev.knative.apiserver.resource.add": c.OnPod, "dev.knative.apiserver.resource.update": c.OnPod,
+			"dev.knative.apiserver.resource.delete": c.OnPod,
+		}
+	case "reconciler":
+		return map[string]events.Handler{"dev.knative.sources.ping": c.OnPing}
+	}
+	return nil
+}
+
+// OnQueued starts a queued build: its record, then its pod.
+func (c *Cluster) OnQueued(ctx context.Context, e cloudevents.Event) error {
+	r, err := decodeRef(e)
+	if err != nil {
+		return err
+	}
+	return c.dispatch(ctx, r)
+}
+
+func (c *Cluster) dispatch(ctx context.Context, r ref) error {
+	b, err := c.o.Store.UpdateBuild(ctx, r.Image, r.Number, func(b *build.Build) error { return b.Start(c.o.Now()) })
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case errors.Is(err, build.ErrTransition):
+		// Redelivered: (re)create the pod of a running build, idempotently.
+		if b, err = c.o.Store.GetBuild(ctx, r.Image, r.Number); err != nil || b.Status != build.Running {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		c.o.Events.Publish(events.BuildStarted, b.ID(), b.View(c.o.Now()))
+	}
+	spec, src, err := c.prepare(ctx, b)
+	if err == nil {
+		err = c.pods.Create(ctx, spec, src)
+	}
+	if err != nil {
+		c.settle(ctx, r, func(b *build.Build) error {
+			return b.Fail(build.ReasonInternal, "the build pod could not be created: "+err.Error(), c.o.Now())
+		})
+	}
+	return nil
+}
+
+// prepare is the cluster's build spec: Kaniko pushes to every destination
+// itself, so the docker config carries the base and destination registries'
+// credentials.
+func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.ContextSource, error) {
+	img, err := c.o.Store.GetImage(ctx, b.Image)
+	if err != nil {
+		return build.Spec{}, kube.ContextSource{}, err
+	}
+	spec := baseSpec(c.o, img, b)
+	var src kube.ContextSource
+	registries := []string{}
+	for _, d := range img.Destinations {
+		spec.Destinations = append(spec.Destinations, d.Reference)
+		registries = append(registries, registryOf(d.Reference))
+	}
+	switch img.Context.Type {
+	case image.ContextLocal:
+		src.Dockerfile = img.Context.Dockerfile
+		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
+	case image.ContextGit:
+		g := *img.Context.Git
+		src.Git = &g
+		auth, err := gitAuth(ctx, c.o, img.Workspace, g.Credential)
+		if err != nil {
+			return spec, src, err
+		}
+		if auth != nil {
+			src.GitToken = auth.Token
+		}
+	}
+	spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries)
+	return spec, src, err
+}
+
+// OnCancelled deletes a cancelled build's pod.
+func (c *Cluster) OnCancelled(ctx context.Context, e cloudevents.Event) error {
+	r, err := decodeRef(e)
+	if err != nil {
+		return err
+	}
+	return c.pods.Cancel(ctx, r.id())
+}
+
+// OnPod settles a build when its pod has ended (an ApiServerSource event
+// whose data is the pod).
+func (c *Cluster) OnPod(ctx context.Context, e cloudevents.Event) error {
+	var pod corev1.Pod
+	if err := json.Unmarshal(e.Data(), &pod); err != nil {
+		return fmt.Errorf("%w: data is not a pod: %v", events.ErrMalformed, err)
+	}
+	return c.report(ctx, &pod)
+}
+
+func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
+	id, o, log, done, err := c.pods.Report(ctx, pod)
+	if !done {
+		return err // nil while the pod runs; an error asks for redelivery
+	}
+	imageID, n, perr := kube.ParseID(id)
+	if perr != nil {
+		return nil
+	}
+	b, gerr := c.o.Store.GetBuild(ctx, imageID, n)
+	if gerr != nil || !b.Status.Active() {
+		return nil // settled already: a duplicate event
+	}
+	if len(log) > 0 {
+		if err := c.o.Store.AppendLog(ctx, imageID, n, log); err != nil {
+			return err
+		}
+	}
+	r := ref{imageID, n}
+	record := func(b *build.Build) {
+		if o.Commit != "" {
+			b.SetCommit(o.Commit)
+		}
+	}
+	if f := build.Classify(o, c.o.Limits, string(log)); f != nil {
+		c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Fail(f.Reason, f.Message, c.o.Now()) })
+		return nil
+	}
+	img, err := c.o.Store.GetImage(ctx, imageID)
+	if err != nil {
+		return nil
+	}
+	reference := c.o.Registry + "/" + img.Name + "@" + o.Digest
+	pushes := []build.Push{{Reference: internalTag(c.o, img), Status: "pushed"}}
+	for _, d := range img.Destinations {
+		pushes = append(pushes, build.Push{Reference: d.Reference, Status: "pushed"})
+	}
+	c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) })
+	return nil
+}
+
+func (c *Cluster) settle(ctx context.Context, r ref, end func(*build.Build) error) {
+	settle(ctx, c.o, r, end)
+}
+
+// OnPing reconciles: queued builds nobody started are dispatched again,
+// running builds whose pod is gone are settled as interrupted (or from the
+// pod, when its end was missed), and ended pods of settled builds go.
+func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
+	active, err := c.o.Store.ListActiveBuilds(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.o.Now()
+	for _, b := range active {
+		r := ref{b.Image, b.Number}
+		switch {
+		case b.Status == build.Queued && now.Sub(b.QueuedAt) > c.Grace:
+			if err := c.dispatch(ctx, r); err != nil {
+				return err
+			}
+		case b.Status == build.Running && b.StartedAt != nil && now.Sub(*b.StartedAt) > c.Grace:
+			pod, err := c.get(ctx, b.ID())
+			if err != nil {
+				return err
+			}
+			if pod == nil {
+				c.settle(ctx, r, func(b *build.Build) error {
+					return b.Fail(build.ReasonInterrupted, "the build's pod is gone; build again", c.o.Now())
+				})
+			} else if err := c.report(ctx, pod); err != nil {
+				return err
+			}
+		}
+	}
+	left, err := c.pods.Leftovers()
+	if err != nil {
+		return err
+	}
+	for _, id := range left {
+		imageID, n, err := kube.ParseID(id)
+		if err != nil {
+			continue
+		}
+		if b, err := c.o.Store.GetBuild(ctx, imageID, n); err == nil && b.Status.Active() {
+			continue // the reporter has not settled it yet
+		}
+		if err := c.pods.Cleanup(id); err != nil {
+			c.o.Log.Warn("deleting an ended build pod", "build", id, "error", err)
+		}
+	}
+	return nil
+}
