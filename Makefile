@@ -27,7 +27,7 @@ vet:
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')
 
-test: build test-infra
+test: build test-infra test-firestore
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 

@@ -104,7 +104,9 @@ func BenchmarkColdStart(b *testing.B) {
 	}
 	data := b.TempDir()
 	// A data dir with content: the first run creates keys and schema.
-	e := start(b, server.Config{DataDir: data, EventPublishers: []string{"platform"}, MaxBodyBytes: 1 << 20, ShutdownTimeout: time.Second, Version: "bench"})
+	cfg := serverConfig(b)
+	cfg.DataDir = data
+	e := start(b, cfg)
 	e.announce(events.WorkspaceCreated, "ws1", "alice")
 	for i := range 100 {
 		e.create("ws1", "alice", fmt.Sprintf("cold/i%d", i))

@@ -69,6 +69,9 @@ func NewLogger(level string) (*slog.Logger, error) {
 
 // Listen opens everything cfg names and binds its address; Serve then serves.
 func Listen(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}

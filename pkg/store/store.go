@@ -98,8 +98,9 @@ type Store interface {
 	// ListImages returns a workspace's images ordered by name, and the cursor
 	// of the next page ("" on the last).
 	ListImages(ctx context.Context, workspace string, f ImageFilter, p Page) ([]image.Image, string, error)
-	// UpdateImage replaces the image if its stored version is still
-	// wantVersion (ErrConflict otherwise; ErrNameTaken for a taken name).
+	// UpdateImage replaces the image's definition if its stored version is
+	// still wantVersion (ErrConflict otherwise; ErrNameTaken for a taken
+	// name). The fields builds own keep their stored values.
 	UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error
 	// DeleteImage deletes an image, its builds and their logs, and frees its
 	// name; ErrNotFound if absent.
@@ -149,6 +150,13 @@ func RecordSuccess(img *image.Image, b build.Build) {
 	img.BuiltRev = b.DefinitionRev
 	img.Built = &image.Stamp{By: b.RequestedBy, At: *b.FinishedAt}
 	img.Reference = *b.Reference
+}
+
+// KeepBuildResults copies into img the fields that builds own from the
+// stored image cur, so that saving a definition never undoes a build's
+// result recorded since the caller read it.
+func KeepBuildResults(img *image.Image, cur image.Image) {
+	img.Built, img.BuiltRev, img.Reference, img.LatestBuild = cur.Built, cur.BuiltRev, cur.Reference, cur.LatestBuild
 }
 
 // SortOldestFirst orders builds by queue time, as the build queue serves them.

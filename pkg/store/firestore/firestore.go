@@ -1,40 +1,46 @@
 // Package firestore is the cluster's Store: Slipway's state in Cloud
 // Firestore, through cloud.google.com/go/firestore. It keeps the semantics of
 // the embedded SQLite store (package sqlite) and passes the same conformance
-// suite (package storetest) against the official emulator.
+// suite (package storetest) against Google's Firestore emulator.
 //
 // # Documents
 //
-//	workspaces/{ws}                        owner, members
-//	workspaces/{ws}/credentials/{name}     name, kind, registry, username, secret (sealed by the caller)
-//	events/{hex sha256 of the event key}   key: a processed event, created in the transaction of its change
-//	images/{id}                            workspace, name, version, usable, doc
-//	names/{escaped name}                   image, workspace: the platform-wide claim on an image name
-//	images/{id}/builds/{number, 10 digits} image, number, status, doc
-//	images/{id}/active/build               number: the image's one queued or running build
-//	images/{id}/builds/{n}/log/{start, 19 digits}  start, end, data: ≤ 512 KiB of the build's log
+//	workspaces/{ws}                         owner, members
+//	workspaces/{ws}/credentials/{name}      name, kind, registry, username, secret (sealed by the caller)
+//	events/{hex SHA-256 of the event key}   key: a processed event
+//	images/{id}                             workspace, name, version, usable, doc
+//	names/{escaped name}                    image, workspace: the platform-wide claim on an image name
+//	images/{id}/builds/{number, 10 digits}  image, number, status, doc
+//	images/{id}/active/build                number: the image's one queued or running build
+//	images/{id}/builds/{n}/log/{start, 19 digits}  start, end, data: at most 512 KiB of the build's log
 //
 // Ids and names become document ids by path escaping ("team/a" is
 // "team%2Fa"), which is one to one and never yields a reserved id. An image's
-// or build's record is kept whole as JSON in doc, as the SQLite store keeps
+// or a build's record is kept whole as JSON in doc, as the SQLite store keeps
 // it, so that both backends round-trip the same Go values exactly (Firestore
 // timestamps keep only microseconds); the other fields are the ones queries
 // filter and order on.
 //
 // # Transactions
 //
-// Every change runs in a read-write transaction (Client.RunTransaction) that
-// reads what it depends on before it writes; Firestore retries it when a
-// concurrent transaction changed what it read, and after txAttempts attempts
-// the method fails with store.ErrConflict. The rules that span documents
-// are held by documents created with Create, which fails with AlreadyExists
-// when the document exists, in the same transaction as the change they guard:
+// Every change is a read-write transaction (Client.RunTransaction) that reads
+// what it depends on before it writes; Firestore aborts it when a concurrent
+// transaction changes what it read, the client retries it, and after ten
+// attempts the method fails with store.ErrConflict. The rules that span
+// documents are held by documents created with Create, which fails with
+// AlreadyExists when the document exists, in the same transaction as the
+// change they guard:
 //
 //   - event idempotency: the events document (store.ErrDuplicate);
 //   - platform-wide names: the names document, created with the image,
-//     swapped on rename, deleted with the image (store.ErrNameTaken);
+//     swapped on a rename, deleted with the image (store.ErrNameTaken);
 //   - one active build per image: the active marker, created with a queued
 //     build and deleted in the transaction that ends it (store.ErrBuildActive).
+//
+// Where that precondition is all a change depends on (CreateImage, recording
+// an event) the transaction reads nothing, so that concurrent claims of one
+// name or event do not contend: the first commit wins and the others fail
+// with AlreadyExists at once.
 //
 // Builds are numbered from the image's LatestBuild, which the transactions
 // that create and change a build keep current; a build that succeeds records
@@ -48,7 +54,7 @@
 // Firestore does not delete a document's subcollections with it. Deleting an
 // image is one transaction over its head documents (the image, its name and
 // its active marker), after which its builds and their log chunks are purged
-// in commits of at most 500 deletes, builds before their logs so that a
+// in commits of at most 500 deletes, builds before their logs, so that a
 // concurrent AppendLog either lands before the purge lists the logs or finds
 // the build gone. If a purge is interrupted, deleting the image again (which
 // then returns store.ErrNotFound) finishes it, and ListActiveBuilds leaves out
@@ -56,38 +62,38 @@
 //
 // Deleting a workspace deletes its images that way one by one, then its
 // credentials, and only then, in one transaction, records the event and
-// deletes the workspace document: a workspace of any size fits, and a delete
-// interrupted half way is finished by the event's redelivery, since the event
-// is not yet recorded. That is the one change that is not atomic.
+// deletes the workspace document. So a workspace of any size fits, and a
+// delete interrupted half way is finished by the event's redelivery, since
+// the event is not recorded yet. It is the one change that is not atomic.
 //
 // # Logs
 //
-// Each AppendLog adds new chunk documents of at most 512 KiB (well inside
-// Firestore's 1 MiB document limit) after the last one, rather than
-// rewriting the last one: the log writer appends several times a second, and
-// Firestore sustains about one write a second to a single document. An
-// append larger than 8 MiB is written in several transactions, so that a
-// commit stays inside Firestore's 10 MiB request limit. ReadLog reads the
-// chunks whose end lies after the offset.
+// Each AppendLog adds chunk documents of at most 512 KiB (Firestore's limit
+// is 1 MiB a document) after the last chunk rather than rewriting it: the
+// log writer appends several times a second, and Firestore sustains about
+// one write a second to a document. An append of more than 8 MiB is written
+// in several transactions, each inside Firestore's 10 MiB request limit.
+// ReadLog reads the chunks that end after the offset.
 //
 // # Listings and indexes
 //
 // Page cursors are the base64 of the last name (images) or build number
 // (builds); anything else is store.ErrBadCursor. ListImages needs composite
-// indexes (workspace, name) and (workspace, usable, name), and
+// indexes on images (workspace, name) and (workspace, usable, name), and
 // ListActiveBuilds, a collection-group query on builds by status, needs a
-// collection-group index on builds.status: infra/firestore.indexes.json
-// defines them (`firebase deploy --only firestore:indexes`, or gcloud
-// firestore indexes). The other queries use Firestore's automatic
-// single-field indexes.
+// collection-group index on builds.status; infra/firestore.indexes.json
+// defines them (deploy with `firebase deploy --only firestore:indexes`), and
+// exempts the large fields (doc, log data) and secrets from indexing. The
+// other queries use Firestore's automatic single-field indexes.
 //
 // # Emulators
 //
 // With FIRESTORE_EMULATOR_HOST set, Open connects to that emulator. The
-// package's tests run the conformance suite against the official emulator
-// and smoke tests against the npm @firestore-emulator/server (.ci/), which
-// implements documents and simple queries but not transactions, atomic
-// commits or collection-group queries.
+// package's tests run the conformance suite against Google's emulator
+// (SLIPWAY_FIRESTORE_OFFICIAL=1), and smoke tests against it and against the
+// npm @firestore-emulator/server, which stores documents and answers simple
+// queries but does not honour transactions or atomic commits, nor run
+// collection-group queries (`make -f mk/firestore.mk test-firestore`).
 package firestore
 
 import (
@@ -365,13 +371,6 @@ func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, ws store.Wo
 		}
 	}
 	return s.run(ctx, store.ErrDuplicate, func(tx *fs.Transaction) error {
-		snaps, err := tx.GetAll([]*fs.DocumentRef{ev})
-		if err != nil {
-			return err
-		}
-		if snaps[0].Exists() {
-			return store.ErrDuplicate
-		}
 		if err := tx.Create(ev, eventDoc{Key: eventKey}); err != nil {
 			return err
 		}
@@ -424,19 +423,11 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 	if err != nil {
 		return err
 	}
-	ref, name := s.imageRef(img.ID), s.nameRef(img.Name)
 	return s.run(ctx, store.ErrNameTaken, func(tx *fs.Transaction) error {
-		snaps, err := tx.GetAll([]*fs.DocumentRef{name, ref})
-		if err != nil {
+		if err := tx.Create(s.nameRef(img.Name), nameDoc{Image: img.ID, Workspace: img.Workspace}); err != nil {
 			return err
 		}
-		if snaps[0].Exists() || snaps[1].Exists() {
-			return store.ErrNameTaken
-		}
-		if err := tx.Create(name, nameDoc{Image: img.ID, Workspace: img.Workspace}); err != nil {
-			return err
-		}
-		return tx.Create(ref, d)
+		return tx.Create(s.imageRef(img.ID), d)
 	})
 }
 

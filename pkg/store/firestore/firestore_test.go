@@ -3,7 +3,10 @@ package firestore_test
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	fs "cloud.google.com/go/firestore"
@@ -59,4 +62,46 @@ func TestConformance(t *testing.T) {
 		s, _ := open(t)
 		return s
 	})
+}
+
+// TestIndexes checks that infra/firestore.indexes.json defines the indexes
+// the store's queries need in production, which no emulator enforces.
+func TestIndexes(t *testing.T) {
+	data, err := os.ReadFile("../../../infra/firestore.indexes.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type index struct {
+		CollectionGroup, QueryScope, Order string
+		FieldPath                          string
+		Fields                             []index
+		Indexes                            []index
+	}
+	var f struct{ Indexes, FieldOverrides []index }
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	var have []string
+	for _, ix := range f.Indexes {
+		fields := []string{}
+		for _, fl := range ix.Fields {
+			fields = append(fields, fl.FieldPath+" "+fl.Order)
+		}
+		have = append(have, fmt.Sprintf("%s %s %v", ix.CollectionGroup, ix.QueryScope, fields))
+	}
+	for _, o := range f.FieldOverrides {
+		for _, ix := range o.Indexes {
+			have = append(have, fmt.Sprintf("%s.%s %s %s", o.CollectionGroup, o.FieldPath, ix.QueryScope, ix.Order))
+		}
+	}
+	for _, want := range []string{
+		"images COLLECTION [workspace ASCENDING name ASCENDING]",                  // ListImages
+		"images COLLECTION [workspace ASCENDING usable ASCENDING name ASCENDING]", // ListImages, usable
+		"builds.status COLLECTION_GROUP ASCENDING",                                // ListActiveBuilds
+		"builds.status COLLECTION ASCENDING",                                      // kept when overriding
+	} {
+		if !slices.Contains(have, want) {
+			t.Errorf("infra/firestore.indexes.json lacks %q; it has %q", want, have)
+		}
+	}
 }

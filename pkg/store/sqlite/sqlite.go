@@ -299,27 +299,30 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	return imgs, next, nil
 }
 
-// UpdateImage implements store.Store.
+// UpdateImage implements store.Store. The fields builds own (Built,
+// BuiltRev, Reference, LatestBuild) are kept as stored: a build may have
+// ended since the caller read the image, without changing its version.
 func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
-	doc, err := encodeImage(img)
-	if err != nil {
-		return err
-	}
-	res, err := s.db.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, doc = ? WHERE id = ? AND version = ?",
-		img.Name, img.Version, usable(img), doc, img.ID, wantVersion)
-	if isUnique(err) {
-		return store.ErrNameTaken
-	}
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		if _, err := s.GetImage(ctx, img.ID); err != nil {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		cur, err := getImage(ctx, tx, img.ID)
+		if err != nil {
 			return err
 		}
-		return store.ErrConflict
-	}
-	return nil
+		if cur.Version != wantVersion {
+			return store.ErrConflict
+		}
+		store.KeepBuildResults(&img, cur)
+		doc, err := encodeImage(img)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, doc = ? WHERE id = ?",
+			img.Name, img.Version, usable(img), doc, img.ID)
+		if isUnique(err) {
+			return store.ErrNameTaken
+		}
+		return err
+	})
 }
 
 // DeleteImage implements store.Store.

@@ -33,6 +33,7 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentCreatesOfOneName", concurrentCreates},
 		{"UpdateChecksVersion", updateChecksVersion},
 		{"ConcurrentUpdatesOneWins", concurrentUpdates},
+		{"UpdateKeepsBuildResults", updateKeepsBuildResults},
 		{"RenameKeepsNamesUnique", renames},
 		{"ListPaginatesAndFilters", listImages},
 		{"BuildsAreNumberedOneActiveAtATime", buildNumbering},
@@ -510,5 +511,23 @@ func deleteImage(t *testing.T, s store.Store) {
 	mustImage(t, s, "img2", "ws1", "team/a")
 	if b := mustBuild(t, s, "img2", 1); b.Number != 1 {
 		t.Fatalf("new image's first build is %d", b.Number)
+	}
+}
+
+func updateKeepsBuildResults(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	stale, _ := s.GetImage(ctx, "img1") // read before the build ends
+	b := succeed(t, s, mustBuild(t, s, "img1", img.DefinitionRev))
+	next := stale
+	next.Description = "edited while the build ran"
+	stale.Edit(next, "bob", t0.Add(time.Hour))
+	if err := s.UpdateImage(ctx, stale, img.Version); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetImage(ctx, "img1")
+	if got.Description != "edited while the build ran" || got.Reference != *b.Reference || got.Built == nil ||
+		got.Status() != image.StatusBuilt || got.LatestBuild == nil || got.LatestBuild.Status != build.Succeeded {
+		t.Fatalf("an edit from a copy read before the build ended undid the build: %+v", got)
 	}
 }
