@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
@@ -68,7 +70,64 @@ CREATE TABLE credentials (
 
 // Store is a SQLite-backed store.Store.
 type Store struct {
-	db *sql.DB
+	db     *sql.DB
+	images decoded
+}
+
+// decoded remembers images decoded from their stored documents: a listing
+// re-reads the same documents again and again, and comparing a document
+// with the one decoded last is far cheaper than decoding it again. It is
+// keyed by the document itself, so it can never serve a stale image.
+type decoded struct {
+	mu sync.Mutex
+	m  map[string]decodedImage
+}
+
+type decodedImage struct {
+	doc string
+	img image.Image
+}
+
+// maxDecoded bounds the cache; when full it starts over.
+const maxDecoded = 20000
+
+func (d *decoded) get(id, doc string) (image.Image, bool) {
+	d.mu.Lock()
+	e, ok := d.m[id]
+	d.mu.Unlock()
+	if !ok || e.doc != doc {
+		return image.Image{}, false
+	}
+	return cloneImage(e.img), true
+}
+
+func (d *decoded) put(id, doc string, img image.Image) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.m == nil || len(d.m) >= maxDecoded {
+		d.m = map[string]decodedImage{}
+	}
+	d.m[id] = decodedImage{doc: doc, img: cloneImage(img)}
+}
+
+// cloneImage copies what an image points to, so that no two callers share
+// memory through the cache.
+func cloneImage(img image.Image) image.Image {
+	if img.Context.Git != nil {
+		g := *img.Context.Git
+		img.Context.Git = &g
+	}
+	img.Destinations = slices.Clone(img.Destinations)
+	if img.Built != nil {
+		b := *img.Built
+		img.Built = &b
+	}
+	if img.LatestBuild != nil {
+		b := *img.LatestBuild
+		b.Pushes = slices.Clone(b.Pushes)
+		img.LatestBuild = &b
+	}
+	return img
 }
 
 // Open opens (creating if needed) the database file at path and migrates it.
@@ -230,19 +289,27 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 
 const imageColumns = "id, workspace, name, version, doc"
 
-func scanImage(row interface{ Scan(...any) error }) (image.Image, error) {
+func (s *Store) scanImage(row interface{ Scan(...any) error }) (image.Image, error) {
 	var id, ws, name, doc string
 	var version int64
 	if err := row.Scan(&id, &ws, &name, &version, &doc); err != nil {
 		return image.Image{}, err
 	}
-	return decodeImage(id, ws, name, version, doc)
+	if img, ok := s.images.get(id, doc); ok {
+		img.Workspace, img.Name, img.Version = ws, name, version
+		return img, nil
+	}
+	img, err := decodeImage(id, ws, name, version, doc)
+	if err == nil {
+		s.images.put(id, doc, img)
+	}
+	return img, err
 }
 
-func getImage(ctx context.Context, q interface {
+func (s *Store) getImage(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }, id string) (image.Image, error) {
-	img, err := scanImage(q.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id))
+	img, err := s.scanImage(q.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, store.ErrNotFound
 	}
@@ -251,7 +318,7 @@ func getImage(ctx context.Context, q interface {
 
 // GetImage implements store.Store.
 func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
-	return getImage(ctx, s.db, id)
+	return s.getImage(ctx, s.db, id)
 }
 
 func encodeCursor(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
@@ -282,7 +349,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	defer rows.Close()
 	var imgs []image.Image
 	for rows.Next() {
-		img, err := scanImage(rows)
+		img, err := s.scanImage(rows)
 		if err != nil {
 			return nil, "", err
 		}
@@ -304,7 +371,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 // ended since the caller read the image, without changing its version.
 func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		cur, err := getImage(ctx, tx, img.ID)
+		cur, err := s.getImage(ctx, tx, img.ID)
 		if err != nil {
 			return err
 		}
@@ -349,7 +416,7 @@ func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
 // CreateBuild implements store.Store.
 func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, error) {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		img, err := getImage(ctx, tx, b.Image)
+		img, err := s.getImage(ctx, tx, b.Image)
 		if err != nil {
 			return err
 		}
@@ -484,7 +551,7 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 			b.Status, string(doc), imageID, number); err != nil {
 			return err
 		}
-		img, err := getImage(ctx, tx, imageID)
+		img, err := s.getImage(ctx, tx, imageID)
 		if err != nil {
 			return err
 		}
