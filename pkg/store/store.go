@@ -7,6 +7,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"slices"
 
@@ -167,4 +168,16 @@ func SortOldestFirst(bs []build.Build) {
 		}
 		return cmp.Compare(a.ID(), b.ID())
 	})
+}
+
+// EncodeCursor makes an opaque page token of a listing's last key.
+func EncodeCursor(key string) string { return base64.RawURLEncoding.EncodeToString([]byte(key)) }
+
+// DecodeCursor reads a page token; ErrBadCursor when it is not one.
+func DecodeCursor(token string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		return "", ErrBadCursor
+	}
+	return string(b), nil
 }

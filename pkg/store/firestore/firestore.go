@@ -99,7 +99,6 @@ package firestore
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -440,19 +439,9 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	return decodeImage(snap)
 }
 
-func encodeCursor(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
-
-func decodeCursor(c string) (string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return "", store.ErrBadCursor
-	}
-	return string(b), nil
-}
-
 // ListImages implements store.Store.
 func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageFilter, p store.Page) ([]image.Image, string, error) {
-	after, err := decodeCursor(p.Cursor)
+	after, err := store.DecodeCursor(p.Cursor)
 	if err != nil {
 		return nil, "", err
 	}
@@ -479,7 +468,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	next := ""
 	if len(imgs) > limit {
 		imgs = imgs[:limit]
-		next = encodeCursor(imgs[limit-1].Name)
+		next = store.EncodeCursor(imgs[limit-1].Name)
 	}
 	return imgs, next, nil
 }
@@ -678,7 +667,7 @@ func (s *Store) ListBuilds(ctx context.Context, imageID string, p store.Page) ([
 	limit := max(p.Limit, 1)
 	q := builds(s.imageRef(imageID)).Query
 	if p.Cursor != "" {
-		c, err := decodeCursor(p.Cursor)
+		c, err := store.DecodeCursor(p.Cursor)
 		if err != nil {
 			return nil, "", err
 		}
@@ -699,7 +688,7 @@ func (s *Store) ListBuilds(ctx context.Context, imageID string, p store.Page) ([
 	next := ""
 	if len(bs) > limit {
 		bs = bs[:limit]
-		next = encodeCursor(strconv.Itoa(bs[limit-1].Number))
+		next = store.EncodeCursor(strconv.Itoa(bs[limit-1].Number))
 	}
 	return bs, next, nil
 }

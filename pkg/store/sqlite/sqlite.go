@@ -6,7 +6,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,19 +320,9 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	return s.getImage(ctx, s.db, id)
 }
 
-func encodeCursor(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
-
-func decodeCursor(c string) (string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return "", store.ErrBadCursor
-	}
-	return string(b), nil
-}
-
 // ListImages implements store.Store.
 func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageFilter, p store.Page) ([]image.Image, string, error) {
-	after, err := decodeCursor(p.Cursor)
+	after, err := store.DecodeCursor(p.Cursor)
 	if err != nil {
 		return nil, "", err
 	}
@@ -361,7 +350,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	next := ""
 	if len(imgs) > p.Limit {
 		imgs = imgs[:p.Limit]
-		next = encodeCursor(imgs[len(imgs)-1].Name)
+		next = store.EncodeCursor(imgs[len(imgs)-1].Name)
 	}
 	return imgs, next, nil
 }
@@ -500,7 +489,7 @@ func (s *Store) queryBuilds(ctx context.Context, q string, args ...any) ([]build
 func (s *Store) ListBuilds(ctx context.Context, imageID string, p store.Page) ([]build.Build, string, error) {
 	before := int64(1 << 62)
 	if p.Cursor != "" {
-		c, err := decodeCursor(p.Cursor)
+		c, err := store.DecodeCursor(p.Cursor)
 		if err != nil {
 			return nil, "", err
 		}
@@ -516,7 +505,7 @@ func (s *Store) ListBuilds(ctx context.Context, imageID string, p store.Page) ([
 	next := ""
 	if len(bs) > p.Limit {
 		bs = bs[:p.Limit]
-		next = encodeCursor(strconv.Itoa(bs[len(bs)-1].Number))
+		next = store.EncodeCursor(strconv.Itoa(bs[len(bs)-1].Number))
 	}
 	return bs, next, nil
 }
