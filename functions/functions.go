@@ -167,8 +167,9 @@ func New(d Deps) http.Handler {
 	a := &api{d}
 	mux := http.NewServeMux()
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticate(h)) }
-	mux.HandleFunc("GET /api/v1/info", a.info)
-	mux.HandleFunc("GET /api/v1/openapi.yaml", serveOpenAPI)
+	// The contract: every /api/ request carries a token, even these.
+	route("GET /api/v1/info", a.info)
+	route("GET /api/v1/openapi.yaml", serveOpenAPI)
 	route("GET /api/v1/workspaces/{ws}", a.getWorkspace)
 	route("GET /api/v1/workspaces/{ws}/images", a.listImages)
 	route("POST /api/v1/workspaces/{ws}/images", a.createImage)
@@ -231,8 +232,9 @@ func (a *api) getWorkspace(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *api) info(w http.ResponseWriter, r *http.Request) {
+func (a *api) info(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, map[string]string{"registry": a.Registry, "version": a.Version})
+	return nil
 }
 
 // isPublisher reports whether subject may post events.

@@ -11,7 +11,8 @@ import (
 //go:embed openapi.yaml
 var OpenAPI []byte
 
-func serveOpenAPI(w http.ResponseWriter, r *http.Request) {
+func serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/yaml")
 	w.Write(OpenAPI)
+	return nil
 }

@@ -2,10 +2,12 @@ package functions
 
 import (
 	"context"
+	"github.com/slipway-dev/slipway/pkg/auth"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 )
@@ -28,8 +31,6 @@ var openapiOperationsServedElsewhere = []string{
 
 // openapiPublicOperations need no bearer token.
 var openapiPublicOperations = []string{
-	"GET /api/v1/info",
-	"GET /api/v1/openapi.yaml",
 	"GET /health/liveness",
 	"GET /health/readiness",
 	"GET /metrics",
@@ -232,9 +233,16 @@ func openapiIsError(s *openapi3.SchemaRef) bool {
 }
 
 func TestOpenAPIIsServed(t *testing.T) {
-	srv := httptest.NewServer(New(Deps{}))
+	iss, err := auth.LoadIssuer(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Deps{Verifier: iss, MaxBody: 1 << 20, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/api/v1/openapi.yaml")
+	tok, _ := iss.Issue("alice", time.Minute)
+	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/openapi.yaml", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -208,10 +208,11 @@ func TestDocumentMatchesHandlers(t *testing.T) {
 		return resp, b
 	}
 
-	// Public endpoints, authentication, unknown paths and methods.
-	send(200, "GET", "/api/v1/info", "", nil)
-	send(200, "GET", "/api/v1/openapi.yaml", "", nil)
-	send(200, "HEAD", "/api/v1/info", "", nil)
+	// Every /api/ endpoint needs a token; unknown paths and methods.
+	send(401, "GET", "/api/v1/info", "", nil)
+	send(200, "GET", "/api/v1/info", alice, nil)
+	send(200, "GET", "/api/v1/openapi.yaml", alice, nil)
+	send(200, "HEAD", "/api/v1/info", alice, nil)
 	send(401, "GET", "/api/v1/workspaces/ws1/images", "", nil)
 	send(401, "GET", "/api/v1/workspaces/ws1/images", "not-a-token", nil)
 	send(404, "GET", "/api/v1/nope", alice, nil)

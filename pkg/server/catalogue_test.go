@@ -436,8 +436,9 @@ func TestHealthAndMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q", wantLine)
 		}
 	}
+	e.callErr("GET", "/api/v1/info", "", nil, 401, "unauthenticated")
 	var info struct{ Registry, Version string }
-	e.call("GET", "/api/v1/info", "", nil, &info)
+	e.call("GET", "/api/v1/info", "bob", nil, &info)
 	if info.Registry != strings.TrimPrefix(e.baseURL, "http://") || info.Version == "" {
 		t.Fatalf("info: %+v", info)
 	}
