@@ -25,6 +25,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/internal/apitest"
+	"github.com/slipway-dev/slipway/internal/servertest"
 	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
@@ -32,25 +33,9 @@ import (
 // Real builds: the Kaniko executor in runc, pushing to the registry the
 // server embeds, read back with go-containerregistry.
 
-// repoRoot is the repository's root, from this package's directory.
-const repoRoot = "../.."
-
-// requireBuilds fails (never skips, except without root, which runc needs)
-// when what real builds need is missing, naming the fix.
-func requireBuilds(t testing.TB) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("real builds run Kaniko in runc, which needs root")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Fatal("runc is not installed: run `make deps` (apt-get install runc)")
-	}
-	executor, _ := filepath.Abs(filepath.Join(repoRoot, "bin", "executor"))
-	if _, err := os.Stat(executor); err != nil {
-		t.Fatalf("no Kaniko executor at %s: run `make build`", executor)
-	}
-	return executor
-}
+// requireBuilds returns the Kaniko executor, or skips without root and
+// fails without runc or the executor (see servertest.Executor).
+func requireBuilds(t testing.TB) string { return servertest.Executor(t) }
 
 // buildEnv is a server that can build, with busybox in its registry as
 // HOST/library/busybox and workspace ws1 (owner alice, member bob).
@@ -411,7 +396,7 @@ func TestQueueIsFIFOWithinSlots(t *testing.T) {
 // as interrupted and its container and bundle gone.
 func TestKillDuringBuild(t *testing.T) {
 	executor := requireBuilds(t)
-	bin, _ := filepath.Abs(filepath.Join(repoRoot, "bin", "slipway"))
+	bin := filepath.Join(servertest.RepoRoot(), "bin", "slipway")
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("no %s: run `make build`", bin)
 	}
@@ -429,7 +414,7 @@ func TestKillDuringBuild(t *testing.T) {
 	}
 	go io.Copy(io.Discard, bufio.NewReader(stderr))
 	defer cmd.Process.Kill()
-	waitReady(t, "http://"+addr)
+	servertest.WaitReady(t, "http://"+addr)
 	// The process's env shares the first env's issuer: the key is the data dir's.
 	proc := &env{t: t, c: apitest.NewClient(t, "http://"+addr), tokens: e.tokens, srv: e.srv, baseURL: "http://" + addr}
 	if _, err := registrytest.PushBusybox(context.Background(), addr+"/library/busybox"); err != nil {

@@ -15,6 +15,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/internal/servertest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -463,7 +464,7 @@ func TestGetWorkspace(t *testing.T) {
 }
 
 func TestDemoLink(t *testing.T) {
-	var out lockedBuffer
+	var out servertest.LockedBuffer
 	cfg := serverConfig(t)
 	cfg.Demo, cfg.Stdout = true, &out
 	e := start(t, cfg)

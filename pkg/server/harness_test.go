@@ -1,15 +1,11 @@
 package server_test
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,102 +14,49 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/internal/apitest"
+	"github.com/slipway-dev/slipway/internal/servertest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
-// env is a real server on a real SQLite file in a temporary data dir.
+// env is a real server on a real SQLite file in a temporary data dir, and
+// a client that checks every exchange against the OpenAPI document. A
+// server in another process has no ts.
 type env struct {
 	t       testing.TB
 	cfg     server.Config
 	srv     *server.Server
-	stop    context.CancelFunc
-	done    chan error
+	ts      *servertest.Server
 	c       *apitest.Client
 	tokens  map[string]string
 	baseURL string
-	logs    *lockedBuffer // the server's structured log
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs    *servertest.LockedBuffer // the server's structured log
 }
 
 // serverConfig is the default configuration on a fresh data dir.
-func serverConfig(t testing.TB) server.Config {
-	cfg := server.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	return cfg
-}
+func serverConfig(t testing.TB) server.Config { return servertest.Config(t) }
 
 // start serves cfg (a fresh data dir when cfg.DataDir is empty).
 func start(t testing.TB, cfg server.Config) *env {
 	t.Helper()
 	if cfg.DataDir == "" {
-		cfg = server.DefaultConfig()
-		cfg.DataDir = t.TempDir()
+		cfg = servertest.Config(t)
 	}
 	cfg.Addr = "127.0.0.1:0"
-	logs := &lockedBuffer{}
-	s, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	e := &env{t: t, cfg: cfg, srv: s, stop: stop, done: make(chan error, 1), tokens: map[string]string{}, baseURL: s.URL(), logs: logs}
-	go func() { e.done <- s.Serve(ctx) }()
-	e.c = apitest.NewClient(t, e.baseURL)
-	waitReady(t, e.baseURL)
-	t.Cleanup(e.shutdown)
-	return e
-}
-
-func waitReady(t testing.TB, base string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		res, err := http.Get(base + "/health/readiness")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("server at %s not ready", base)
+	ts := servertest.Start(t, cfg)
+	return &env{t: t, cfg: cfg, srv: ts.Server, ts: ts, c: apitest.NewClient(t, ts.URL), tokens: map[string]string{}, baseURL: ts.URL, logs: ts.Logs}
 }
 
 // shutdown stops the server and waits for it; safe to call twice.
 func (e *env) shutdown() {
-	if e.stop == nil {
-		return
+	if e.ts != nil {
+		e.ts.Stop()
 	}
-	e.stop()
-	if err := <-e.done; err != nil {
-		e.t.Errorf("serve: %v", err)
-	}
-	e.stop = nil
 }
 
 // restart stops the server and starts another on the same data dir.
 func (e *env) restart() *env {
 	e.shutdown()
-	cfg := e.cfg
-	return start(e.t, cfg)
+	return start(e.t, e.cfg)
 }
 
 func (e *env) token(subject string) string {

@@ -9,6 +9,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/slipway-dev/slipway/internal/servertest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -16,7 +17,7 @@ import (
 // setting the cluster's ConfigMap gives is one the server reads, and every
 // role a Knative Service runs is one the server knows.
 func TestClusterConfigIsUnderstood(t *testing.T) {
-	raw, err := os.ReadFile(repoRoot + "/infra/base/config.yaml")
+	raw, err := os.ReadFile(servertest.RepoRoot() + "/infra/base/config.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,7 @@ func TestClusterConfigIsUnderstood(t *testing.T) {
 			t.Errorf("infra sets %s, which slipway serve does not read", key)
 		}
 	}
-	services, err := os.ReadFile(repoRoot + "/infra/base/services.yaml")
+	services, err := os.ReadFile(servertest.RepoRoot() + "/infra/base/services.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

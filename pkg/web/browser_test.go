@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,15 +22,10 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
-	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/events"
-	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
-	"github.com/slipway-dev/slipway/pkg/server"
+	"github.com/slipway-dev/slipway/internal/servertest"
 )
-
-// repoRoot is the repository's root, from this package's directory.
-const repoRoot = "../.."
 
 // Status colours as the page's stylesheet sets them (computed RGB).
 const (
@@ -42,67 +36,22 @@ const (
 
 // slipway is a real server on a fresh data dir.
 type slipway struct {
+	*servertest.Server
 	t    *testing.T
-	srv  *server.Server
 	base string
-	toks map[string]string
-	mu   sync.Mutex
 }
 
 // startSlipway serves a fresh Slipway that can build: the Kaniko executor
-// from bin/ in runc, busybox in its registry as HOST/library/busybox.
+// from bin/ in runc.
 func startSlipway(t *testing.T) *slipway {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.Addr = "127.0.0.1:0"
-	if exe, err := filepath.Abs(filepath.Join(repoRoot, "bin", "executor")); err == nil {
-		cfg.Executor = exe
-	}
-	srv, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	s := &slipway{t: t, srv: srv, base: srv.URL(), toks: map[string]string{}}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res, err := http.Get(s.base + "/health/readiness")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server at %s not ready", s.base)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return s
+	cfg := servertest.Config(t)
+	cfg.Executor = filepath.Join(servertest.RepoRoot(), "bin", "executor")
+	ts := servertest.Start(t, cfg)
+	return &slipway{Server: ts, t: t, base: ts.URL}
 }
 
-func (s *slipway) token(subject string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if tok, ok := s.toks[subject]; ok {
-		return tok
-	}
-	tok, err := s.srv.Issuer.Issue(subject, time.Hour)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.toks[subject] = tok
-	return tok
-}
+func (s *slipway) token(subject string) string { return s.Token(subject) }
 
 // call sends a JSON request as subject and returns the status, the ETag and
 // the decoded body.
@@ -135,23 +84,7 @@ func (s *slipway) call(method, path, subject string, body any, headers ...string
 // announce sends platform.workspace.created as the platform would.
 func (s *slipway) announce(id, owner string, members ...string) {
 	s.t.Helper()
-	ev := map[string]any{
-		"specversion": "1.0", "id": uuid.NewString(), "source": "/platform", "type": events.WorkspaceCreated,
-		"datacontenttype": "application/json",
-		"data":            events.Workspace{ID: id, Owner: owner, Members: members},
-	}
-	b, _ := json.Marshal(ev)
-	req, _ := http.NewRequest("POST", s.base+"/events", bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/cloudevents+json")
-	req.Header.Set("Authorization", "Bearer "+s.token("platform"))
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusNoContent {
-		s.t.Fatalf("announcing %s: %d", id, res.StatusCode)
-	}
+	s.Announce(events.WorkspaceCreated, id, owner, members...)
 }
 
 // createImage creates a local-context image as subject and returns its id.
@@ -387,7 +320,7 @@ func (tb *tab) screenshot(name string, width int64) {
 		tb.t.Fatalf("screenshot: %v", err)
 	}
 	tb.do(chromedp.EmulateViewport(1280, 900))
-	dir := filepath.Join(repoRoot, "test-artifacts", "screenshots")
+	dir := filepath.Join(servertest.RepoRoot(), "test-artifacts", "screenshots")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.t.Fatal(err)
 	}
@@ -465,10 +398,8 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("build and watch the log stream to a green tile", func(t *testing.T) {
 		requireBuilds(t)
-		ref := s.srv.RegistryHost() + "/library/busybox"
-		if _, err := registrytest.PushBusybox(context.Background(), ref); err != nil {
-			t.Fatalf("pushing the base image: %v", err)
-		}
+		s.PushBase()
+		ref := s.Base()
 		builtID = s.createImage("ws1", "alice", builtName, "Built by the browser test.",
 			"FROM "+ref+"\nRUN echo browser-build-step-one && sleep 2 && echo browser-build-step-two\n")
 		tb := openTab(t, browser, s, "alice", "ws1", false, 5*time.Minute)
@@ -771,7 +702,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("screenshots of the tiles and the editor at 1280 and 768", func(t *testing.T) {
 		// A built image too, so that the tiles show all three states.
 		if builtID != "" {
-			ref := s.srv.RegistryHost() + "/library/busybox"
+			ref := s.Base()
 			id := s.createImage("ws1", "alice", "ml/jupyter-base", "Jupyter with the scientific Python stack, for notebooks.", "FROM "+ref+"\nRUN echo ready\n")
 			if code, _, b := s.call("POST", "/api/v1/images/"+id+"/builds", "alice", nil); code != http.StatusAccepted {
 				t.Fatalf("POST builds: %d %v", code, b)
@@ -803,13 +734,4 @@ func TestBrowser(t *testing.T) {
 }
 
 // requireBuilds fails, naming the fix, when what real builds need is missing.
-func requireBuilds(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Fatal("runc is not installed; builds run Kaniko in runc: run `make deps`")
-	}
-	exe, _ := filepath.Abs(filepath.Join(repoRoot, "bin", "executor"))
-	if _, err := os.Stat(exe); err != nil {
-		t.Fatalf("no Kaniko executor at %s: run `make build`", exe)
-	}
-}
+func requireBuilds(t *testing.T) { servertest.Executor(t) }
