@@ -243,7 +243,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	tok := e.token("alice")
 
 	e2 := e.restart()
-	e2.tokens["alice"] = tok // tokens survive: the key is in the data dir
+	e2.tokens.set("alice", tok) // tokens survive: the key is in the data dir
 	var after image
 	res = e2.call("GET", "/api/v1/images/"+img.ID, "alice", nil, &after)
 	want(t, res, 200, "")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ type env struct {
 	srv     *server.Server
 	ts      *servertest.Server
 	c       *apitest.Client
-	tokens  map[string]string
+	tokens  *tokenJar
 	baseURL string
 	logs    *servertest.LockedBuffer // the server's structured log
 }
@@ -43,7 +44,7 @@ func start(t testing.TB, cfg server.Config) *env {
 	}
 	cfg.Addr = "127.0.0.1:0"
 	ts := servertest.Start(t, cfg)
-	return &env{t: t, cfg: cfg, srv: ts.Server, ts: ts, c: apitest.NewClient(t, ts.URL), tokens: map[string]string{}, baseURL: ts.URL, logs: ts.Logs}
+	return &env{t: t, cfg: cfg, srv: ts.Server, ts: ts, c: apitest.NewClient(t, ts.URL), tokens: &tokenJar{m: map[string]string{}}, baseURL: ts.URL, logs: ts.Logs}
 }
 
 // shutdown stops the server and waits for it; safe to call twice.
@@ -59,15 +60,29 @@ func (e *env) restart() *env {
 	return start(e.t, e.cfg)
 }
 
+// tokenJar keeps one token per subject; tests' goroutines share it.
+type tokenJar struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (j *tokenJar) set(subject, tok string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.m[subject] = tok
+}
+
 func (e *env) token(subject string) string {
-	if tok, ok := e.tokens[subject]; ok {
+	e.tokens.mu.Lock()
+	defer e.tokens.mu.Unlock()
+	if tok, ok := e.tokens.m[subject]; ok {
 		return tok
 	}
 	tok, err := e.srv.Issuer.Issue(subject, time.Hour)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.tokens[subject] = tok
+	e.tokens.m[subject] = tok
 	return tok
 }
 
