@@ -112,3 +112,20 @@ func TestCache(t *testing.T) {
 		t.Fatal("an expired token was served from the cache")
 	}
 }
+
+func TestAny(t *testing.T) {
+	a, _ := LoadIssuer(t.TempDir())
+	b, _ := LoadIssuer(t.TempDir())
+	c, _ := LoadIssuer(t.TempDir())
+	v := Any(a, b)
+	for name, iss := range map[string]*Issuer{"first": a, "second": b} {
+		tok, _ := iss.Issue("svc-"+name, time.Hour)
+		if id, err := v.Verify(context.Background(), tok); err != nil || id.Subject != "svc-"+name {
+			t.Errorf("%s verifier's token: %+v, %v", name, id, err)
+		}
+	}
+	tok, _ := c.Issue("mallory", time.Hour)
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrUnauthenticated) {
+		t.Errorf("a token neither accepts: %v", err)
+	}
+}

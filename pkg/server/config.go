@@ -55,6 +55,11 @@ type Config struct {
 	Registry         string // HOST[:PORT] of an external internal-registry; empty: the embedded one
 	OIDCIssuer       string // verify the platform's OIDC tokens from this issuer instead of local tokens
 	OIDCAudience     string // the audience those tokens carry
+	// EventsOIDCIssuer and EventsOIDCAudience accept, besides users'
+	// tokens, those Knative Eventing's deliveries carry when its OIDC
+	// feature is on (the cluster's service-account issuer).
+	EventsOIDCIssuer   string
+	EventsOIDCAudience string
 	// CredentialsKeyDir holds the key that seals workspace credentials
 	// (secret.KeyFile); every process of a deployment must share it, so in
 	// the cluster it is a mounted Secret. Empty: the data dir.
@@ -82,6 +87,7 @@ var EnvVars = map[string]string{
 	"SLIPWAY_BUILD_TIMEOUT": "build-timeout", "SLIPWAY_BUILD_MEMORY": "build-memory", "SLIPWAY_BUILD_CPU": "build-cpus",
 	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
+	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -121,6 +127,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.OIDCIssuer == "") != (c.OIDCAudience == "") {
 		return errors.New("--oidc-issuer and --oidc-audience go together")
+	}
+	if (c.EventsOIDCIssuer == "") != (c.EventsOIDCAudience == "") {
+		return errors.New("--events-oidc-issuer and --events-oidc-audience go together")
 	}
 	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
 		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
@@ -217,6 +226,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Registry, "registry", c.Registry, "`HOST[:PORT]` of the internal registry; empty serves the embedded one under /v2/")
 	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", c.OIDCIssuer, "accept OIDC tokens from this issuer `URL` instead of local tokens")
 	fs.StringVar(&c.OIDCAudience, "oidc-audience", c.OIDCAudience, "the audience OIDC tokens must carry")
+	fs.StringVar(&c.EventsOIDCIssuer, "events-oidc-issuer", c.EventsOIDCIssuer, "also accept tokens from this issuer `URL` (Knative Eventing's deliveries)")
+	fs.StringVar(&c.EventsOIDCAudience, "events-oidc-audience", c.EventsOIDCAudience, "the audience Knative Eventing's tokens carry for this service")
 	fs.StringVar(&c.CredentialsKeyDir, "credentials-key-dir", c.CredentialsKeyDir, "`DIR` holding the key that seals workspace credentials (default: the data dir)")
 }
 

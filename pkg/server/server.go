@@ -111,6 +111,13 @@ func (s *Server) open() error {
 		}
 		verifier = s.Issuer
 	}
+	if s.cfg.EventsOIDCIssuer != "" {
+		eventing, err := oidc.New(ctx, oidc.Options{Issuer: s.cfg.EventsOIDCIssuer, Audience: s.cfg.EventsOIDCAudience})
+		if err != nil {
+			return fmt.Errorf("events OIDC issuer: %w", err)
+		}
+		verifier = auth.Any(verifier, eventing)
+	}
 	box, err := secret.LoadBox(s.cfg.credentialsKeyDir())
 	if err != nil {
 		return err
