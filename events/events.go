@@ -115,8 +115,9 @@ func New(typ, subject string, data any) (cloudevents.Event, error) {
 type Handler func(ctx context.Context, e cloudevents.Event) error
 
 // Publisher delivers Slipway's events at least once to its local handlers
-// and, when a sink is configured, to the sink. Delivery is asynchronous:
-// Publish returns once the event is handed over; Close waits for deliveries.
+// and, when a sink is configured, to the sink. Local handlers must be quick:
+// their first attempt runs inside Publish. Delivery to the sink and retries
+// are asynchronous; Close waits for them.
 type Publisher struct {
 	sink     cloudevents.Client // nil without K_SINK
 	sinkURL  string
@@ -160,12 +161,21 @@ func (p *Publisher) Publish(typ, subject string, data any) {
 	p.Deliver(e)
 }
 
-// Deliver hands e to the local handlers and the sink.
+// Deliver hands e to the local handlers and the sink. Local handlers get
+// the first attempt before Deliver returns, so they see events in the order
+// they were published (the build queue is FIFO by it); a failed attempt is
+// retried in the background, like every delivery to the sink.
 func (p *Publisher) Deliver(e cloudevents.Event) {
 	p.mu.RLock()
 	hs := p.handlers[e.Type()]
 	p.mu.RUnlock()
 	for _, h := range hs {
+		ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
+		err := h(ctx, e)
+		cancel()
+		if err == nil {
+			continue
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()

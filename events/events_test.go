@@ -2,10 +2,18 @@ package events
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 )
 
 func TestReadRequestModes(t *testing.T) {
@@ -94,4 +102,58 @@ func FuzzReadRequest(f *testing.F) {
 			t.Fatal("decoded a workspace without id")
 		}
 	})
+}
+
+func TestLocalDeliveryKeepsPublishOrder(t *testing.T) {
+	p, err := NewPublisher("", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(time.Second)
+	var mu sync.Mutex
+	var got []string
+	p.Subscribe(BuildQueued, func(_ context.Context, e cloudevents.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, e.Subject())
+		return nil
+	})
+	fails := 0
+	p.Subscribe(BuildCancelled, func(context.Context, cloudevents.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fails++; fails < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	for i := range 50 {
+		p.Publish(BuildQueued, fmt.Sprint(i), map[string]int{"n": i})
+	}
+	mu.Lock()
+	order := fmt.Sprint(got)
+	mu.Unlock()
+	if want := fmt.Sprint(func() (s []string) {
+		for i := range 50 {
+			s = append(s, fmt.Sprint(i))
+		}
+		return
+	}()); order != want {
+		t.Fatalf("delivered in the order %s", order)
+	}
+	// A failing handler is retried until it takes the event.
+	p.Publish(BuildCancelled, "x", nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := fails
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d attempts, want 3", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
