@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -99,18 +100,27 @@ func (a *api) cancelBuild(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// settleCancel records the cancellation and announces it; the runner stops
-// the build when it receives the event.
+// settleCancel records the caller's cancellation and announces it.
 func (a *api) settleCancel(r *http.Request, imageID string, n int) (build.Build, error) {
-	by := subject(r.Context())
-	b, err := a.Store.UpdateBuild(r.Context(), imageID, n, func(b *build.Build) error {
-		return b.Cancel(by, a.Now())
+	var b build.Build
+	err := a.cancelAs(r.Context(), imageID, n, subject(r.Context()), &b)
+	return b, err
+}
+
+// cancelAs records a cancellation by who and announces it; the runner stops
+// the build when it receives the event.
+func (a *api) cancelAs(ctx context.Context, imageID string, n int, who string, out *build.Build) error {
+	b, err := a.Store.UpdateBuild(ctx, imageID, n, func(b *build.Build) error {
+		return b.Cancel(who, a.Now())
 	})
 	if err != nil {
-		return b, err
+		return err
 	}
 	a.Events.Publish(events.BuildCancelled, b.ID(), b.View(a.Now()))
-	return b, nil
+	if out != nil {
+		*out = b
+	}
+	return nil
 }
 
 func isFinished(err error) bool { return errors.Is(err, build.ErrTransition) }

@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -40,8 +41,13 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 		}
-		err = a.Store.ApplyWorkspace(r.Context(), events.Key(e), store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members},
-			e.Type() == events.WorkspaceDeleted)
+		deleted := e.Type() == events.WorkspaceDeleted
+		if deleted {
+			if err := a.cancelWorkspaceBuilds(r.Context(), ws.ID); err != nil {
+				return err
+			}
+		}
+		err = a.Store.ApplyWorkspace(r.Context(), events.Key(e), store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members}, deleted)
 		if err != nil && !errors.Is(err, store.ErrDuplicate) {
 			return err
 		}
@@ -51,4 +57,27 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusAccepted)
 	}
 	return nil
+}
+
+// cancelWorkspaceBuilds cancels the active builds of a workspace about to be
+// deleted, so that no runner goes on building and pushing its images.
+func (a *api) cancelWorkspaceBuilds(ctx context.Context, ws string) error {
+	p := store.Page{Limit: 200}
+	for {
+		imgs, next, err := a.Store.ListImages(ctx, ws, store.ImageFilter{}, p)
+		if err != nil {
+			return err
+		}
+		for _, img := range imgs {
+			if b := img.LatestBuild; b != nil && b.Status.Active() {
+				if err := a.cancelAs(ctx, img.ID, b.Number, "the platform (the workspace was deleted)", nil); err != nil && !isFinished(err) {
+					return err
+				}
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		p.Cursor = next
+	}
 }

@@ -320,7 +320,8 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	d.o.Events.Publish(events.BuildStarted, b.ID(), b.View(d.o.Now()))
 	log := newLogWriter(d.o.Store, r.Image, r.Number, d.o.LogCap, 200*time.Millisecond)
 	end := d.execute(ctx, b, log)
-	if err := log.Close(); err != nil {
+	// A build deleted with its image or workspace has nowhere to log to.
+	if err := log.Close(); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.o.Log.Error("writing build log", "build", r.id(), "error", err)
 	}
 	settle(ctx, d.o, r, end)

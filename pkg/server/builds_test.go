@@ -507,3 +507,30 @@ func TestBuildEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestDeletingAWorkspaceStopsItsBuilds: the platform deletes a workspace
+// while one of its images builds; the build is cancelled and its container
+// goes, so nothing keeps building or pushing for a workspace that is gone.
+func TestDeletingAWorkspaceStopsItsBuilds(t *testing.T) {
+	e := buildEnv(t, nil)
+	img := e.newImage(localImage("team/orphan", "FROM "+e.base()+"\nRUN echo running; sleep 60\n"))
+	n := e.startBuild(img.ID)
+	e.waitFor(img.ID, n, time.Minute, running)
+	b := e.getBuild(img.ID, n)
+	e.announce(events.WorkspaceDeleted, "ws1", "alice")
+	e.callErr("GET", "/api/v1/images/"+img.ID, "alice", nil, 404, "not_found")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		bundles, _ := os.ReadDir(filepath.Join(e.cfg.DataDir, "runc", "bundles"))
+		if len(bundles) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the build of a deleted workspace still runs (%+v): %v", b, bundles)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Contains(e.logs.String(), `"level":"ERROR"`) {
+		t.Fatalf("errors in the server log:\n%s", e.logs.String())
+	}
+}
