@@ -20,7 +20,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/events"
-	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
+	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -178,7 +178,7 @@ func (s *Server) Base() string { return s.RegistryHost() + "/library/busybox" }
 // server's registry as Base().
 func (s *Server) PushBase() {
 	s.t.Helper()
-	if _, err := registrytest.PushBusybox(context.Background(), s.Base()); err != nil {
+	if _, err := baseimage.PushBusybox(context.Background(), s.Base()); err != nil {
 		s.t.Fatal(err)
 	}
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/internal/apitest"
 	"github.com/slipway-dev/slipway/internal/servertest"
-	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
+	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -57,7 +57,7 @@ func buildEnv(t *testing.T, configure func(*server.Config)) *env {
 
 // pushBusybox puts the test base image into e's registry.
 func pushBusybox(e *env) (v1.Hash, error) {
-	return registrytest.PushBusybox(context.Background(), e.base())
+	return baseimage.PushBusybox(context.Background(), e.base())
 }
 
 // base is the test base image's reference.
@@ -417,7 +417,7 @@ func TestKillDuringBuild(t *testing.T) {
 	servertest.WaitReady(t, "http://"+addr)
 	// The process's env shares the first env's issuer: the key is the data dir's.
 	proc := &env{t: t, c: apitest.NewClient(t, "http://"+addr), tokens: e.tokens, srv: e.srv, baseURL: "http://" + addr}
-	if _, err := registrytest.PushBusybox(context.Background(), addr+"/library/busybox"); err != nil {
+	if _, err := baseimage.PushBusybox(context.Background(), addr+"/library/busybox"); err != nil {
 		t.Fatal(err)
 	}
 	proc.announce(events.WorkspaceCreated, "ws1", "alice")
@@ -532,5 +532,44 @@ func TestDeletingAWorkspaceStopsItsBuilds(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), `"level":"ERROR"`) {
 		t.Fatalf("errors in the server log:\n%s", e.logs.String())
+	}
+}
+
+// TestDemoBuildsOffline: `make run`'s demo workspace holds an image whose
+// base is in the server's own registry, so a newcomer's first BUILD works
+// without an image hub.
+func TestDemoBuildsOffline(t *testing.T) {
+	cfg := serverConfig(t)
+	cfg.Executor, cfg.Demo, cfg.Stdout = requireBuilds(t), true, io.Discard
+	e := start(t, cfg)
+	var list struct{ Images []image }
+	e.call("GET", "/api/v1/workspaces/demo/images", "demo", nil, &list)
+	if len(list.Images) != 1 || list.Images[0].Name != server.DemoImage {
+		t.Fatalf("demo images: %+v", list.Images)
+	}
+	id := list.Images[0].ID
+	var b buildJSON
+	if res := e.call("POST", "/api/v1/images/"+id+"/builds", "demo", nil, &b); res.StatusCode != 202 {
+		t.Fatalf("build the demo image: %d", res.StatusCode)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for n := b.Number; !ended(b) || b.Number == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo build still %s", b.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+		e.call("GET", fmt.Sprintf("/api/v1/images/%s/builds/%d", id, n), "demo", nil, &b)
+	}
+	if b.Status != "succeeded" {
+		t.Fatalf("demo build: %+v", b)
+	}
+	if got := files(t, pull(t, *b.Reference))["/hello"]; got != "hello from Slipway\n" {
+		t.Fatalf("/hello = %q", got)
+	}
+	// A restart neither duplicates nor loses it.
+	e = e.restart()
+	e.call("GET", "/api/v1/workspaces/demo/images", "demo", nil, &list)
+	if len(list.Images) != 1 || list.Images[0].Status != "built" {
+		t.Fatalf("after a restart: %+v", list.Images)
 	}
 }

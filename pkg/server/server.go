@@ -27,6 +27,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
+	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/secret"
@@ -216,12 +217,18 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 // Demo names the demo workspace and its owner.
 const Demo = "demo"
 
-// demo ensures the demo workspace (owner "demo") and prints a link that
-// opens the web page signed in as its owner.
+// demo ensures the demo workspace (owner "demo"), and in it an image that
+// builds without an image hub: its base, the host's static busybox, is put
+// into the embedded registry. It prints a link that opens the web page
+// signed in as the workspace's owner.
 func (s *Server) demo() error {
+	ctx := context.Background()
 	ws := store.Workspace{ID: Demo, Owner: Demo, Members: []string{}}
-	if err := s.Store.ApplyWorkspace(context.Background(), "slipway-demo/"+Demo, ws, false); err != nil && !errors.Is(err, store.ErrDuplicate) {
+	if err := s.Store.ApplyWorkspace(ctx, "slipway-demo/"+Demo, ws, false); err != nil && !errors.Is(err, store.ErrDuplicate) {
 		return err
+	}
+	if s.cfg.Registry == "" {
+		s.demoImage(ctx)
 	}
 	tok, err := s.Issuer.Issue(Demo, 7*24*time.Hour)
 	if err != nil {
@@ -229,6 +236,30 @@ func (s *Server) demo() error {
 	}
 	fmt.Fprintf(s.cfg.Stdout, "\nSlipway is ready. Open this link to use it as the demo user:\n\n  %s/#token=%s&workspace=%s\n\n", s.URL(), tok, Demo)
 	return nil
+}
+
+// DemoImage is the demo workspace's first image.
+const DemoImage = "demo/hello"
+
+// demoImage seeds the demo's base image and image; without a static
+// busybox on the host it logs why and leaves the workspace empty.
+func (s *Server) demoImage(ctx context.Context) {
+	base := s.RegistryHost() + "/library/busybox"
+	if _, err := baseimage.PushBusybox(ctx, base); err != nil {
+		s.log.Warn("no demo base image", "error", err)
+		return
+	}
+	now := time.Now().UTC()
+	img := image.Image{
+		ID: Demo + "-hello", Workspace: Demo, Name: DemoImage, Version: 1, DefinitionRev: 1,
+		Description: "A first image: press BUILD. Its base is in this server's own registry, so it builds offline.",
+		Context: image.Context{Type: image.ContextLocal,
+			Dockerfile: "FROM " + base + "\nRUN echo 'hello from Slipway' > /hello\nCMD [\"cat\", \"/hello\"]\n"},
+		Created: image.Stamp{By: Demo, At: now}, Modified: image.Stamp{By: Demo, At: now},
+	}
+	if err := s.Store.CreateImage(ctx, img); err != nil && !errors.Is(err, store.ErrNameTaken) {
+		s.log.Warn("no demo image", "error", err)
+	}
 }
 
 // newDispatcher sets up local builds: Kaniko in runc. When runc or the

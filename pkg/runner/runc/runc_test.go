@@ -28,7 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/slipway-dev/slipway/pkg/build"
-	"github.com/slipway-dev/slipway/pkg/registry/registrytest"
+	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 )
 
@@ -94,7 +94,7 @@ func newEnv(t *testing.T) *testEnv {
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	base := host + "/busybox:latest"
-	if _, err := registrytest.PushBusybox(t.Context(), base); err != nil {
+	if _, err := baseimage.PushBusybox(t.Context(), base); err != nil {
 		t.Fatal(err)
 	}
 	return &testEnv{runner: r, stateDir: stateDir, host: host, base: base}

@@ -1,6 +1,6 @@
-// Package registrytest helps tests that need images in a registry. It builds
-// small base images from files on the host, so tests need no image hub.
-package registrytest
+// Package baseimage builds small base images from files on the host and pushes
+// them to a registry, so that tests and a first demo build need no image hub.
+package baseimage
 
 import (
 	"archive/tar"
@@ -45,14 +45,14 @@ var busyboxApplets = []string{
 func PushBusybox(ctx context.Context, ref string) (v1.Hash, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("registrytest: parse %q: %w", ref, err)
+		return v1.Hash{}, fmt.Errorf("baseimage: parse %q: %w", ref, err)
 	}
 	img, err := busyboxImage()
 	if err != nil {
 		return v1.Hash{}, err
 	}
 	if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
-		return v1.Hash{}, fmt.Errorf("registrytest: push %s: %w", r, err)
+		return v1.Hash{}, fmt.Errorf("baseimage: push %s: %w", r, err)
 	}
 	return img.Digest()
 }
@@ -67,15 +67,15 @@ func busyboxImage() (v1.Image, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: layer: %w", err)
+		return nil, fmt.Errorf("baseimage: layer: %w", err)
 	}
 	img, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: append layer: %w", err)
+		return nil, fmt.Errorf("baseimage: append layer: %w", err)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: config: %w", err)
+		return nil, fmt.Errorf("baseimage: config: %w", err)
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS = "linux"
@@ -84,7 +84,7 @@ func busyboxImage() (v1.Image, error) {
 	cfg.Config.Cmd = []string{"sh"}
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: set config: %w", err)
+		return nil, fmt.Errorf("baseimage: set config: %w", err)
 	}
 	return img, nil
 }
@@ -130,7 +130,7 @@ func busyboxLayer() ([]byte, error) {
 		tw.Close(),
 	)
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("registrytest: write layer: %w", err)
+		return nil, fmt.Errorf("baseimage: write layer: %w", err)
 	}
 	return buf.Bytes(), nil
 }
@@ -140,19 +140,19 @@ func busyboxLayer() ([]byte, error) {
 func readStaticBusybox() ([]byte, error) {
 	bin, err := os.ReadFile(BusyboxPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("registrytest: %s is missing: install it with `apt-get install busybox-static`", BusyboxPath)
+		return nil, fmt.Errorf("baseimage: %s is missing: install it with `apt-get install busybox-static`", BusyboxPath)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: %w", err)
+		return nil, fmt.Errorf("baseimage: %w", err)
 	}
 	f, err := elf.NewFile(bytes.NewReader(bin))
 	if err != nil {
-		return nil, fmt.Errorf("registrytest: %s is not an ELF binary: %w", BusyboxPath, err)
+		return nil, fmt.Errorf("baseimage: %s is not an ELF binary: %w", BusyboxPath, err)
 	}
 	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return nil, fmt.Errorf("registrytest: %s is dynamically linked: install the static one with `apt-get install busybox-static`", BusyboxPath)
+			return nil, fmt.Errorf("baseimage: %s is dynamically linked: install the static one with `apt-get install busybox-static`", BusyboxPath)
 		}
 	}
 	return bin, nil
