@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -206,5 +205,3 @@ func (e *env) create(ws, subject, name string) (image, string) {
 	}
 	return img, res.Header.Get("ETag")
 }
-
-func path(format string, args ...any) string { return fmt.Sprintf(format, args...) }
