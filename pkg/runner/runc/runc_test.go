@@ -258,21 +258,29 @@ func TestFailingRun(t *testing.T) {
 	e.checkNoLeftovers(t)
 }
 
+// result is what Run returned.
+type result struct {
+	out build.Outcome
+	err error
+}
+
+// runAsync runs spec in the background; its result comes on the channel.
+func (e *testEnv) runAsync(ctx context.Context, spec build.Spec, log io.Writer) <-chan result {
+	done := make(chan result, 1)
+	go func() {
+		out, err := e.runner.Run(ctx, spec, log)
+		done <- result{out, err}
+	}()
+	return done
+}
+
 func TestCancel(t *testing.T) {
 	e := newEnv(t)
 	spec := e.spec(t, map[string]string{}, "RUN sleep 60")
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var log syncBuffer
-	type result struct {
-		out build.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := e.runner.Run(ctx, spec, &log)
-		done <- result{out, err}
-	}()
+	done := e.runAsync(ctx, spec, &log)
 	waitFor(t, &log, "RUN sleep 60", 30*time.Second)
 	time.Sleep(300 * time.Millisecond) // let sleep start
 	cancel()
@@ -335,15 +343,7 @@ func TestLimitsApplied(t *testing.T) {
 	spec := e.spec(t, map[string]string{}, "RUN sleep 2 && echo slept")
 	spec.Limits = build.Limits{MemoryBytes: 256 << 20, CPUs: 0.5, Pids: 200, Timeout: time.Minute}
 	var log syncBuffer
-	type result struct {
-		out build.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := e.runner.Run(t.Context(), spec, &log)
-		done <- result{out, err}
-	}()
+	done := e.runAsync(t.Context(), spec, &log)
 	waitFor(t, &log, "Running: [/bin/sh -c sleep 2", 30*time.Second)
 
 	pid, err := os.ReadFile(filepath.Join(e.stateDir, spec.ID, "pid"))
@@ -431,15 +431,7 @@ func TestLeftoversAndCleanup(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var log syncBuffer
-	type result struct {
-		out build.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := e.runner.Run(ctx, spec, &log)
-		done <- result{out, err}
-	}()
+	done := e.runAsync(ctx, spec, &log)
 	waitFor(t, &log, "RUN sleep 60", 30*time.Second)
 
 	ids, err := e.runner.Leftovers()
