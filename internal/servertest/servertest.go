@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/events"
@@ -181,4 +183,12 @@ func (s *Server) PushBase() {
 	if _, err := baseimage.PushBusybox(context.Background(), s.Base()); err != nil {
 		s.t.Fatal(err)
 	}
+}
+
+// RegistryAs is the go-containerregistry option that speaks to the server's
+// embedded registry as subject: HTTP basic auth with subject's Slipway token
+// as the password, which the registry's token flow exchanges for a bearer
+// token. Tests pull and push through it, never anonymously.
+func (s *Server) RegistryAs(subject string) remote.Option {
+	return remote.WithAuth(&authn.Basic{Username: subject, Password: s.Token(subject)})
 }
