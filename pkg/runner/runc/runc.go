@@ -67,18 +67,32 @@ type Options struct {
 	// alone: every container in it is taken for a build's. Empty means
 	// DefaultRoot.
 	Root string
+	// Pasta is the path of pasta (Debian package passt), which connects
+	// each build's network namespace to the outside; empty means "pasta"
+	// in PATH.
+	Pasta string
+	// Forwards are the host services that builds reach, each a port of
+	// the host's loopback that a build reaches on its own loopback: the
+	// registries that builds pull from and push to, named by the same
+	// HOST:PORT as on the host. No other port of the host's loopback is
+	// reachable from a build.
+	Forwards []Forward
 }
 
 // Runner runs builds in runc containers. Its methods are safe for
 // concurrent use, on builds with different IDs.
 type Runner struct {
 	opts Options
+	// hostNetwork runs builds in the host's network namespace, as this
+	// runner did before builds had their own: only the benchmark that
+	// measures the cost of their own sets it.
+	hostNetwork bool
 }
 
 var _ build.Runner = (*Runner)(nil)
 
-// New checks opts and returns a Runner. It fails when runc or the executor
-// is missing, naming the fix.
+// New checks opts and returns a Runner. It fails when runc, pasta or the
+// executor is missing, naming the fix.
 func New(opts Options) (*Runner, error) {
 	if opts.Runc == "" {
 		p, err := exec.LookPath("runc")
@@ -88,6 +102,20 @@ func New(opts Options) (*Runner, error) {
 		opts.Runc = p
 	} else if _, err := os.Stat(opts.Runc); err != nil {
 		return nil, fmt.Errorf("runc: %w: install runc with `apt-get install runc` (or `make deps`)", err)
+	}
+	if opts.Pasta == "" {
+		p, err := exec.LookPath("pasta")
+		if err != nil {
+			return nil, errors.New("runc: pasta is not installed (not in PATH): builds get their network from it; install it with `apt-get install passt` (or `make deps`)")
+		}
+		opts.Pasta = p
+	} else if _, err := os.Stat(opts.Pasta); err != nil {
+		return nil, fmt.Errorf("runc: %w: install pasta with `apt-get install passt` (or `make deps`)", err)
+	}
+	for _, f := range opts.Forwards {
+		if f.Port <= 0 || f.Port > 65535 || f.HostPort <= 0 || f.HostPort > 65535 {
+			return nil, fmt.Errorf("runc: forward %d to %d: ports are 1 to 65535", f.Port, f.HostPort)
+		}
 	}
 	if opts.Executor == "" {
 		return nil, errors.New("runc: no Kaniko executor given: build it with `make bin/executor`")
@@ -149,7 +177,14 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 // run runs the build in its bundle directory and reports how it ended.
 func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *secret.Redactor) (build.Outcome, error) {
 	var out build.Outcome
-	if err := r.writeBundle(bundle, spec); err != nil {
+	netns := ""
+	if !r.hostNetwork {
+		var err error
+		if netns, err = r.startNetwork(bundle); err != nil {
+			return out, fmt.Errorf("runc: build %s: %w", spec.ID, err)
+		}
+	}
+	if err := r.writeBundle(bundle, netns, spec); err != nil {
 		return out, fmt.Errorf("runc: build %s: write bundle: %w", spec.ID, err)
 	}
 	pidFile := filepath.Join(bundle, "pid")
@@ -284,9 +319,10 @@ func (r *Runner) Leftovers() ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-// Cleanup kills and deletes build id's container and removes its bundle. It
-// is a no-op for a build that has neither. The bundle is kept when the
-// container could not be deleted, so that Leftovers still lists the build.
+// Cleanup kills and deletes build id's container, stops its network and
+// removes its bundle. It is a no-op for a build that has none of them. The
+// bundle is kept when the container or the network could not be removed,
+// so that Leftovers still lists the build.
 func (r *Runner) Cleanup(id string) error {
 	if err := checkID(id); err != nil {
 		return err
@@ -297,6 +333,9 @@ func (r *Runner) Cleanup(id string) error {
 	// does not exist succeeds.
 	if out, err := r.runc(ctx, "delete", "--force", id).CombinedOutput(); err != nil {
 		return fmt.Errorf("runc: delete container %s: %w: %s", id, err, bytes.TrimSpace(out))
+	}
+	if err := stopNetwork(r.bundleDir(id)); err != nil {
+		return fmt.Errorf("runc: network of build %s: %w", id, err)
 	}
 	if err := os.RemoveAll(r.bundleDir(id)); err != nil {
 		return fmt.Errorf("runc: remove bundle of build %s: %w", id, err)

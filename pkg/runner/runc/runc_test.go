@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -81,18 +82,24 @@ func newEnv(t *testing.T) *testEnv {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatal("runc is not installed: run `apt-get install runc` (or `make deps`)")
 	}
+	if _, err := exec.LookPath("pasta"); err != nil {
+		t.Fatal("pasta is not installed: run `apt-get install passt` (or `make deps`)")
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	stateDir := t.TempDir()
 	r, err := runc.New(runc.Options{
 		Executor: executor(t),
 		StateDir: stateDir,
 		Root:     t.TempDir(),
+		// The registry, named by the same HOST:PORT as on the host.
+		Forwards: []runc.Forward{{Port: port, HostPort: port}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	host := strings.TrimPrefix(srv.URL, "http://")
 	base := host + "/busybox:latest"
 	if _, err := baseimage.PushBusybox(t.Context(), base); err != nil {
 		t.Fatal(err)
