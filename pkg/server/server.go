@@ -57,6 +57,10 @@ type Server struct {
 	mux    *http.ServeMux
 	http   *http.Server
 	ln     net.Listener
+	// buildHTTP serves builds the registry alone, on buildLn (see
+	// listenForBuilds).
+	buildHTTP *http.Server
+	buildLn   net.Listener
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -273,11 +277,19 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 		}
 		fetcher.CABundle = ca
 	}
+	var forwards []runc.Forward
+	if s.cfg.Registry == "" {
+		var err error
+		if forwards, err = s.listenForBuilds(); err != nil {
+			return nil, err
+		}
+	}
 	runcDir := filepath.Join(s.cfg.DataDir, "runc")
 	runner, err := runc.New(runc.Options{
 		Executor: s.cfg.executor(),
 		StateDir: filepath.Join(runcDir, "bundles"),
 		Root:     filepath.Join(runcDir, "state"),
+		Forwards: forwards,
 	})
 	var r build.Runner = runner
 	var runnerError string
@@ -313,6 +325,9 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	if s.buildLn != nil {
+		go s.buildHTTP.Serve(s.buildLn)
+	}
 	if s.builds != nil {
 		if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
 			s.http.Close()
@@ -334,6 +349,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.ready.Store(false)
 		shutdown, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 		err = s.http.Shutdown(shutdown)
+		if s.buildHTTP != nil {
+			s.buildHTTP.Shutdown(shutdown)
+		}
 		cancel()
 	}
 	s.closeParts()
@@ -344,6 +362,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.buildLn != nil {
+		s.buildLn.Close()
+	}
 	if s.builds != nil {
 		s.builds.Close()
 	}

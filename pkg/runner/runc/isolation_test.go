@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/runner/runc"
 )
 
 // buildAndPull runs spec, expects it to succeed and returns the final file
@@ -204,6 +205,24 @@ func TestBuildFileOwnershipAndModes(t *testing.T) {
 			t.Errorf("/%s has mode %o, want %o", c.path, h.Mode&c.modeMask, c.mode)
 		case c.typ == tar.TypeChar && (h.Devmajor != 1 || h.Devminor != 3):
 			t.Errorf("/%s is device %d,%d, want 1,3", c.path, h.Devmajor, h.Devminor)
+		}
+	}
+}
+
+// Without pasta the runner does not start, and says how to install it.
+func TestNewWithoutPasta(t *testing.T) {
+	dir := t.TempDir()
+	fakeRunc := filepath.Join(dir, "runc")
+	if err := os.WriteFile(fakeRunc, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := runc.Options{Runc: fakeRunc, Executor: fakeRunc, StateDir: t.TempDir(), Root: t.TempDir()}
+	t.Setenv("PATH", dir) // no pasta there
+	for _, pasta := range []string{"", filepath.Join(dir, "pasta")} {
+		opts.Pasta = pasta
+		_, err := runc.New(opts)
+		if err == nil || !strings.Contains(err.Error(), "apt-get install passt") {
+			t.Errorf("New with Pasta %q and no pasta installed: err = %v, want one naming `apt-get install passt`", pasta, err)
 		}
 	}
 }
