@@ -43,7 +43,7 @@ var (
 
 // executor returns the path of bin/executor, building it with
 // mk/kaniko.mk when it is missing.
-func executor(t *testing.T) string {
+func executor(t testing.TB) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join(repoRoot, "bin", "executor"))
 	if err != nil {
@@ -69,12 +69,13 @@ func executor(t *testing.T) string {
 // testEnv is a runner and a registry holding a busybox base image.
 type testEnv struct {
 	runner   *runc.Runner
-	stateDir string // the runner's StateDir
-	host     string // the registry's HOST:PORT
-	base     string // the base image's reference
+	opts     runc.Options // the runner's
+	stateDir string       // the runner's StateDir
+	host     string       // the registry's HOST:PORT
+	base     string       // the base image's reference
 }
 
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("runc builds need root: run these tests as root")
@@ -90,13 +91,14 @@ func newEnv(t *testing.T) *testEnv {
 	host := strings.TrimPrefix(srv.URL, "http://")
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	stateDir := t.TempDir()
-	r, err := runc.New(runc.Options{
+	opts := runc.Options{
 		Executor: executor(t),
 		StateDir: stateDir,
 		Root:     t.TempDir(),
 		// The registry, named by the same HOST:PORT as on the host.
 		Forwards: []runc.Forward{{Port: port, HostPort: port}},
-	})
+	}
+	r, err := runc.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,12 +106,12 @@ func newEnv(t *testing.T) *testEnv {
 	if _, err := baseimage.PushBusybox(t.Context(), base); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{runner: r, stateDir: stateDir, host: host, base: base}
+	return &testEnv{runner: r, opts: opts, stateDir: stateDir, host: host, base: base}
 }
 
 // spec returns a build spec whose context holds files and a Dockerfile of
 // the given lines after FROM the busybox image.
-func (e *testEnv) spec(t *testing.T, files map[string]string, lines ...string) build.Spec {
+func (e *testEnv) spec(t testing.TB, files map[string]string, lines ...string) build.Spec {
 	t.Helper()
 	dir := t.TempDir()
 	files["Dockerfile"] = "FROM " + e.base + "\n" + strings.Join(lines, "\n") + "\n"
