@@ -3,10 +3,31 @@
 //
 // A build's container has a fresh, private rootfs (Kaniko unpacks the base
 // image into its /) under Options.StateDir/<build ID>, the build context
-// bind-mounted read-only at /workspace, the host's network namespace (so the
-// executor reaches registries on the host's loopback) and its own PID, mount,
-// IPC and UTS namespaces and cgroup. The executor runs as root, as Kaniko
-// requires, without a user namespace.
+// bind-mounted read-only at /workspace, its own PID, mount, IPC, UTS and
+// network namespaces and its own cgroup. The executor runs as root, as
+// Kaniko requires, without a user namespace, with Docker's default
+// capabilities less NET_RAW and NET_BIND_SERVICE, under Docker's default
+// seccomp profile (github.com/moby/profiles/seccomp) and with
+// NoNewPrivileges.
+//
+// What a build can reach: the network through pasta (Debian package
+// passt), which gives the namespace the host's addresses and routes and
+// carries its connections out through sockets of the host, so a build
+// reaches what the host reaches (package mirrors, image hubs, DNS), with
+// the host's resolv.conf (systemd-resolved's upstream servers when that
+// names only its loopback stub). Of the host's loopback it reaches only
+// Options.Forwards, the registries it pulls from and pushes to, by the
+// same HOST:PORT as on the host; every other port there is refused, and the
+// gateway address does not lead to the host. Services that listen on the
+// host's other addresses are reachable as from any other machine.
+//
+// What NoNewPrivileges and the profile break: a setuid or file-capability
+// binary does not raise a USER's rights, so `USER app` followed by
+// `RUN sudo ...` or `su` fails (run such steps before USER, or as USER
+// root); RUN steps cannot create namespaces (unshare, user namespaces) or
+// mount, as in a default Docker container. chown, setuid bits and device
+// nodes work, and so do Kaniko's switch to a step's USER and apt's drop to
+// its _apt user: setuid calls by root, which NoNewPrivileges allows.
 package runc
 
 import (
