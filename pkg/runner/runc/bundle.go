@@ -53,10 +53,9 @@ var capabilities = []string{
 }
 
 // writeBundle fills the directory bundle with an OCI bundle that runs the
-// executor for spec in the network namespace netns ("": the host's):
-// config.json and a fresh, writable rootfs that the executor unpacks the
-// base image into.
-func (r *Runner) writeBundle(bundle, netns string, spec build.Spec) error {
+// executor for spec in the network net (nil: the host's): config.json and
+// a fresh, writable rootfs that the executor unpacks the base image into.
+func (r *Runner) writeBundle(bundle string, net *network, spec build.Spec) error {
 	rootfs := filepath.Join(bundle, "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, kanikoDir), 0o755); err != nil {
 		return err
@@ -70,13 +69,20 @@ func (r *Runner) writeBundle(bundle, netns string, spec build.Spec) error {
 			return err
 		}
 	}
-	mounts, err := r.mounts(spec, netns != "")
+	mounts, err := r.mounts(spec, net != nil)
 	if err != nil {
 		return err
+	}
+	netns := ""
+	if net != nil {
+		netns = net.netns
 	}
 	s, err := ociSpec(spec, netns, mounts)
 	if err != nil {
 		return err
+	}
+	if net != nil {
+		s.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{r.gateHook(net.gate)}}
 	}
 	config, err := json.MarshalIndent(s, "", "\t")
 	if err != nil {

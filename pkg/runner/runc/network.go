@@ -15,8 +15,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Forward maps a TCP port of a build's own loopback to a port of the
@@ -33,6 +36,7 @@ const (
 	netnsFile    = "netns"     // the network namespace, bind-mounted
 	pastaPIDFile = "pasta.pid" // pasta's process ID
 	pastaLogFile = "pasta.log" // pasta's messages
+	gateFile     = "netready"  // the FIFO the container's start waits on
 )
 
 // pastaTimeout bounds how long pasta may take to configure a namespace.
@@ -42,20 +46,79 @@ const pastaTimeout = 10 * time.Second
 // whose stub at 127.0.0.53 a build's own loopback does not have.
 const systemdResolvConf = "/run/systemd/resolve/resolv.conf"
 
+// network is a build's network namespace while pasta sets it up.
+type network struct {
+	netns string // the namespace's file
+	gate  string // the FIFO the container's start waits on (see gateHook)
+	// hold keeps the gate open, read and write, until close: the hook's
+	// reader opens it at once, whenever it comes, and reads the byte that
+	// release writes once pasta has configured the namespace.
+	hold  *os.File
+	ready chan error // pasta's outcome
+	once  sync.Once
+	err   error
+}
+
 // startNetwork gives build bundle a network namespace of its own, bound to
-// bundle/netns, and starts pasta on it: pasta configures the namespace
-// with the host's addresses and routes, so that a build's connections go
-// out through the host's sockets, and forwards only the ports of forwards
-// to the host's loopback. The gateway address does not lead to the host
-// (--no-map-gw), no port is forwarded into the namespace, and pasta's
-// automatic forwarding of every port bound on the host is off. pasta goes
-// to the background once the namespace is configured and quits when
-// stopNetwork removes the namespace's file.
-func (r *Runner) startNetwork(bundle string) (netns string, err error) {
-	netns = filepath.Join(bundle, netnsFile)
-	if err := bindNewNetns(netns); err != nil {
-		return "", fmt.Errorf("network namespace: %w", err)
+// bundle/netns, and starts pasta on it in the background: pasta configures
+// the namespace with the host's addresses and routes, so that a build's
+// connections go out through the host's sockets, and forwards only the
+// ports of Options.Forwards to the host's loopback. The gateway address
+// does not lead to the host (--no-map-gw), no port is forwarded into the
+// namespace, and pasta's automatic forwarding of every port bound on the
+// host is off. pasta goes to the background once the namespace is
+// configured and quits when stopNetwork removes the namespace's file.
+//
+// pasta's set-up overlaps the container's: the container's process waits,
+// in a createRuntime hook, until release.
+func (r *Runner) startNetwork(bundle string) (*network, error) {
+	n := &network{netns: filepath.Join(bundle, netnsFile), gate: filepath.Join(bundle, gateFile), ready: make(chan error, 1)}
+	if err := bindNewNetns(n.netns); err != nil {
+		return nil, fmt.Errorf("network namespace: %w", err)
 	}
+	if err := syscall.Mkfifo(n.gate, 0o600); err != nil {
+		return nil, fmt.Errorf("network gate: %w", err)
+	}
+	// Opened for reading and writing, a FIFO opens at once.
+	hold, err := os.OpenFile(n.gate, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("network gate: %w", err)
+	}
+	n.hold = hold
+	go func() { n.ready <- r.runPasta(bundle, n.netns) }()
+	return n, nil
+}
+
+// release waits until pasta has configured the namespace, or failed to,
+// and then lets the container start. It returns pasta's error; it may be
+// called again and returns the same. close must follow.
+func (n *network) release() error {
+	n.once.Do(func() {
+		n.err = <-n.ready
+		if _, err := n.hold.Write([]byte{1}); err != nil && n.err == nil {
+			n.err = fmt.Errorf("network gate: %w", err)
+		}
+	})
+	return n.err
+}
+
+// close releases the container if release did not, and closes the gate.
+func (n *network) close() {
+	n.release()
+	n.hold.Close()
+}
+
+// gateHook is the createRuntime hook that holds the container's process
+// until the network is ready: head reads the byte that release writes to
+// the gate.
+func (r *Runner) gateHook(gate string) specs.Hook {
+	timeout := int(pastaTimeout / time.Second)
+	return specs.Hook{Path: r.head, Args: []string{"head", "-c", "1", gate}, Timeout: &timeout}
+}
+
+// runPasta runs pasta on the namespace netns of bundle and returns once
+// pasta has configured it.
+func (r *Runner) runPasta(bundle, netns string) error {
 	tcpNS := []string{"-T", "none"}
 	if len(r.opts.Forwards) > 0 {
 		tcpNS = nil
@@ -78,9 +141,9 @@ func (r *Runner) startNetwork(bundle string) (netns string, err error) {
 	cmd.WaitDelay = time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(filepath.Join(bundle, pastaLogFile))
-		return "", fmt.Errorf("pasta: %w: %s", err, strings.TrimSpace(string(out)+" "+string(log)))
+		return fmt.Errorf("pasta: %w: %s", err, strings.TrimSpace(string(out)+" "+string(log)))
 	}
-	return netns, nil
+	return nil
 }
 
 // stopNetwork stops build bundle's pasta and removes its network

@@ -104,6 +104,7 @@ type Options struct {
 // concurrent use, on builds with different IDs.
 type Runner struct {
 	opts Options
+	head string // head(1), which holds a container until its network is ready
 	// hostNetwork runs builds in the host's network namespace, as this
 	// runner did before builds had their own: only the benchmark that
 	// measures the cost of their own sets it.
@@ -132,6 +133,10 @@ func New(opts Options) (*Runner, error) {
 		opts.Pasta = p
 	} else if _, err := os.Stat(opts.Pasta); err != nil {
 		return nil, fmt.Errorf("runc: %w: install pasta with `apt-get install passt` (or `make deps`)", err)
+	}
+	head, err := exec.LookPath("head")
+	if err != nil {
+		return nil, errors.New("runc: head is not in PATH: install coreutils")
 	}
 	for _, f := range opts.Forwards {
 		if f.Port <= 0 || f.Port > 65535 || f.HostPort <= 0 || f.HostPort > 65535 {
@@ -162,7 +167,7 @@ func New(opts Options) (*Runner, error) {
 			return nil, fmt.Errorf("runc: %w", err)
 		}
 	}
-	return &Runner{opts: opts}, nil
+	return &Runner{opts: opts, head: head}, nil
 }
 
 // Run runs spec's build and returns when its executor has ended, writing
@@ -198,14 +203,15 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 // run runs the build in its bundle directory and reports how it ended.
 func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *secret.Redactor) (build.Outcome, error) {
 	var out build.Outcome
-	netns := ""
+	var net *network
 	if !r.hostNetwork {
 		var err error
-		if netns, err = r.startNetwork(bundle); err != nil {
+		if net, err = r.startNetwork(bundle); err != nil {
 			return out, fmt.Errorf("runc: build %s: %w", spec.ID, err)
 		}
+		defer net.close()
 	}
-	if err := r.writeBundle(bundle, netns, spec); err != nil {
+	if err := r.writeBundle(bundle, net, spec); err != nil {
 		return out, fmt.Errorf("runc: build %s: write bundle: %w", spec.ID, err)
 	}
 	pidFile := filepath.Join(bundle, "pid")
@@ -224,6 +230,12 @@ func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *s
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	if net != nil {
+		if err := net.release(); err != nil {
+			// The namespace is isolated but unconfigured: stop the build.
+			return out, errors.Join(fmt.Errorf("runc: build %s: %w", spec.ID, err), r.stop(spec.ID, cmd.Process, exited))
+		}
+	}
 
 	var timeout <-chan time.Time
 	if spec.Limits.Timeout > 0 {
