@@ -226,3 +226,29 @@ func TestNewWithoutPasta(t *testing.T) {
 		}
 	}
 }
+
+// When pasta fails, the build fails naming it, and leaves nothing behind:
+// no container, no bundle, no network namespace.
+func TestPastaFailure(t *testing.T) {
+	e := newEnv(t)
+	fake := filepath.Join(t.TempDir(), "pasta")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'cannot configure the namespace' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := e.opts
+	opts.Pasta = fake
+	r, err := runc.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := e.spec(t, map[string]string{}, "RUN echo unreachable")
+	var log bytes.Buffer
+	_, err = r.Run(t.Context(), spec, &log)
+	if err == nil || !strings.Contains(err.Error(), "cannot configure the namespace") {
+		t.Errorf("Run with a failing pasta: err = %v, want pasta's message\n%s", err, log.String())
+	}
+	e.checkNoLeftovers(t)
+	if entries, err := os.ReadDir(e.stateDir); err != nil || len(entries) > 0 {
+		t.Errorf("state dir after the build: %v, %v; want it empty", entries, err)
+	}
+}
