@@ -20,8 +20,10 @@ import (
 // notes collects what Prepare notes for the build log.
 type notes struct{ lines []string }
 
-func (n *notes) Notef(format string, args ...any) { n.lines = append(n.lines, fmt.Sprintf(format, args...)) }
-func (n *notes) String() string                   { return strings.Join(n.lines, "\n") }
+func (n *notes) Notef(format string, args ...any) {
+	n.lines = append(n.lines, fmt.Sprintf(format, args...))
+}
+func (n *notes) String() string { return strings.Join(n.lines, "\n") }
 
 // wantFailure checks that err is a Failure of reason whose message holds msg.
 func wantFailure(t *testing.T, err error, reason build.Reason, msg string) *Failure {

@@ -182,36 +182,48 @@ func (f *Fetcher) checkSize(s *session, repo *git.Repository, hash plumbing.Hash
 	if err != nil {
 		return s.fail("reading commit %s of %s: %v", hash, s.url, err)
 	}
-	var files, bytes int64
-	var walk func(tree plumbing.Hash) error
-	walk = func(tree plumbing.Hash) error {
+	// A subtree's totals are counted once, however many paths name it: a
+	// bomb of a few trees is refused after reading those few.
+	type size struct{ files, bytes int64 }
+	seen := map[plumbing.Hash]size{}
+	var files int64 // the subtree's count that went over a bound
+	var walk func(tree plumbing.Hash) (size, error)
+	walk = func(tree plumbing.Hash) (size, error) {
+		if sz, ok := seen[tree]; ok {
+			return sz, nil
+		}
 		t, err := object.GetTree(repo.Storer, tree)
 		if err != nil {
-			return err
+			return size{}, err
 		}
+		var total size
 		for _, e := range t.Entries {
-			if files++; f.MaxFiles > 0 && files > f.MaxFiles {
-				return errTooLarge
-			}
-			switch {
-			case e.Mode == filemode.Dir:
-				if err := walk(e.Hash); err != nil {
-					return err
-				}
-			case e.Mode == filemode.Submodule:
-			default:
-				n, err := repo.Storer.EncodedObjectSize(e.Hash)
+			sz := size{files: 1}
+			switch e.Mode {
+			case filemode.Dir:
+				sub, err := walk(e.Hash)
 				if err != nil {
-					return err
+					return size{}, err
 				}
-				if bytes += n; f.MaxBytes > 0 && bytes > f.MaxBytes {
-					return errTooLarge
+				sz = size{files: 1 + sub.files, bytes: sub.bytes}
+			case filemode.Submodule:
+			default:
+				if sz.bytes, err = repo.Storer.EncodedObjectSize(e.Hash); err != nil {
+					return size{}, err
 				}
+			}
+			// A subtree over a bound puts the whole tree over it.
+			total.files += sz.files
+			total.bytes += sz.bytes
+			if (f.MaxFiles > 0 && total.files > f.MaxFiles) || (f.MaxBytes > 0 && total.bytes > f.MaxBytes) {
+				files = total.files
+				return size{}, errTooLarge
 			}
 		}
-		return nil
+		seen[tree] = total
+		return total, nil
 	}
-	err = walk(commit.TreeHash)
+	_, err = walk(commit.TreeHash)
 	switch {
 	case errors.Is(err, errTooLarge) && f.MaxFiles > 0 && files > f.MaxFiles:
 		return s.fail("commit %s of %s has more than %d files and directories, the limit of a build context", hash, s.url, f.MaxFiles)
