@@ -270,3 +270,33 @@ func TestPrepareGitCancelled(t *testing.T) {
 	wantFailure(t, err, build.ReasonCancelled, "cancelled")
 	assertEmpty(t, p.WorkDir)
 }
+
+// FuzzPrepareLocal runs what a build runs on an editor's Dockerfile: the
+// context written, the Dockerfile read back inside it and validated, and the
+// base registries looked up for the build's credentials. None of it may
+// panic; a Dockerfile fails only with reason dockerfile, and one that passes
+// is built exactly as saved. testdata/fuzz keeps the input that once
+// panicked BuildKit's instruction parser here.
+func FuzzPrepareLocal(f *testing.F) {
+	for _, s := range []string{
+		"FROM a\nRUN b\n", "FROM a\n# check=skip=all\nRUN b\n", "# syntax=x\n# check=error=true\nFROM a\n",
+		"FROM a AS b\nFROM b\nCOPY --from=b / /\n", "# escape=`\nFROM a\nRUN a`\n b", "\x00", "",
+	} {
+		f.Add(s)
+	}
+	p := &Preparer{WorkDir: f.TempDir()}
+	f.Fuzz(func(t *testing.T, src string) {
+		c, err := p.Prepare(context.Background(), Request{ID: "fuzz-1", Context: image.Context{Type: image.ContextLocal, Dockerfile: src}})
+		if err != nil {
+			if f, ok := errors.AsType[*Failure](err); !ok || f.Reason != build.ReasonDockerfile {
+				t.Fatalf("Prepare(%q) = %v, want a dockerfile failure", src, err)
+			}
+			return
+		}
+		defer c.Close()
+		if c.Dockerfile != src {
+			t.Fatalf("prepared %q from %q", c.Dockerfile, src)
+		}
+		image.BaseRegistries(c.Dockerfile)
+	})
+}

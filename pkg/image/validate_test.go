@@ -198,6 +198,22 @@ func FuzzValidateDockerfile(f *testing.F) {
 	})
 }
 
+// FuzzValidate runs what SAVE runs on a definition (image.Validate), with a
+// fuzzed name, description and local Dockerfile; the only outcome besides
+// success is an InvalidError.
+func FuzzValidate(f *testing.F) {
+	f.Add("team/a", "about", "FROM a\n# check=skip=all\nRUN b\n")
+	f.Add("Team", "\xff", "RUN x")
+	f.Fuzz(func(t *testing.T, name, description, dockerfile string) {
+		err := Validate(Image{Name: name, Description: description,
+			Context: Context{Type: ContextLocal, Dockerfile: dockerfile}}, Rules{})
+		var inv *InvalidError
+		if err != nil && !errors.As(err, &inv) {
+			t.Fatalf("error of the wrong type: %v", err)
+		}
+	})
+}
+
 func FuzzValidateContext(f *testing.F) {
 	f.Add("git", "https://github.com/a/b", "main", "docker")
 	f.Add("git", "git@github.com:a/b.git", "", "../x")
