@@ -77,6 +77,28 @@ type Preparer struct {
 	Self string
 }
 
+// Leftovers lists the builds whose contexts are under WorkDir: after a
+// crash, those no build is using any more.
+func (p *Preparer) Leftovers() ([]string, error) {
+	entries, err := os.ReadDir(p.WorkDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids, err
+}
+
+// Cleanup removes build id's context.
+func (p *Preparer) Cleanup(id string) error {
+	if id == "" || id != filepath.Base(id) || id == "." || id == ".." {
+		return fmt.Errorf("buildcontext: bad build ID %q", id)
+	}
+	return os.RemoveAll(filepath.Join(p.WorkDir, id))
+}
+
 // Notes is where Prepare says what it does: the build's log.
 type Notes interface {
 	Notef(format string, args ...any)

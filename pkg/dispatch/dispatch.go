@@ -47,8 +47,9 @@ type ContextPreparer interface {
 	Prepare(ctx context.Context, r buildcontext.Request) (*buildcontext.Context, error)
 }
 
-// cleaner is the optional capability of runners that leave state behind on
-// a crash (the runc runner's containers and bundles).
+// cleaner is the optional capability of runners and context preparers that
+// leave state behind on a crash (the runc runner's containers and bundles,
+// a build's prepared context).
 type cleaner interface {
 	Leftovers() ([]string, error)
 	Cleanup(id string) error
@@ -262,21 +263,23 @@ func (d *Dispatcher) Reconcile(ctx context.Context) error {
 			})
 		}
 	}
-	c, ok := d.o.Runner.(cleaner)
-	if !ok {
-		return nil
-	}
-	left, err := c.Leftovers()
-	if err != nil {
-		return err
-	}
-	for _, id := range left {
-		d.mu.Lock()
-		_, mine := d.running[id]
-		d.mu.Unlock()
-		if !mine {
-			if err := c.Cleanup(id); err != nil {
-				d.o.Log.Warn("cleaning up a build's runner state", "build", id, "error", err)
+	for _, part := range []any{d.o.Runner, d.o.Contexts} {
+		c, ok := part.(cleaner)
+		if !ok {
+			continue
+		}
+		left, err := c.Leftovers()
+		if err != nil {
+			return err
+		}
+		for _, id := range left {
+			d.mu.Lock()
+			_, mine := d.running[id]
+			d.mu.Unlock()
+			if !mine {
+				if err := c.Cleanup(id); err != nil {
+					d.o.Log.Warn("cleaning up what a build left", "build", id, "error", err)
+				}
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,5 +67,27 @@ func TestPanickingBuildFailsInternal(t *testing.T) {
 	d.enqueue(ref{"img1", 2})
 	if b := wait(2); b.Failure == nil || b.Failure.Reason != build.ReasonInternal {
 		t.Fatalf("build 2: %s %+v", b.Status, b.Failure)
+	}
+}
+
+// A context left behind by a crash (a killed server mid-fetch) is removed by
+// the reconciler; a running build's is not.
+func TestReconcileRemovesLeftContexts(t *testing.T) {
+	s := logStore(t)
+	work := t.TempDir()
+	for _, id := range []string{"img0-7", "img9-1"} {
+		if err := os.MkdirAll(filepath.Join(work, id, "repo"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := New(Options{Store: s, Runner: panicRunner{}, Events: &published{}, Contexts: &buildcontext.Preparer{WorkDir: work},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	d.running["img9-1"] = func() {}
+	if err := d.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := os.ReadDir(work)
+	if len(left) != 1 || left[0].Name() != "img9-1" {
+		t.Fatalf("left after reconciling: %v", left)
 	}
 }
