@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -299,4 +300,31 @@ func FuzzPrepareLocal(f *testing.F) {
 		}
 		image.BaseRegistries(c.Dockerfile)
 	})
+}
+
+// A Git server that accepts and then says nothing holds the fetch no longer
+// than Limits.Timeout.
+func TestPrepareGitTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p := &Preparer{WorkDir: t.TempDir(), Limits: Limits{Timeout: time.Second}}
+	start := time.Now()
+	_, err = p.Prepare(context.Background(), gitRequest("slow-1", "git://"+ln.Addr().String()+"/repo", ""))
+	wantFailure(t, err, build.ReasonGit, "took longer than 1s")
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("the fetch took %v", d)
+	}
+	assertEmpty(t, p.WorkDir)
 }
