@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -326,5 +327,27 @@ func TestPrepareGitTimeout(t *testing.T) {
 	if d := time.Since(start); d > 8*time.Second {
 		t.Fatalf("the fetch took %v", d)
 	}
+	assertEmpty(t, p.WorkDir)
+}
+
+// The server's own binary (bin/slipway, as `make run` runs it) serves as the
+// fetch child too: any binary that links this package does.
+func TestPrepareGitWithTheSlipwayBinary(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	self := filepath.Join(filepath.Dir(file), "..", "..", "bin", "slipway")
+	if _, err := os.Stat(self); err != nil {
+		t.Fatalf("no %s: run `make build`", self)
+	}
+	s := newGitServer(t)
+	gittest.NewBomb(t, filepath.Join(s.root, "bomb"), 100, 3)
+	url := s.repo(t, "good", map[string]string{"Dockerfile": "FROM a\n"}, nil)
+	p := &Preparer{WorkDir: t.TempDir(), Self: self}
+	c, err := p.Prepare(context.Background(), gitRequest("good-1", url, ""))
+	if err != nil || len(c.Commit) != 40 || c.Dockerfile != "FROM a\n" {
+		t.Fatalf("prepared %+v, %v", c, err)
+	}
+	c.Close()
+	_, err = p.Prepare(context.Background(), gitRequest("bomb-1", s.base+"bomb", ""))
+	wantFailure(t, err, build.ReasonGit, "more than 100000 files and directories")
 	assertEmpty(t, p.WorkDir)
 }
