@@ -87,6 +87,11 @@ func child(in io.Reader, out io.Writer) int {
 	return 0
 }
 
+// passedEnv are the variables of the server's environment a fetch child
+// gets; no other (the server's may hold secrets).
+var passedEnv = []string{"PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+	"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"}
+
 // cappedBuffer keeps the first max bytes written to it and drops the rest.
 type cappedBuffer struct {
 	bytes.Buffer
@@ -128,9 +133,15 @@ func (p *Preparer) fetch(ctx context.Context, work string, g image.Git, auth *gi
 	cctx, cancel := context.WithTimeout(ctx, l.Timeout+10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, self)
-	// Nothing of the server's environment: the child needs none of it.
-	cmd.Env = []string{childEnv + "=fetch", "TMPDIR=" + tmp, "HOME=" + tmp, "PATH=/usr/bin:/bin",
+	// Of the server's environment only what a fetch needs: where git is
+	// (file:// URLs run it), the TLS roots and the proxies.
+	cmd.Env = []string{childEnv + "=fetch", "TMPDIR=" + tmp, "HOME=" + tmp,
 		"GOMEMLIMIT=" + strconv.FormatInt(max(l.Memory-(1<<30), 64<<20), 10), "GOMAXPROCS=2"}
+	for _, name := range passedEnv {
+		if v, ok := os.LookupEnv(name); ok {
+			cmd.Env = append(cmd.Env, name+"="+v)
+		}
+	}
 	cmd.Dir = work
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
