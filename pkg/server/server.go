@@ -23,8 +23,8 @@ import (
 	"github.com/slipway-dev/slipway/pkg/auth"
 	"github.com/slipway-dev/slipway/pkg/auth/oidc"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
-	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
@@ -214,7 +214,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Store: s.Store, Events: s.Events, Secrets: box,
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
-		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"), Log: s.log,
+		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 	}
 }
 
@@ -269,13 +269,16 @@ func (s *Server) demoImage(ctx context.Context) {
 // newDispatcher sets up local builds: Kaniko in runc. When runc or the
 // executor is missing the server still serves, and builds fail saying why.
 func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
-	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit}
+	contexts := &buildcontext.Preparer{
+		WorkDir: filepath.Join(s.cfg.DataDir, "builds"), AllowFile: s.cfg.AllowFileGit,
+		Limits: buildcontext.Limits{Files: s.cfg.GitMaxFiles, Bytes: s.cfg.GitMaxBytes, Memory: s.cfg.GitMemory, Timeout: s.cfg.GitTimeout},
+	}
 	if s.cfg.GitCAFile != "" {
 		ca, err := os.ReadFile(s.cfg.GitCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("git CA file: %w", err)
 		}
-		fetcher.CABundle = ca
+		contexts.CABundle = ca
 	}
 	var forwards []runc.Forward
 	if s.cfg.Registry == "" {
@@ -298,7 +301,7 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 		s.log.Warn("builds disabled", "error", err)
 	}
 	o := s.dispatchOptions(box)
-	o.Runner, o.Git, o.RunnerError = r, fetcher, runnerError
+	o.Runner, o.Contexts, o.RunnerError = r, contexts, runnerError
 	d := dispatch.New(o)
 	d.Subscribe(s.Events)
 	return d, nil
