@@ -131,6 +131,7 @@ type Failure struct {
 	Message string
 }
 
+// Error says the reason and the message.
 func (f *Failure) Error() string { return string(f.Reason) + ": " + f.Message }
 
 func failure(reason build.Reason, format string, args ...any) *Failure {
