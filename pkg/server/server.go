@@ -57,6 +57,7 @@ type Server struct {
 	mux    *http.ServeMux
 	http   *http.Server
 	ln     net.Listener
+	lock   *dataDirLock
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -76,11 +77,18 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// Before anything opens the data dir: a second server's start-up
+	// reconcile would settle the first one's running builds.
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Addr, err)
 	}
-	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux(), lock: lock}
 	if err := s.open(); err != nil {
 		ln.Close()
 		s.closeParts()
@@ -353,6 +361,7 @@ func (s *Server) closeParts() {
 	if s.Store != nil {
 		s.Store.Close()
 	}
+	s.lock.Close()
 }
 
 // instrument counts requests and their latency by route pattern and code.
