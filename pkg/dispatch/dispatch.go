@@ -319,12 +319,31 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	}
 	d.o.Events.Publish(events.BuildStarted, b.ID(), b.View(d.o.Now()))
 	log := newLogWriter(d.o.Store, r.Image, r.Number, d.o.LogCap, 200*time.Millisecond)
-	end := d.execute(ctx, b, log)
+	end := d.executeWithin(ctx, b, log)
 	// A build deleted with its image or workspace has nowhere to log to.
 	if err := log.Close(); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.o.Log.Error("writing build log", "build", r.id(), "error", err)
 	}
 	settle(ctx, d.o, r, end)
+}
+
+// executeWithin runs execute under the build's time limit, which covers
+// everything the build does: fetching its context, the run, reading the
+// image back and the pushes to external destinations (a destination that
+// accepts a connection and never answers is cut off by it too).
+func (d *Dispatcher) executeWithin(ctx context.Context, b build.Build, log *logWriter) func(*build.Build) error {
+	if d.o.Limits.Timeout <= 0 {
+		return d.execute(ctx, b, log)
+	}
+	limited, cancel := context.WithTimeout(ctx, d.o.Limits.Timeout)
+	defer cancel()
+	end := d.execute(limited, b, log)
+	if ctx.Err() == nil && errors.Is(limited.Err(), context.DeadlineExceeded) {
+		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "")
+		log.Notef("%s", f.Message)
+		return d.fail(f.Reason, "%s", f.Message)
+	}
+	return end
 }
 
 // fail returns an ending that fails a build with reason and message.
