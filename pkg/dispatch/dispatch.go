@@ -381,7 +381,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	case image.ContextGit:
 		g := *img.Context.Git
 		log.Notef("fetching %s at %s", g.URL, orDefault(g.Ref, "the default branch"))
-		auth, err := gitAuth(ctx, d.o, img.Workspace, g.Credential)
+		auth, err := gitAuth(ctx, d.o, img.Workspace, g)
 		if err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err)
@@ -463,17 +463,24 @@ func orDefault(s, def string) string {
 	return s
 }
 
-// gitAuth opens a workspace's git credential by name (nil for none).
-func gitAuth(ctx context.Context, o Options, ws, cred string) (*gitctx.Auth, error) {
+// gitAuth opens the workspace's git credential that g names (nil for
+// none), after checking that it belongs to g's host: the credential may
+// have changed since the definition was saved, and a credential of another
+// host fails the fetch before anything is sent.
+func gitAuth(ctx context.Context, o Options, ws string, g image.Git) (*gitctx.Auth, error) {
+	cred := g.Credential
 	if cred == "" {
 		return nil, nil
 	}
 	c, err := o.Store.GetCredential(ctx, ws, cred)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind != "git") {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("the git credential %q does not exist in this workspace", cred)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if err := c.CheckGit(g.URL); err != nil {
+		return nil, fmt.Errorf("not fetching: %w", err)
 	}
 	token, err := o.Secrets.Open(c.Secret)
 	if err != nil {
@@ -563,14 +570,29 @@ func (d *Dispatcher) pushOne(ctx context.Context, ws string, dest image.Destinat
 	if err != nil {
 		return err
 	}
+	if image.SameRegistry(ref.Context().RegistryStr(), d.o.Registry) {
+		// The internal registry: only the workspace's own repositories.
+		own, err := store.OwnsRepository(ctx, d.o.Store, ws, ref.Context().RepositoryStr())
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("not pushing: %s is in the internal registry but is not an image of this workspace", dest.Reference)
+		}
+	}
 	auth := authn.Anonymous
 	if dest.Credential != "" {
 		c, err := d.o.Store.GetCredential(ctx, ws, dest.Credential)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind != "registry") {
+		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("the registry credential %q does not exist in this workspace", dest.Credential)
 		}
 		if err != nil {
 			return err
+		}
+		// Checked again at build time: the credential may have changed
+		// since the destination was saved.
+		if err := c.CheckRegistry(dest.Reference); err != nil {
+			return fmt.Errorf("not pushing: %w", err)
 		}
 		pw, err := d.o.Secrets.Open(c.Secret)
 		if err != nil {
