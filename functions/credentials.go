@@ -8,10 +8,12 @@ import (
 )
 
 // credentialBody is a credential as PUT: a registry's username and password,
-// or a Git host's username and token.
+// or a Git host's username and token. Each names the one host it is sent to:
+// the registry, or (for git) host.
 type credentialBody struct {
 	Kind     string `json:"kind"`
 	Registry string `json:"registry"`
+	Host     string `json:"host"`
 	Username string `json:"username"`
 	Password string `json:"password"`
 	Token    string `json:"token"`
@@ -26,20 +28,26 @@ func (c credentialBody) validate() error {
 		if c.Registry == "" || c.Password == "" {
 			return bad("a registry credential needs registry and password")
 		}
-		if c.Token != "" {
-			return bad("a registry credential has a password, not a token")
+		if c.Token != "" || c.Host != "" {
+			return bad("a registry credential has registry, username and password, not a token or a host")
+		}
+		if _, err := store.NormalizeRegistry(c.Registry); err != nil {
+			return bad("registry: %v", err)
 		}
 	case "git":
-		if c.Token == "" {
-			return bad("a git credential needs a token")
+		if c.Token == "" || c.Host == "" {
+			return bad("a git credential needs a token and the host it is for (HOST or HOST:PORT): it is sent to that host only")
 		}
 		if c.Registry != "" || c.Password != "" {
-			return bad("a git credential has username and token only")
+			return bad("a git credential has host, username and token only")
+		}
+		if _, err := store.ParseGitHost(c.Host); err != nil {
+			return bad("host: %v", err)
 		}
 	default:
 		return bad("kind must be \"registry\" or \"git\"")
 	}
-	if len(c.Username) > 256 || len(c.Password) > 8192 || len(c.Token) > 8192 || len(c.Registry) > 256 {
+	if len(c.Username) > 256 || len(c.Password) > 8192 || len(c.Token) > 8192 || len(c.Registry) > 256 || len(c.Host) > 256 {
 		return bad("credential fields are too long")
 	}
 	return nil
@@ -79,7 +87,11 @@ func (a *api) putCredential(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	c := store.Credential{Workspace: ws, Name: name, Kind: body.Kind, Registry: body.Registry, Username: body.Username, Secret: sealed}
+	host, _ := store.ParseGitHost(body.Host)
+	if body.Kind != "git" {
+		host = ""
+	}
+	c := store.Credential{Workspace: ws, Name: name, Kind: body.Kind, Registry: body.Registry, Host: host, Username: body.Username, Secret: sealed}
 	if err := a.Store.PutCredential(r.Context(), c); err != nil {
 		return err
 	}
@@ -92,6 +104,7 @@ type credentialView struct {
 	Name     string `json:"name"`
 	Kind     string `json:"kind"`
 	Registry string `json:"registry,omitempty"`
+	Host     string `json:"host,omitempty"`
 }
 
 func (a *api) listCredentials(w http.ResponseWriter, r *http.Request) error {
@@ -105,7 +118,7 @@ func (a *api) listCredentials(w http.ResponseWriter, r *http.Request) error {
 	}
 	views := make([]credentialView, len(cs))
 	for i, c := range cs {
-		views[i] = credentialView{Name: c.Name, Kind: c.Kind, Registry: c.Registry}
+		views[i] = credentialView{Name: c.Name, Kind: c.Kind, Registry: c.Registry, Host: c.Host}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"credentials": views})
 	return nil

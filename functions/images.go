@@ -129,6 +129,9 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	if err := image.Validate(img, a.Rules); err != nil {
 		return err
 	}
+	if err := a.checkBindings(r.Context(), img); err != nil {
+		return err
+	}
 	if err := a.Store.CreateImage(r.Context(), img); err != nil {
 		return err
 	}
@@ -184,6 +187,9 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	next := img
 	body.applyTo(&next)
 	if err := image.Validate(next, a.Rules); err != nil {
+		return err
+	}
+	if err := a.checkBindings(r.Context(), next); err != nil {
 		return err
 	}
 	was := img.Version

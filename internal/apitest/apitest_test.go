@@ -316,7 +316,7 @@ func TestDocumentMatchesHandlers(t *testing.T) {
 	// Credentials.
 	cr := ws + "/credentials"
 	send(204, "PUT", cr+"/hub", alice, map[string]string{"kind": "registry", "registry": "registry.example.com", "username": "u", "password": "p"})
-	send(204, "PUT", cr+"/gh", alice, map[string]string{"kind": "git", "username": "u", "token": "t"})
+	send(204, "PUT", cr+"/gh", alice, map[string]string{"kind": "git", "host": "git.example.com", "username": "u", "token": "t"})
 	send(403, "PUT", cr+"/hub", bob, map[string]string{"kind": "git", "token": "t"})
 	send(400, "PUT", cr+"/hub", alice, map[string]string{"kind": "ftp"})
 	send(400, "PUT", cr+"/Bad_Name", alice, map[string]string{"kind": "git", "token": "t"})

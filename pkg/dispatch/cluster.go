@@ -125,7 +125,7 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	case image.ContextGit:
 		g := *img.Context.Git
 		src.Git = &g
-		auth, err := gitAuth(ctx, c.o, img.Workspace, g.Credential)
+		auth, err := gitAuth(ctx, c.o, img.Workspace, g)
 		if err != nil {
 			return spec, src, err
 		}

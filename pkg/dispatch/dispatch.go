@@ -321,12 +321,31 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	}
 	d.o.Events.Publish(events.BuildStarted, b.ID(), b.View(d.o.Now()))
 	log := newLogWriter(d.o.Store, r.Image, r.Number, d.o.LogCap, 200*time.Millisecond)
-	end := d.executeGuarded(ctx, b, log)
+	end := d.executeWithin(ctx, b, log)
 	// A build deleted with its image or workspace has nowhere to log to.
 	if err := log.Close(); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.o.Log.Error("writing build log", "build", r.id(), "error", err)
 	}
 	settle(ctx, d.o, r, end)
+}
+
+// executeWithin runs execute under the build's time limit, which covers
+// everything the build does: fetching its context, the run, reading the
+// image back and the pushes to external destinations (a destination that
+// accepts a connection and never answers is cut off by it too).
+func (d *Dispatcher) executeWithin(ctx context.Context, b build.Build, log *logWriter) func(*build.Build) error {
+	if d.o.Limits.Timeout <= 0 {
+		return d.executeGuarded(ctx, b, log)
+	}
+	limited, cancel := context.WithTimeout(ctx, d.o.Limits.Timeout)
+	defer cancel()
+	end := d.executeGuarded(limited, b, log)
+	if ctx.Err() == nil && errors.Is(limited.Err(), context.DeadlineExceeded) {
+		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "")
+		log.Notef("%s", f.Message)
+		return d.fail(f.Reason, "%s", f.Message)
+	}
+	return end
 }
 
 // fail returns an ending that fails a build with reason and message.
@@ -347,7 +366,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	}
 	var auth *gitctx.Auth
 	if g := img.Context.Git; g != nil {
-		if auth, err = gitAuth(ctx, d.o, img.Workspace, g.Credential); err != nil {
+		if auth, err = gitAuth(ctx, d.o, img.Workspace, *g); err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err)
 		}
@@ -415,17 +434,24 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 
 func internalTag(o Options, img image.Image) string { return o.Registry + "/" + img.Name + ":latest" }
 
-// gitAuth opens a workspace's git credential by name (nil for none).
-func gitAuth(ctx context.Context, o Options, ws, cred string) (*gitctx.Auth, error) {
+// gitAuth opens the workspace's git credential that g names (nil for
+// none), after checking that it belongs to g's host: the credential may
+// have changed since the definition was saved, and a credential of another
+// host fails the fetch before anything is sent.
+func gitAuth(ctx context.Context, o Options, ws string, g image.Git) (*gitctx.Auth, error) {
+	cred := g.Credential
 	if cred == "" {
 		return nil, nil
 	}
 	c, err := o.Store.GetCredential(ctx, ws, cred)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind != "git") {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("the git credential %q does not exist in this workspace", cred)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if err := c.CheckGit(g.URL); err != nil {
+		return nil, fmt.Errorf("not fetching: %w", err)
 	}
 	token, err := o.Secrets.Open(c.Secret)
 	if err != nil {
@@ -508,14 +534,29 @@ func (d *Dispatcher) pushOne(ctx context.Context, ws string, dest image.Destinat
 	if err != nil {
 		return err
 	}
+	if image.SameRegistry(ref.Context().RegistryStr(), d.o.Registry) {
+		// The internal registry: only the workspace's own repositories.
+		own, err := store.OwnsRepository(ctx, d.o.Store, ws, ref.Context().RepositoryStr())
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("not pushing: %s is in the internal registry but is not an image of this workspace", dest.Reference)
+		}
+	}
 	auth := authn.Anonymous
 	if dest.Credential != "" {
 		c, err := d.o.Store.GetCredential(ctx, ws, dest.Credential)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind != "registry") {
+		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("the registry credential %q does not exist in this workspace", dest.Credential)
 		}
 		if err != nil {
 			return err
+		}
+		// Checked again at build time: the credential may have changed
+		// since the destination was saved.
+		if err := c.CheckRegistry(dest.Reference); err != nil {
+			return fmt.Errorf("not pushing: %w", err)
 		}
 		pw, err := d.o.Secrets.Open(c.Secret)
 		if err != nil {

@@ -251,3 +251,25 @@ func TestBaseRegistries(t *testing.T) {
 		t.Fatalf("BaseRegistries = %v", got)
 	}
 }
+
+func TestSameRegistry(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:8080", "127.0.0.1:8080", true},
+		{"127.0.0.1:8080", "localhost:8080", true},
+		{"127.0.0.1:8080", "[::1]:8080", true},
+		{"127.0.0.1:8080", "0.0.0.0:8080", true},
+		{"127.0.0.1:8080", "127.0.0.2:8080", true},
+		{"127.0.0.1:8080", "127.0.0.1:8081", false},
+		{"registry.platform:5000", "REGISTRY.platform:5000", true},
+		{"registry.platform:5000", "registry.platform:5001", false},
+		{"docker.io", "index.docker.io", true},
+		{"ghcr.io", "index.docker.io", false},
+	} {
+		if got := SameRegistry(tc.a, tc.b); got != tc.want {
+			t.Errorf("SameRegistry(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

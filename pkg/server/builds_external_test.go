@@ -149,7 +149,7 @@ func TestGitContexts(t *testing.T) {
 	}
 	// Private, over https: refused without the credential, built with it.
 	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/git-token", "alice",
-		map[string]any{"kind": "git", "username": "builder", "token": token}, nil), 204, "")
+		map[string]any{"kind": "git", "host": strings.TrimSuffix(strings.TrimPrefix(httpsURL, "https://"), "/"), "username": "builder", "token": token}, nil), 204, "")
 	privURL := strings.TrimSuffix(httpsURL, "/") + "/private.git"
 	anon := gitImage("team/private-anon", privURL, "dev", "docker", "")
 	b = e.waitFor(anon.ID, e.startBuild(anon.ID), 2*time.Minute, ended)

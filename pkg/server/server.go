@@ -61,6 +61,7 @@ type Server struct {
 	// listenForBuilds).
 	buildHTTP *http.Server
 	buildLn   net.Listener
+	lock      *dataDirLock
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -80,11 +81,18 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// Before anything opens the data dir: a second server's start-up
+	// reconcile would settle the first one's running builds.
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Addr, err)
 	}
-	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux(), lock: lock}
 	if err := s.open(); err != nil {
 		ln.Close()
 		s.closeParts()
@@ -377,6 +385,7 @@ func (s *Server) closeParts() {
 	if s.Store != nil {
 		s.Store.Close()
 	}
+	s.lock.Close()
 }
 
 // instrument counts requests and their latency by route pattern and code.

@@ -63,8 +63,12 @@ type Credential struct {
 	Name      string `json:"name"`
 	Kind      string `json:"kind"` // "registry" or "git"
 	Registry  string `json:"registry,omitempty"`
-	Username  string `json:"username,omitempty"`
-	Secret    string `json:"-"`
+	// Host is a git credential's HOST[:PORT], the only host it is sent to
+	// (see CheckGit); empty on git credentials stored before hosts
+	// existed, which are therefore sent nowhere.
+	Host     string `json:"host,omitempty"`
+	Username string `json:"username,omitempty"`
+	Secret   string `json:"-"`
 }
 
 // Page selects a page of a listing: at most Limit items after Cursor, an

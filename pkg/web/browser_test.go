@@ -612,7 +612,7 @@ func TestBrowser(t *testing.T) {
 		const name = "team/from-git"
 		id := s.createImage("ws1", "alice", name, "From a repository.", "FROM busybox\n")
 		for cred, body := range map[string]any{
-			"gh":  map[string]any{"kind": "git", "username": "robot", "token": "gh-secret-token"},
+			"gh":  map[string]any{"kind": "git", "host": "git.example.com", "username": "robot", "token": "gh-secret-token"},
 			"old": map[string]any{"kind": "registry", "registry": "old.example.com", "password": "old-secret"},
 		} {
 			if code, _, _ := s.call("PUT", "/api/v1/workspaces/ws1/credentials/"+cred, "alice", body); code != http.StatusNoContent {

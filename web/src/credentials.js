@@ -1,5 +1,6 @@
-// The workspace's credentials: names, kinds and registries for everyone; the
-// owner adds (PUT) and deletes them. Secrets are write-only.
+// The workspace's credentials: names, kinds and hosts for everyone; the
+// owner adds (PUT) and deletes them. Secrets are write-only, and each
+// credential is sent only to its host (a registry's, or a git host).
 import { api } from "./api.js";
 import { CREDENTIAL_RE, clear, h, icon } from "./dom.js";
 import { busyButton, confirmDialog, toast } from "./ui.js";
@@ -17,7 +18,8 @@ export function createCredentials(section, ctx, onList) {
   const username = h("input", { id: "c-user", autocomplete: "off", spellcheck: "false" });
   const secret = h("input", { id: "c-secret", type: "password", autocomplete: "new-password", required: true });
   const secretLabel = h("label", { for: "c-secret" }, "Password");
-  const registryField = h("div", { class: "field" }, h("label", { for: "c-registry" }, "Registry host"), registry);
+  const registryLabel = h("label", { for: "c-registry" }, "Registry host");
+  const registryField = h("div", { class: "field" }, registryLabel, registry);
   const submit = h("button", { type: "submit", class: "btn btn-small btn-primary" }, icon("plus", { size: 16 }), "Store credential");
   const form = h("form", { class: "cred-form", "aria-label": "Add or replace a credential", hidden: true },
     h("div", { class: "field-grid" },
@@ -41,7 +43,8 @@ export function createCredentials(section, ctx, onList) {
 
   kind.addEventListener("change", () => {
     const git = kind.value === "git";
-    registryField.hidden = git;
+    registryLabel.textContent = git ? "Git host" : "Registry host";
+    registry.placeholder = git ? "github.com" : "registry.example.com";
     secretLabel.textContent = git ? "Token" : "Password";
   });
   addBtn.addEventListener("click", () => { form.hidden = false; addBtn.hidden = true; name.focus(); });
@@ -57,7 +60,7 @@ export function createCredentials(section, ctx, onList) {
       return;
     }
     const body = kind.value === "git"
-      ? { kind: "git", username: username.value, token: secret.value }
+      ? { kind: "git", host: registry.value.trim(), username: username.value, token: secret.value }
       : { kind: "registry", registry: registry.value.trim(), username: username.value, password: secret.value };
     try {
       await busyButton(submit, "Storing…", () => api.putCredential(ctx.workspace, n, body));
@@ -106,7 +109,7 @@ export function createCredentials(section, ctx, onList) {
         icon("key", { size: 16, cls: "cred-icon" }),
         h("div", { class: "cred-main" },
           h("div", { class: "cred-title" }, h("span", { class: "cred-name" }, c.name), h("span", { class: `chip chip-${c.kind}` }, c.kind)),
-          c.registry ? h("div", { class: "muted small cred-reg", title: c.registry }, c.registry) : null),
+          c.registry || c.host ? h("div", { class: "muted small cred-reg", title: c.registry || c.host }, c.registry || c.host) : null),
         del));
     }
   }

@@ -187,6 +187,7 @@ type (
 		Name     string `firestore:"name"`
 		Kind     string `firestore:"kind"`
 		Registry string `firestore:"registry"`
+		Host     string `firestore:"host,omitempty"`
 		Username string `firestore:"username"`
 		Secret   string `firestore:"secret"`
 	}
@@ -863,7 +864,7 @@ func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset 
 // PutCredential implements store.Store.
 func (s *Store) PutCredential(ctx context.Context, c store.Credential) error {
 	_, err := s.credentials(c.Workspace).Doc(docID(c.Name)).Set(ctx, credentialDoc{
-		Name: c.Name, Kind: c.Kind, Registry: c.Registry, Username: c.Username, Secret: c.Secret,
+		Name: c.Name, Kind: c.Kind, Registry: c.Registry, Host: c.Host, Username: c.Username, Secret: c.Secret,
 	})
 	return err
 }
@@ -873,7 +874,7 @@ func decodeCredential(workspace string, snap *fs.DocumentSnapshot) (store.Creden
 	if err := snap.DataTo(&d); err != nil {
 		return store.Credential{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	return store.Credential{Workspace: workspace, Name: d.Name, Kind: d.Kind, Registry: d.Registry, Username: d.Username, Secret: d.Secret}, nil
+	return store.Credential{Workspace: workspace, Name: d.Name, Kind: d.Kind, Registry: d.Registry, Host: d.Host, Username: d.Username, Secret: d.Secret}, nil
 }
 
 // GetCredential implements store.Store.

@@ -597,7 +597,7 @@ func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset 
 
 // PutCredential implements store.Store.
 func (s *Store) PutCredential(ctx context.Context, c store.Credential) error {
-	doc, err := json.Marshal(credentialDoc{c.Kind, c.Registry, c.Username, c.Secret})
+	doc, err := json.Marshal(credentialDoc{Kind: c.Kind, Registry: c.Registry, Host: c.Host, Username: c.Username, Secret: c.Secret})
 	if err != nil {
 		return err
 	}
@@ -608,6 +608,7 @@ func (s *Store) PutCredential(ctx context.Context, c store.Credential) error {
 
 type credentialDoc struct {
 	Kind, Registry, Username, Secret string
+	Host                             string `json:",omitempty"`
 }
 
 func (s *Store) queryCredentials(ctx context.Context, q string, args ...any) ([]store.Credential, error) {
@@ -627,7 +628,7 @@ func (s *Store) queryCredentials(ctx context.Context, q string, args ...any) ([]
 		if err := json.Unmarshal([]byte(doc), &d); err != nil {
 			return nil, err
 		}
-		c.Kind, c.Registry, c.Username, c.Secret = d.Kind, d.Registry, d.Username, d.Secret
+		c.Kind, c.Registry, c.Host, c.Username, c.Secret = d.Kind, d.Registry, d.Host, d.Username, d.Secret
 		cs = append(cs, c)
 	}
 	return cs, rows.Err()

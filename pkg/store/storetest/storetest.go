@@ -472,12 +472,17 @@ func credentials(t *testing.T, s store.Store) {
 	if err := s.PutCredential(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "gh", Kind: "git", Username: "u", Secret: "sealed3"}); err != nil {
+	gh := store.Credential{Workspace: "ws1", Name: "gh", Kind: "git", Host: "git.example:8443", Username: "u", Secret: "sealed3"}
+	if err := s.PutCredential(ctx, gh); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetCredential(ctx, "ws1", "hub")
 	if err != nil || got != c {
 		t.Fatalf("GetCredential = %+v, %v; want %+v", got, err, c)
+	}
+	// A git credential keeps the host it is bound to.
+	if got, err := s.GetCredential(ctx, "ws1", "gh"); err != nil || got != gh {
+		t.Fatalf("GetCredential = %+v, %v; want %+v", got, err, gh)
 	}
 	cs, err := s.ListCredentials(ctx, "ws1")
 	if err != nil || len(cs) != 2 || cs[0].Name != "gh" || cs[1].Name != "hub" {
