@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
 // Limits on what a definition may hold.
@@ -25,12 +26,21 @@ const (
 )
 
 // InvalidError says which field of a definition is wrong and why. Line is the
-// Dockerfile line at fault, when the Dockerfile is.
+// Dockerfile line at fault, when the Dockerfile is. Err, when set, is the
+// sentinel the error is (ErrReservedName), for errors.Is.
 type InvalidError struct {
 	Field   string
 	Message string
 	Line    int
+	Err     error
 }
+
+// Unwrap returns the sentinel the error is, if any.
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// ErrReservedName is what an image name in a namespace Slipway keeps for
+// itself is (see ReservedNamespaces).
+var ErrReservedName = errors.New("reserved name")
 
 func (e *InvalidError) Error() string {
 	if e.Line > 0 {
@@ -53,6 +63,14 @@ type Rules struct {
 // internal registry (Kaniko's layer cache lives under it).
 const ReservedPrefix = "slipway-cache"
 
+// LibraryPrefix is the internal registry's namespace of shared base images:
+// every authenticated user pulls from it, only the platform's event
+// publishers push to it.
+const LibraryPrefix = "library"
+
+// ReservedNamespaces are the first path segments no image name may have.
+var ReservedNamespaces = []string{LibraryPrefix, ReservedPrefix}
+
 // pathComponent is the OCI distribution spec's grammar of one repository path
 // component; go-containerregistry checks the character set, not the separators.
 var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
@@ -72,8 +90,13 @@ func ValidateName(n string) error {
 	if err != nil || repo.RepositoryStr() != n {
 		return invalid("name", "%q is not a valid repository path: use lower-case letters and digits separated by '.', '_', '-' and '/'", n)
 	}
-	if first, _, _ := strings.Cut(n, "/"); first == ReservedPrefix {
-		return invalid("name", "%q is reserved for Slipway's own use", ReservedPrefix)
+	switch first, _, _ := strings.Cut(n, "/"); first {
+	case ReservedPrefix:
+		return &InvalidError{Field: "name", Err: ErrReservedName,
+			Message: fmt.Sprintf("%q is reserved: the %s/ namespace holds Slipway's build cache; choose another first segment", n, ReservedPrefix)}
+	case LibraryPrefix:
+		return &InvalidError{Field: "name", Err: ErrReservedName,
+			Message: fmt.Sprintf("%q is reserved: the %s/ namespace holds the platform's shared base images; choose another first segment", n, LibraryPrefix)}
 	}
 	for _, c := range strings.Split(n, "/") {
 		if !pathComponent.MatchString(c) {
@@ -296,6 +319,42 @@ func Validate(img Image, rules Rules) error {
 		}
 	}
 	return ValidateDestinations(img.Destinations)
+}
+
+// BaseImages lists the images a Dockerfile's FROM instructions pull, as
+// written after expanding the global ARGs' defaults (the build passes no
+// build arguments). Stage references, scratch, and bases that do not expand
+// to a valid reference are left out.
+func BaseImages(dockerfile string) []name.Reference {
+	res, err := parser.Parse(strings.NewReader(dockerfile))
+	if err != nil {
+		return nil
+	}
+	stages, metaArgs, err := instructions.Parse(res.AST, nil)
+	if err != nil {
+		return nil
+	}
+	var env []string
+	for _, a := range metaArgs {
+		for _, kv := range a.Args {
+			if kv.Value != nil {
+				env = append(env, kv.Key+"="+*kv.Value)
+			}
+		}
+	}
+	lex := shell.NewLex(res.EscapeToken)
+	var refs []name.Reference
+	named := map[string]bool{}
+	for _, s := range stages {
+		base, _, err := lex.ProcessWord(s.BaseName, shell.EnvsFromSlice(env))
+		if err == nil && !named[strings.ToLower(base)] && base != "scratch" && base != "" {
+			if ref, err := name.ParseReference(base); err == nil {
+				refs = append(refs, ref)
+			}
+		}
+		named[strings.ToLower(s.Name)] = true
+	}
+	return refs
 }
 
 // BaseRegistries lists the registry hosts a Dockerfile's FROM instructions
