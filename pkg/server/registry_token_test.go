@@ -115,12 +115,12 @@ func TestRegistryTokenEndpoint(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"no credentials", func() *http.Request { r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil); return r }, 401, "INVALID_GRANT"},
+		{"no credentials", func() *http.Request { r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil); return r }, 401, "UNAUTHORIZED"},
 		{"a bad token", func() *http.Request {
 			r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil)
 			r.SetBasicAuth("alice", "garbage")
 			return r
-		}, 401, "INVALID_GRANT"},
+		}, 401, "UNAUTHORIZED"},
 		{"another service", func() *http.Request {
 			r, _ := http.NewRequest("GET", endpoint+"?service=docker.io", nil)
 			r.SetBasicAuth("alice", e.token("alice"))

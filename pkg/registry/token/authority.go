@@ -62,7 +62,7 @@ func (p principal) subject() string {
 // tokenError is an answer other than a token.
 type tokenError struct {
 	status int
-	code   string // OAuth2 error code (POST); the GET body says it upper case
+	code   string // OAuth2 error code (POST); the GET body says it upper case, or UNAUTHORIZED for a 401
 	msg    string
 }
 
@@ -111,7 +111,12 @@ func (a *Authority) fail(w http.ResponseWriter, oauth bool, err error) {
 		json.NewEncoder(w).Encode(map[string]string{"error": te.code, "error_description": te.msg})
 		return
 	}
-	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": strings.ToUpper(te.code), "message": te.msg}}})
+	// The token flow's clients read Distribution's error codes.
+	code := strings.ToUpper(te.code)
+	if te.status == http.StatusUnauthorized {
+		code = "UNAUTHORIZED"
+	}
+	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": te.msg}}})
 }
 
 // issue authenticates the request and signs a token of the scopes it asks
