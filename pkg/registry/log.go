@@ -48,13 +48,21 @@ func (w logWriter) line(line string) {
 	}
 	msg, _ := entry["msg"].(string)
 	code, _ := entry["err.code"].(string)
+	// Codes are logged as their description ("manifest unknown").
+	code = strings.ToUpper(strings.ReplaceAll(code, " ", "_"))
+	if code != "" {
+		entry["err.code"] = code
+	}
+	status, _ := entry["http.response.status"].(float64)
 	var level slog.Level
 	switch lv, _ := entry["level"].(string); {
 	case strings.HasPrefix(msg, "error authorizing context"):
 		level = slog.LevelDebug // a 401: the client fetches a token and comes back
-	case code != "" && routine[code]:
+	case status >= 500:
+		level = slog.LevelError
+	case routine[code] || status == 401 || status == 404:
 		level = slog.LevelDebug
-	case code != "" && code != "UNKNOWN":
+	case code != "" && code != "UNKNOWN" || status >= 400:
 		level = slog.LevelInfo
 	case lv == "warning":
 		level = slog.LevelWarn
