@@ -115,7 +115,10 @@ func TestRegistryTokenEndpoint(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"no credentials", func() *http.Request { r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil); return r }, 401, "UNAUTHORIZED"},
+		{"no credentials", func() *http.Request {
+			r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil)
+			return r
+		}, 401, "UNAUTHORIZED"},
 		{"a bad token", func() *http.Request {
 			r, _ := http.NewRequest("GET", endpoint+"?service="+token.Service, nil)
 			r.SetBasicAuth("alice", "garbage")

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/image"
 )
 
 // Path is where Slipway serves the token endpoint, outside /v2/.
@@ -237,7 +236,8 @@ func parseScopes(params []string) ([]Access, error) {
 			}
 			switch typ {
 			case "repository":
-				if _, err := name.NewRepository("registry.invalid/"+res, name.StrictValidation); err != nil || res == "" {
+				// An OCI repository path; reserved namespaces are names too.
+				if err := image.ValidateName(res); err != nil && !errors.Is(err, image.ErrReservedName) {
 					return nil, errBadRequest("invalid_scope", "scope %q: %q is not a repository name", s, res)
 				}
 				if slices.Contains(actions, "*") {
