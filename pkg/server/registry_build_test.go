@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/slipway-dev/slipway/pkg/server"
 )
 
 // attackDockerfile is a build whose RUN step reads the build's registry
@@ -139,4 +142,27 @@ func mustRef(t *testing.T, s string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestBuildCacheThroughTokenFlow: with Kaniko's layer cache on, the build's
+// credential covers its cache repository: the first build fills it, the
+// rebuild of the same definition uses it, and members cannot read it.
+func TestBuildCacheThroughTokenFlow(t *testing.T) {
+	e := buildEnv(t, func(c *server.Config) { c.BuildCache = true; c.RegistryPullers = []string{nodePool} })
+	img := e.newImage(localImage("team/cached", "FROM "+e.base()+"\nRUN echo cached > /c\n"))
+	for n := 1; n <= 2; n++ {
+		if b := e.waitFor(img.ID, e.startBuild(img.ID), 2*time.Minute, ended); b.Status != "succeeded" {
+			t.Fatalf("build %d: %+v\n%s", n, b, e.buildLog(img.ID, n))
+		}
+	}
+	if log := e.buildLog(img.ID, 2); !strings.Contains(log, "Found cached layer") && !strings.Contains(log, "Using caching version") {
+		t.Fatalf("the rebuild did not use the cache:\n%s", log)
+	}
+	cache := mustRef(t, e.srv.RegistryHost()+"/slipway-cache/team/cached").Context()
+	if tags, err := remote.List(cache, e.ts.RegistryAs(nodePool)); err != nil || len(tags) == 0 {
+		t.Fatalf("the cache repository: %v, %v", tags, err)
+	}
+	if _, err := remote.List(cache, e.ts.RegistryAs("alice")); !refusal(err) {
+		t.Fatalf("the owner lists the cache repository: %v", err)
+	}
 }
