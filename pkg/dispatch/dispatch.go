@@ -417,7 +417,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(f.Reason, "%s", f.Message)
 	}
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
-	source, err := readBack(d.o, b.ID(), img.Name)
+	source, err := readBack(d.o, b, img.Name)
 	if err != nil {
 		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
 	}

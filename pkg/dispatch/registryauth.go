@@ -18,8 +18,8 @@ import (
 type RegistryTokens interface {
 	// BuildCredential is one build's credential, valid for ttl.
 	BuildCredential(ctx context.Context, b token.BuildClaims, ttl time.Duration) (string, error)
-	// PullCredential pulls repo alone, for ttl.
-	PullCredential(build, repo string, ttl time.Duration) (string, error)
+	// PullCredential pulls repo alone, for ttl, while the build is active.
+	PullCredential(image string, number int, repo string, ttl time.Duration) (string, error)
 }
 
 // BuildUser is the user name a build's credential goes with (the token
@@ -53,7 +53,7 @@ func withBuildCredential(ctx context.Context, o Options, cfg []byte, img image.I
 	if ttl <= 0 {
 		ttl = time.Hour
 	}
-	cred, err := o.RegistryTokens.BuildCredential(ctx, token.BuildClaims{Build: b.ID(), Workspace: img.Workspace, Push: push, Pull: bases}, ttl)
+	cred, err := o.RegistryTokens.BuildCredential(ctx, token.BuildClaims{Image: b.Image, Number: b.Number, Workspace: img.Workspace, Push: push, Pull: bases}, ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -70,13 +70,13 @@ func withBuildCredential(ctx context.Context, o Options, cfg []byte, img image.I
 	return json.Marshal(doc)
 }
 
-// readBack is how the dispatcher authenticates to read a build's image of
+// readBack is how the dispatcher authenticates to read build b's image of
 // repo back from the internal registry.
-func readBack(o Options, build, repo string) (remote.Option, error) {
+func readBack(o Options, b build.Build, repo string) (remote.Option, error) {
 	if o.RegistryTokens == nil {
 		return remote.WithAuth(authn.Anonymous), nil
 	}
-	cred, err := o.RegistryTokens.PullCredential(build, repo, readBackTTL)
+	cred, err := o.RegistryTokens.PullCredential(b.Image, b.Number, repo, readBackTTL)
 	if err != nil {
 		return nil, err
 	}

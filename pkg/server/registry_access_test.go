@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
 	"github.com/slipway-dev/slipway/pkg/server"
@@ -36,7 +37,12 @@ const nodePool = "node-pool"
 // built image other/b, and the base library/busybox.
 func registryEnv(t *testing.T) (e *env, refA, refB string) {
 	t.Helper()
-	e = buildEnv(t, func(c *server.Config) { c.RegistryPullers = []string{nodePool} })
+	e = buildEnv(t, func(c *server.Config) {
+		c.RegistryPullers = []string{nodePool}
+		// Builds recorded in the store by a test stay queued: no
+		// reconciler runs them (see activeBuild).
+		c.ReconcileInterval = time.Hour
+	})
 	e.announce(events.WorkspaceCreated, "ws2", "carol", "dave")
 	refA = e.buildAs("ws1", "alice", "team/a", "FROM "+e.base()+"\nRUN echo a > /a\n")
 	refB = e.buildAs("ws2", "carol", "other/b", "FROM "+e.base()+"\nRUN echo private to ws2 > /b\n")
@@ -82,10 +88,12 @@ func TestRegistryAccessMatrix(t *testing.T) {
 	host := e.srv.RegistryHost()
 	reg, _ := name.NewRegistry(host)
 	ctx := context.Background()
-	// A build's credential for team/a, minted as the dispatcher mints it; it
-	// asks for other/b too, which the authority must drop (ws1 may not read it).
+	// The credential of a queued build of team/a, minted as the dispatcher
+	// mints it; it asks for other/b too, which the authority must drop (ws1
+	// may not read it).
+	b := e.activeBuild("team/a")
 	buildCred, err := e.srv.RegistryTokens.BuildCredential(ctx, token.BuildClaims{
-		Build: "img-a-7", Workspace: "ws1", Push: []string{"team/a"}, Pull: []string{"library/busybox", "other/b"},
+		Image: b.Image, Number: b.Number, Workspace: "ws1", Push: []string{"team/a"}, Pull: []string{"library/busybox", "other/b"},
 	}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -175,6 +183,26 @@ func TestRegistryAccessMatrix(t *testing.T) {
 	if latest, err := remote.Head(ref(host+"/team/a:latest"), e.ts.RegistryAs("alice")); err != nil || latest.Digest.String() != digestA.DigestStr() {
 		t.Errorf("team/a:latest is %v (%v), want %s", latest, err, digestA.DigestStr())
 	}
+	// A build's credential ends with its build.
+	want(t, e.call("POST", fmt.Sprintf("/api/v1/images/%s/builds/%d/cancel", b.Image, b.Number), "alice", nil, nil), 202, "")
+	if _, err := remote.Image(ref(refA), remote.WithAuth(&authn.Basic{Username: dispatch.BuildUser, Password: buildCred})); !refusal(err) {
+		t.Fatalf("the credential of a cancelled build still pulls: %v", err)
+	}
+}
+
+// activeBuild records a queued build of the image named name, as a build
+// request does, but announces it to nobody: it stays queued.
+func (e *env) activeBuild(name string) build.Build {
+	e.t.Helper()
+	img, err := e.srv.Store.GetImageByName(context.Background(), name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b, err := e.srv.Store.CreateBuild(context.Background(), build.New(img.ID, img.DefinitionRev, "alice", build.TriggerManual, time.Now().UTC()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
 }
 
 // registryToken asks the token endpoint for scopes as subject (basic auth,

@@ -93,7 +93,8 @@ func TestBuildCredentialConfinesTheBuild(t *testing.T) {
 		}
 	}
 	// The credential the step copied out, tried from outside with a real
-	// client: no more than inside.
+	// client once the build has ended: good for nothing, not even its own
+	// repository.
 	var cfg struct {
 		Auths map[string]struct{ Auth string }
 	}
@@ -103,6 +104,9 @@ func TestBuildCredentialConfinesTheBuild(t *testing.T) {
 	userPass, _ := base64.StdEncoding.DecodeString(cfg.Auths[host].Auth)
 	user, pass, _ := strings.Cut(string(userPass), ":")
 	stolen := remote.WithAuth(&authn.Basic{Username: user, Password: pass})
+	if _, err := remote.Image(mustRef(t, ref), stolen); !refusal(err) {
+		t.Errorf("pull the build's own image with its credential after the build: %v", err)
+	}
 	if _, err := remote.Image(mustRef(t, refB), stolen); !refusal(err) {
 		t.Errorf("pull other/b with the build's credential: %v", err)
 	}

@@ -173,7 +173,7 @@ func TestRegistryTokenEndpoint(t *testing.T) {
 func TestRegistryTokensStayInTheirPlace(t *testing.T) {
 	e := start(t, serverConfig(t))
 	e.announce(events.WorkspaceCreated, "ws1", "alice")
-	cred, err := e.srv.RegistryTokens.BuildCredential(context.Background(), token.BuildClaims{Build: "x-1", Workspace: "ws1", Push: []string{"team/x"}}, time.Minute)
+	cred, err := e.srv.RegistryTokens.BuildCredential(context.Background(), token.BuildClaims{Image: "x", Number: 1, Workspace: "ws1", Push: []string{"team/x"}}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,7 +139,7 @@ func (s *Server) open() error {
 			return err
 		}
 		s.RegistryTokens = &token.Authority{
-			Signer: signer, Users: users, Log: s.log, Realm: s.URL() + token.Path,
+			Signer: signer, Users: users, Builds: s.Store, Log: s.log, Realm: s.URL() + token.Path,
 			Rights: token.Rights{Owners: s.Store, Pullers: s.cfg.RegistryPullers, Publishers: s.cfg.EventPublishers},
 		}
 	}

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
 )
 
 // Path is where Slipway serves the token endpoint, outside /v2/.
@@ -41,7 +43,10 @@ type Authority struct {
 	Realm string
 	// Users verifies Slipway tokens (the API's own verifier).
 	Users auth.Verifier
-	Log   *slog.Logger
+	// Builds finds builds: a build's credential is good only while its
+	// build is queued or running.
+	Builds Builds
+	Log    *slog.Logger
 }
 
 // principal is who a credential speaks for: a user, or one build.
@@ -180,6 +185,13 @@ func (a *Authority) issue(r *http.Request, oauth bool) (string, int, time.Time, 
 // authenticate tells a build credential from a Slipway token.
 func (a *Authority) authenticate(ctx context.Context, cred string) (principal, error) {
 	if b, exp, err := a.Signer.verifyCredential(cred); err == nil {
+		bd, err := a.Builds.GetBuild(ctx, b.Image, b.Number)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && !bd.Status.Active()) {
+			return principal{}, errUnauthorized("the build this credential was minted for has ended")
+		}
+		if err != nil {
+			return principal{}, err
+		}
 		return principal{build: &b, expires: exp}, nil
 	}
 	id, err := a.Users.Verify(ctx, cred)
@@ -268,11 +280,16 @@ func (a *Authority) BuildCredential(ctx context.Context, b BuildClaims, ttl time
 	return a.Signer.BuildCredential(b, ttl)
 }
 
-// PullCredential mints a short-lived credential that pulls repo alone:
-// what the dispatcher reads a built image back with to copy it to external
-// registries.
-func (a *Authority) PullCredential(build, repo string, ttl time.Duration) (string, error) {
-	return a.Signer.BuildCredential(BuildClaims{Build: build, Pull: []string{repo}}, ttl)
+// PullCredential mints a short-lived credential of build number of image
+// that pulls repo alone: what the dispatcher reads a built image back with
+// to copy it to external registries, before the build is settled.
+func (a *Authority) PullCredential(image string, number int, repo string, ttl time.Duration) (string, error) {
+	return a.Signer.BuildCredential(BuildClaims{Image: image, Number: number, Pull: []string{repo}}, ttl)
+}
+
+// Builds finds a build by image and number (store.ErrNotFound if none).
+type Builds interface {
+	GetBuild(ctx context.Context, imageID string, number int) (build.Build, error)
 }
 
 // Challenge is the WWW-Authenticate value that sends a client to the token

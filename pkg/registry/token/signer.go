@@ -66,9 +66,12 @@ type Access struct {
 }
 
 // BuildClaims are what a build credential allows: pull on Pull, push and
-// pull on Push, nothing else.
+// pull on Push, nothing else, while build Number of Image is queued or
+// running. Build is their ID ("<image>-<number>"), set when signed.
 type BuildClaims struct {
 	Build     string   `json:"build"`
+	Image     string   `json:"image"`
+	Number    int      `json:"number"`
 	Workspace string   `json:"workspace"`
 	Pull      []string `json:"pull"`
 	Push      []string `json:"push"`
@@ -158,9 +161,10 @@ func (s *Signer) AccessToken(subject string, access []Access, expires time.Time)
 // BuildCredential signs a credential for one build, valid for ttl, that the
 // token endpoint exchanges for access tokens within b's repositories.
 func (s *Signer) BuildCredential(b BuildClaims, ttl time.Duration) (string, error) {
-	if b.Build == "" || ttl <= 0 {
-		return "", errors.New("a build credential needs a build and a lifetime")
+	if b.Image == "" || b.Number < 1 || ttl <= 0 {
+		return "", errors.New("a build credential needs an image, a build number and a lifetime")
 	}
+	b.Build = fmt.Sprintf("%s-%d", b.Image, b.Number)
 	now := s.now()
 	return s.sign(claims{Claims: jwt.Claims{
 		Issuer: Issuer, Subject: "build:" + b.Build, Audience: jwt.Audience{CredentialAudience},
@@ -207,7 +211,7 @@ func (s *Signer) verifyCredential(raw string) (BuildClaims, time.Time, error) {
 	if err != nil {
 		return BuildClaims{}, time.Time{}, err
 	}
-	if c.Build == nil || c.Subject != "build:"+c.Build.Build {
+	if c.Build == nil || c.Build.Image == "" || c.Subject != "build:"+c.Build.Build {
 		return BuildClaims{}, time.Time{}, fmt.Errorf("%w: not a build credential", ErrInvalid)
 	}
 	return *c.Build, c.Expiry.Time(), nil

@@ -52,7 +52,7 @@ func TestSignerKeepsKindsApart(t *testing.T) {
 	if err != nil || again.kid != s.kid {
 		t.Fatalf("a second load has another key: %v", err)
 	}
-	cred, err := s.BuildCredential(BuildClaims{Build: "img-1", Workspace: "ws1", Push: []string{"team/a"}}, time.Minute)
+	cred, err := s.BuildCredential(BuildClaims{Image: "img", Number: 1, Workspace: "ws1", Push: []string{"team/a"}}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +81,11 @@ func TestSignerKeepsKindsApart(t *testing.T) {
 	if _, _, err := s.VerifyAccess(old); !errors.Is(err, ErrInvalid) {
 		t.Errorf("an expired token accepted: %v", err)
 	}
-	if _, err := s.BuildCredential(BuildClaims{Build: "x"}, 0); err == nil {
+	if _, err := s.BuildCredential(BuildClaims{Image: "x", Number: 1}, 0); err == nil {
 		t.Error("a credential without a lifetime")
+	}
+	if _, err := s.BuildCredential(BuildClaims{Image: "x"}, time.Minute); err == nil {
+		t.Error("a credential without a build number")
 	}
 }
 
