@@ -282,6 +282,11 @@ func TestRegistryCatalogPagination(t *testing.T) {
 	if !slices.Equal(got, all) {
 		t.Fatalf("paged catalog %v, want %v", got, all)
 	}
+	// A real client follows the Link header page by page.
+	reg, _ := name.NewRegistry(host)
+	if repos, err := remote.Catalog(context.Background(), reg, e.ts.RegistryAs("mallory"), remote.WithPageSize(2)); err != nil || !slices.Equal(repos, all) {
+		t.Fatalf("go-containerregistry's paged catalog: %v, %v", repos, err)
+	}
 	if _, repos, link := e.catalogPage(tok, "?n=2&last=library/r3"); !slices.Equal(repos, []string{"library/r4"}) || link != "" {
 		t.Fatalf("after library/r3: %v, Link %q", repos, link)
 	}
