@@ -39,7 +39,7 @@ type InvalidError struct {
 func (e *InvalidError) Unwrap() error { return e.Err }
 
 // ErrReservedName is what an image name in a namespace Slipway keeps for
-// itself is (see ReservedNamespaces).
+// itself is: under LibraryPrefix or ReservedPrefix.
 var ErrReservedName = errors.New("reserved name")
 
 func (e *InvalidError) Error() string {
@@ -67,9 +67,6 @@ const ReservedPrefix = "slipway-cache"
 // every authenticated user pulls from it, only the platform's event
 // publishers push to it.
 const LibraryPrefix = "library"
-
-// ReservedNamespaces are the first path segments no image name may have.
-var ReservedNamespaces = []string{LibraryPrefix, ReservedPrefix}
 
 // pathComponent is the OCI distribution spec's grammar of one repository path
 // component; go-containerregistry checks the character set, not the separators.
