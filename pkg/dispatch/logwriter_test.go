@@ -48,9 +48,20 @@ func TestLogWriterCapsAndFlushes(t *testing.T) {
 			}
 		}()
 	}
-	// While the build runs, the log becomes readable in pieces.
-	time.Sleep(60 * time.Millisecond)
-	if got, _ := s.ReadLog(context.Background(), "img1", 1, 0); len(got) == 0 {
+	// While the build runs, the log becomes readable in pieces: the timer
+	// flushes before Close (polled, since a loaded machine
+	// may delay the first flush past any fixed sleep).
+	flushed := make(chan bool, 1)
+	go func() {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if got, _ := s.ReadLog(context.Background(), "img1", 1, 0); len(got) > 0 {
+				flushed <- true
+				return
+			}
+		}
+		flushed <- false
+	}()
+	if !<-flushed {
 		t.Fatal("nothing flushed while writing")
 	}
 	wg.Wait()

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 )
 
 // Config is every setting of `slipway serve`. DefaultConfig holds the
@@ -43,6 +45,12 @@ type Config struct {
 	BuildLogCap       int64         // bytes of log kept per build
 	BuildCache        bool          // Kaniko's layer cache in the internal registry
 	ReconcileInterval time.Duration // how often stuck builds are looked for
+
+	// A Git context's fetch runs in a child process bounded by these.
+	GitMaxFiles int64         // entries (files, directories, links) checked out
+	GitMaxBytes int64         // bytes checked out, and of any one file the fetch writes
+	GitMemory   int64         // the fetch process's address space (RLIMIT_AS), bytes
+	GitTimeout  time.Duration // the whole fetch
 
 	// The cluster column (see ../shared/DESIGN.md); the defaults are the
 	// embedded parts.
@@ -90,6 +98,8 @@ var EnvVars = map[string]string{
 	"SLIPWAY_REGISTRY_PULLERS":    "registry-pullers",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
 	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
+	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
+	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -139,6 +149,9 @@ func (c *Config) Validate() error {
 	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
 		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
 	}
+	if c.GitMaxFiles < 1 || c.GitMaxBytes < 1 || c.GitMemory < 1<<30 || c.GitTimeout <= 0 {
+		return errors.New("git fetch limits: at least one file and one byte, a memory of at least 1Gi (the fetch process's address space), a positive timeout")
+	}
 	return nil
 }
 
@@ -163,6 +176,11 @@ func DefaultConfig() Config {
 		BuildLogCap:       4 << 20,
 		BuildCache:        false,
 		ReconcileInterval: 30 * time.Second,
+
+		GitMaxFiles: buildcontext.DefaultFiles,
+		GitMaxBytes: buildcontext.DefaultBytes,
+		GitMemory:   buildcontext.DefaultMemory,
+		GitTimeout:  buildcontext.DefaultTimeout,
 
 		Role:           "all",
 		Store:          "sqlite",
@@ -226,6 +244,24 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")
 	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build")
 	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry")
+	fs.Int64Var(&c.GitMaxFiles, "git-max-files", c.GitMaxFiles, "entries (files, directories, links) a Git context may check out")
+	fs.Func("git-max-bytes", "bytes a Git context may check out, and of any one file its fetch writes, or a quantity such as 1Gi (default 1Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.GitMaxBytes = q.Value()
+		return nil
+	})
+	fs.Func("git-memory", "address space of a Git context's fetch process, or a quantity such as 2Gi; Go reserves about 1Gi of it (default 2Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.GitMemory = q.Value()
+		return nil
+	})
+	fs.DurationVar(&c.GitTimeout, "git-timeout", c.GitTimeout, "wall-clock limit of a Git context's fetch")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often stuck builds are looked for")
 	fs.StringVar(&c.Role, "role", c.Role, "which function this process serves: "+strings.Join(Roles, ", "))
 	fs.StringVar(&c.Store, "store", c.Store, "sqlite (in the data dir) or firestore")
