@@ -142,17 +142,24 @@ var ErrParserPanic = errors.New("the Dockerfile parser failed")
 // panics on "# check=" comments). The linter's warnings are discarded:
 // Kaniko does not lint either. A panic is recovered into ErrParserPanic.
 func parseDockerfile(src string) (stages []instructions.Stage, err error) {
+	stages, _, _, err = parseDockerfileArgs(src)
+	return stages, err
+}
+
+// parseDockerfileArgs is parseDockerfile with the global ARGs and the
+// escape character too.
+func parseDockerfileArgs(src string) (stages []instructions.Stage, metaArgs []instructions.ArgCommand, escape rune, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			stages, err = nil, fmt.Errorf("%w: %v", ErrParserPanic, p)
+			stages, metaArgs, err = nil, nil, fmt.Errorf("%w: %v", ErrParserPanic, p)
 		}
 	}()
 	res, err := parser.Parse(strings.NewReader(src))
 	if err != nil {
-		return nil, err
+		return nil, nil, 0, err
 	}
-	stages, _, err = instructions.Parse(res.AST, linter.New(&linter.Config{}))
-	return stages, err
+	stages, metaArgs, err = instructions.Parse(res.AST, linter.New(&linter.Config{}))
+	return stages, metaArgs, res.EscapeToken, err
 }
 
 func dockerfileError(err error, fallbackLine int) error {
@@ -348,11 +355,7 @@ func Validate(img Image, rules Rules) error {
 // build arguments). Stage references, scratch, and bases that do not expand
 // to a valid reference are left out.
 func BaseImages(dockerfile string) []name.Reference {
-	res, err := parser.Parse(strings.NewReader(dockerfile))
-	if err != nil {
-		return nil
-	}
-	stages, metaArgs, err := instructions.Parse(res.AST, nil)
+	stages, metaArgs, escape, err := parseDockerfileArgs(dockerfile)
 	if err != nil {
 		return nil
 	}
@@ -364,7 +367,7 @@ func BaseImages(dockerfile string) []name.Reference {
 			}
 		}
 	}
-	lex := shell.NewLex(res.EscapeToken)
+	lex := shell.NewLex(escape)
 	var refs []name.Reference
 	named := map[string]bool{}
 	for _, s := range stages {

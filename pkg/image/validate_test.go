@@ -265,6 +265,10 @@ func TestBaseImages(t *testing.T) {
 	if BaseImages("FROM\n") != nil {
 		t.Fatal("an invalid Dockerfile has bases")
 	}
+	// A linter comment (which a parse without a linter panics on).
+	if got := BaseImages("# check=skip=all\nFROM 127.0.0.1:8080/library/busybox\n# a comment\nRUN true\n"); len(got) != 1 || got[0].Context().RepositoryStr() != "library/busybox" {
+		t.Fatalf("BaseImages with a linter comment = %v", got)
+	}
 }
 
 func TestReservedNamespaces(t *testing.T) {
