@@ -46,8 +46,11 @@ func asError(err error) *Error {
 		return e
 	case errors.As(err, &inv):
 		code := "invalid_argument"
-		if inv.Field == "context.dockerfile" {
+		switch {
+		case inv.Field == "context.dockerfile":
 			code = "invalid_dockerfile"
+		case errors.Is(inv, image.ErrReservedName):
+			code = "reserved_name"
 		}
 		return &Error{Status: http.StatusBadRequest, Code: code, Message: inv.Error(), Line: inv.Line, Field: inv.Field}
 	case errors.As(err, &mbe):

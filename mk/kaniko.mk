@@ -18,8 +18,9 @@ bin/executor: $(KANIKO_MOD)/go.mod $(KANIKO_MOD)/go.sum
 
 # Debian packages that local builds and their tests need: runc runs the
 # executor, passt (pasta) gives each build its own network, busybox-static makes the base image
-# of the tests and of the demo, git fetches contexts.
-DEPS_PACKAGES := runc passt busybox-static git
+# of the tests and of the demo, git fetches contexts, skopeo is the second real registry client
+# of the registry's token-flow tests.
+DEPS_PACKAGES := runc passt busybox-static git skopeo
 
 # have,PACKAGE: a shell test that PACKAGE is installed. runc and git count
 # when found in PATH, however they were installed.

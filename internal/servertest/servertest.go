@@ -179,11 +179,15 @@ func (s *Server) Announce(typ, id, owner string, members ...string) {
 // Base is the test base image's reference in the server's registry.
 func (s *Server) Base() string { return s.RegistryHost() + "/library/busybox" }
 
+// Publisher is the event publisher the tests push library/ images as.
+func (s *Server) Publisher() string { return s.Config.EventPublishers[0] }
+
 // PushBase puts the test base image (Debian's static busybox) into the
-// server's registry as Base().
+// server's registry as Base(), pushed as an event publisher through the
+// token flow, as the platform would.
 func (s *Server) PushBase() {
 	s.t.Helper()
-	if _, err := baseimage.PushBusybox(context.Background(), s.Base()); err != nil {
+	if _, err := baseimage.PushBusybox(context.Background(), s.Base(), s.RegistryAs(s.Publisher())); err != nil {
 		s.t.Fatal(err)
 	}
 }

@@ -49,8 +49,18 @@ var _ Verifier = (*Issuer)(nil)
 // LoadIssuer reads the signing key from dataDir, creating it (mode 0600) on
 // first use. Concurrent first uses agree on one key.
 func LoadIssuer(dataDir string) (*Issuer, error) {
-	path := filepath.Join(dataDir, KeyFile)
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	key, err := LoadKey(filepath.Join(dataDir, KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	return &Issuer{key: key}, nil
+}
+
+// LoadKey reads the Ed25519 private key (PKCS #8 PEM) at path, creating it
+// and its directory (mode 0600, 0700) on first use. Concurrent first uses
+// agree on one key.
+func LoadKey(path string) (ed25519.PrivateKey, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
 	for range 3 {
@@ -98,7 +108,7 @@ func createKey(path string) error {
 	return os.Link(tmp.Name(), path)
 }
 
-func parseKey(path string, b []byte) (*Issuer, error) {
+func parseKey(path string, b []byte) (ed25519.PrivateKey, error) {
 	block, _ := pem.Decode(b)
 	if block == nil {
 		return nil, fmt.Errorf("signing key %s is not PEM", path)
@@ -111,7 +121,7 @@ func parseKey(path string, b []byte) (*Issuer, error) {
 	if !ok {
 		return nil, fmt.Errorf("signing key %s is not Ed25519", path)
 	}
-	return &Issuer{key: key}, nil
+	return key, nil
 }
 
 // Issue returns a signed token for subject valid for ttl.

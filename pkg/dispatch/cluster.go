@@ -133,7 +133,10 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 			src.GitToken = auth.Token
 		}
 	}
-	spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries)
+	if spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries); err != nil {
+		return spec, src, err
+	}
+	spec.DockerConfig, err = withBuildCredential(ctx, c.o, spec.DockerConfig, img, b, src.Dockerfile)
 	return spec, src, err
 }
 

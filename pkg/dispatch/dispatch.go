@@ -76,6 +76,10 @@ type Options struct {
 	// RunnerError, when set, fails every build with this message: the
 	// runner could not be set up (runc or the executor is missing).
 	RunnerError string
+	// RegistryTokens, when set, mints each build's credential for the
+	// internal registry (the embedded one's token flow); nil when the
+	// internal registry authenticates builds otherwise.
+	RegistryTokens RegistryTokens
 }
 
 // ref identifies a build.
@@ -396,6 +400,9 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
+	if spec.DockerConfig, err = withBuildCredential(ctx, d.o, spec.DockerConfig, img, b, dockerfile); err != nil {
+		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
+	}
 	started := time.Now()
 	outcome, err := d.o.Runner.Run(ctx, spec, log)
 	if err != nil {
@@ -407,7 +414,11 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(f.Reason, "%s", f.Message)
 	}
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
-	pushes, failed := d.push(ctx, img, reference, log)
+	source, err := readBack(d.o, b, img.Name)
+	if err != nil {
+		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
+	}
+	pushes, failed := d.push(ctx, img, reference, source, log)
 	if failed != "" {
 		return func(b *build.Build) error {
 			return b.FailPush(outcome.Digest, reference, pushes, failed, d.o.Now())
@@ -494,10 +505,11 @@ func registryOf(ref string) string {
 	return r.Context().RegistryStr()
 }
 
-// push copies the built image from the internal registry to each external
-// destination with its credential, and reports each result. failed names
+// push copies the built image from the internal registry (read with
+// source, its authentication) to each external destination with its
+// credential, and reports each result. failed names
 // the destinations that refused, "" when all took it.
-func (d *Dispatcher) push(ctx context.Context, img image.Image, reference string, log *logWriter) (pushes []build.Push, failed string) {
+func (d *Dispatcher) push(ctx context.Context, img image.Image, reference string, source remote.Option, log *logWriter) (pushes []build.Push, failed string) {
 	pushes = []build.Push{{Reference: internalTag(d.o, img), Status: "pushed"}}
 	if len(img.Destinations) == 0 {
 		return pushes, ""
@@ -506,7 +518,7 @@ func (d *Dispatcher) push(ctx context.Context, img image.Image, reference string
 	if err != nil {
 		return pushes, "the built image's reference is invalid: " + err.Error()
 	}
-	built, err := remote.Image(src, remote.WithContext(ctx))
+	built, err := remote.Image(src, remote.WithContext(ctx), source)
 	if err != nil {
 		return pushes, "reading the built image back: " + err.Error()
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
 // Limits on what a definition may hold.
@@ -26,12 +27,21 @@ const (
 )
 
 // InvalidError says which field of a definition is wrong and why. Line is the
-// Dockerfile line at fault, when the Dockerfile is.
+// Dockerfile line at fault, when the Dockerfile is. Err, when set, is the
+// sentinel the error is (ErrReservedName), for errors.Is.
 type InvalidError struct {
 	Field   string
 	Message string
 	Line    int
+	Err     error
 }
+
+// Unwrap returns the sentinel the error is, if any.
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// ErrReservedName is what an image name in a namespace Slipway keeps for
+// itself is: under LibraryPrefix or ReservedPrefix.
+var ErrReservedName = errors.New("reserved name")
 
 func (e *InvalidError) Error() string {
 	if e.Line > 0 {
@@ -54,6 +64,11 @@ type Rules struct {
 // internal registry (Kaniko's layer cache lives under it).
 const ReservedPrefix = "slipway-cache"
 
+// LibraryPrefix is the internal registry's namespace of shared base images:
+// every authenticated user pulls from it, only the platform's event
+// publishers push to it.
+const LibraryPrefix = "library"
+
 // pathComponent is the OCI distribution spec's grammar of one repository path
 // component; go-containerregistry checks the character set, not the separators.
 var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
@@ -73,8 +88,13 @@ func ValidateName(n string) error {
 	if err != nil || repo.RepositoryStr() != n {
 		return invalid("name", "%q is not a valid repository path: use lower-case letters and digits separated by '.', '_', '-' and '/'", n)
 	}
-	if first, _, _ := strings.Cut(n, "/"); first == ReservedPrefix {
-		return invalid("name", "%q is reserved for Slipway's own use", ReservedPrefix)
+	switch first, _, _ := strings.Cut(n, "/"); first {
+	case ReservedPrefix:
+		return &InvalidError{Field: "name", Err: ErrReservedName,
+			Message: fmt.Sprintf("%q is reserved: the %s/ namespace holds Slipway's build cache; choose another first segment", n, ReservedPrefix)}
+	case LibraryPrefix:
+		return &InvalidError{Field: "name", Err: ErrReservedName,
+			Message: fmt.Sprintf("%q is reserved: the %s/ namespace holds the platform's shared base images; choose another first segment", n, LibraryPrefix)}
 	}
 	for _, c := range strings.Split(n, "/") {
 		if !pathComponent.MatchString(c) {
@@ -122,17 +142,24 @@ var ErrParserPanic = errors.New("the Dockerfile parser failed")
 // panics on "# check=" comments). The linter's warnings are discarded:
 // Kaniko does not lint either. A panic is recovered into ErrParserPanic.
 func parseDockerfile(src string) (stages []instructions.Stage, err error) {
+	stages, _, _, err = parseDockerfileArgs(src)
+	return stages, err
+}
+
+// parseDockerfileArgs is parseDockerfile with the global ARGs and the
+// escape character too.
+func parseDockerfileArgs(src string) (stages []instructions.Stage, metaArgs []instructions.ArgCommand, escape rune, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			stages, err = nil, fmt.Errorf("%w: %v", ErrParserPanic, p)
+			stages, metaArgs, err = nil, nil, fmt.Errorf("%w: %v", ErrParserPanic, p)
 		}
 	}()
 	res, err := parser.Parse(strings.NewReader(src))
 	if err != nil {
-		return nil, err
+		return nil, nil, 0, err
 	}
-	stages, _, err = instructions.Parse(res.AST, linter.New(&linter.Config{}))
-	return stages, err
+	stages, metaArgs, err = instructions.Parse(res.AST, linter.New(&linter.Config{}))
+	return stages, metaArgs, res.EscapeToken, err
 }
 
 func dockerfileError(err error, fallbackLine int) error {
@@ -321,6 +348,38 @@ func Validate(img Image, rules Rules) error {
 		}
 	}
 	return ValidateDestinations(img.Destinations)
+}
+
+// BaseImages lists the images a Dockerfile's FROM instructions pull, as
+// written after expanding the global ARGs' defaults (the build passes no
+// build arguments). Stage references, scratch, and bases that do not expand
+// to a valid reference are left out.
+func BaseImages(dockerfile string) []name.Reference {
+	stages, metaArgs, escape, err := parseDockerfileArgs(dockerfile)
+	if err != nil {
+		return nil
+	}
+	var env []string
+	for _, a := range metaArgs {
+		for _, kv := range a.Args {
+			if kv.Value != nil {
+				env = append(env, kv.Key+"="+*kv.Value)
+			}
+		}
+	}
+	lex := shell.NewLex(escape)
+	var refs []name.Reference
+	named := map[string]bool{}
+	for _, s := range stages {
+		base, _, err := lex.ProcessWord(s.BaseName, shell.EnvsFromSlice(env))
+		if err == nil && !named[strings.ToLower(base)] && base != "scratch" && base != "" {
+			if ref, err := name.ParseReference(base); err == nil {
+				refs = append(refs, ref)
+			}
+		}
+		named[strings.ToLower(s.Name)] = true
+	}
+	return refs
 }
 
 // BaseRegistries lists the registry hosts a Dockerfile's FROM instructions

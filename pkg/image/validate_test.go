@@ -273,3 +273,37 @@ func TestSameRegistry(t *testing.T) {
 		}
 	}
 }
+
+func TestBaseImages(t *testing.T) {
+	df := "ARG HOST=127.0.0.1:8080\nARG V\nFROM $HOST/library/busybox AS a\nFROM ${HOST}/team/b:$V AS build\nFROM build\nFROM a\nFROM scratch\nFROM ghcr.io/x/y:1\nFROM busybox AS busybox\n"
+	var got []string
+	for _, r := range BaseImages(df) {
+		got = append(got, r.Context().RegistryStr()+" "+r.Context().RepositoryStr())
+	}
+	want := "127.0.0.1:8080 library/busybox|ghcr.io x/y|index.docker.io library/busybox"
+	if strings.Join(got, "|") != want {
+		t.Fatalf("BaseImages = %q, want %q", strings.Join(got, "|"), want)
+	}
+	if BaseImages("FROM\n") != nil {
+		t.Fatal("an invalid Dockerfile has bases")
+	}
+	// A linter comment (which a parse without a linter panics on).
+	if got := BaseImages("# check=skip=all\nFROM 127.0.0.1:8080/library/busybox\n# a comment\nRUN true\n"); len(got) != 1 || got[0].Context().RepositoryStr() != "library/busybox" {
+		t.Fatalf("BaseImages with a linter comment = %v", got)
+	}
+}
+
+func TestReservedNamespaces(t *testing.T) {
+	for _, n := range []string{"library/busybox", "library/team/x", "library", "slipway-cache/team/x", "slipway-cache"} {
+		err := ValidateName(n)
+		var inv *InvalidError
+		if !errors.Is(err, ErrReservedName) || !errors.As(err, &inv) || inv.Field != "name" || !strings.Contains(inv.Message, "reserved") {
+			t.Errorf("ValidateName(%q) = %v, want a reserved-name error", n, err)
+		}
+	}
+	for _, n := range []string{"libraryx/a", "team/library", "my-library/a", "team/slipway-cache"} {
+		if err := ValidateName(n); err != nil {
+			t.Errorf("ValidateName(%q) = %v, want ok", n, err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/distribution/distribution/v3/configuration"
+	_ "github.com/distribution/distribution/v3/registry/auth/token" // token authentication
 	"github.com/distribution/distribution/v3/registry/handlers"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the storage driver
 	"github.com/sirupsen/logrus"
@@ -21,9 +22,21 @@ import (
 // Dir is the registry's storage directory's name in the data dir.
 const Dir = "registry"
 
-// New returns the registry's HTTP handler, storing under dataDir/registry.
-// Its logs (logrus) go to log, or nowhere when log is nil.
-func New(ctx context.Context, dataDir string, log io.Writer) (http.Handler, error) {
+// TokenAuth configures Distribution's own token authentication: every
+// request but the /v2/ probe needs a bearer token that Issuer signed for
+// Service with a key of the JWKS file; clients without one are sent to
+// Realm (Slipway's token endpoint) by a WWW-Authenticate challenge.
+type TokenAuth struct {
+	Realm, Service, Issuer, JWKS string
+}
+
+// New returns the registry's HTTP handler, storing under dataDir/registry
+// and authenticating with auth. Its logs (logrus) go to log, or nowhere when
+// log is nil.
+func New(ctx context.Context, dataDir string, log io.Writer, auth TokenAuth) (http.Handler, error) {
+	if auth.Realm == "" || auth.Service == "" || auth.Issuer == "" || auth.JWKS == "" {
+		return nil, fmt.Errorf("registry: token authentication needs a realm, a service, an issuer and a key set")
+	}
 	root := filepath.Join(dataDir, Dir)
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("registry storage: %w", err)
@@ -44,6 +57,10 @@ func New(ctx context.Context, dataDir string, log io.Writer) (http.Handler, erro
 			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
 		},
 	}
+	cfg.Auth = configuration.Auth{"token": configuration.Parameters{
+		"realm": auth.Realm, "service": auth.Service, "issuer": auth.Issuer, "jwks": auth.JWKS,
+		"signingalgorithms": []any{"EdDSA"},
+	}}
 	// One registry process: the secret only signs upload state between
 	// requests to the same process.
 	cfg.HTTP.Secret = rand.Text()

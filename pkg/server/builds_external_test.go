@@ -144,7 +144,7 @@ func TestGitContexts(t *testing.T) {
 	if b.Status != "succeeded" || b.Commit == nil || *b.Commit != fixture.Second {
 		t.Fatalf("git build: %+v (want commit %s)\n%s", b, fixture.Second, e.buildLog(pub.ID, 1))
 	}
-	if got := files(t, pull(t, *b.Reference))["/app.txt"]; got != "second\n" {
+	if got := files(t, e.pull("alice", *b.Reference))["/app.txt"]; got != "second\n" {
 		t.Fatalf("built from the wrong commit or directory: app.txt = %q", got)
 	}
 	// Private, over https: refused without the credential, built with it.
@@ -161,7 +161,7 @@ func TestGitContexts(t *testing.T) {
 	if b.Status != "succeeded" || b.Commit == nil || len(*b.Commit) != 40 {
 		t.Fatalf("private repository with its credential: %+v\n%s", b, e.buildLog(priv.ID, 1))
 	}
-	if got := files(t, pull(t, *b.Reference))["/app.txt"]; got != "third\n" {
+	if got := files(t, e.pull("alice", *b.Reference))["/app.txt"]; got != "third\n" {
 		t.Fatalf("default branch build: app.txt = %q", got)
 	}
 	// A directory that is not there.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -55,9 +56,10 @@ func buildEnv(t *testing.T, configure func(*server.Config)) *env {
 	return e
 }
 
-// pushBusybox puts the test base image into e's registry.
+// pushBusybox puts the test base image into e's registry, pushed to
+// library/ as the platform (an event publisher) through the token flow.
 func pushBusybox(e *env) (v1.Hash, error) {
-	return baseimage.PushBusybox(context.Background(), e.base())
+	return baseimage.PushBusybox(context.Background(), e.base(), e.ts.RegistryAs("platform"))
 }
 
 // base is the test base image's reference.
@@ -142,16 +144,16 @@ func (e *env) buildLog(id string, n int) string {
 	return string(body)
 }
 
-// pull fetches an image by reference from a registry on loopback.
-func pull(t *testing.T, ref string) v1.Image {
-	t.Helper()
+// pull fetches an image by reference from e's registry as subject.
+func (e *env) pull(subject, ref string) v1.Image {
+	e.t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	img, err := remote.Image(r)
+	img, err := remote.Image(r, e.ts.RegistryAs(subject))
 	if err != nil {
-		t.Fatalf("pull %s: %v", ref, err)
+		e.t.Fatalf("pull %s as %s: %v", ref, subject, err)
 	}
 	return img
 }
@@ -223,11 +225,11 @@ CMD ["cat", "/srv/app/greeting.txt"]
 		t.Fatalf("usable images: %+v", usable.Images)
 	}
 	// Pull it: by digest and by the latest tag, and check config and files.
-	pulled := pull(t, *b.Reference)
+	pulled := e.pull("bob", *b.Reference)
 	if d, _ := pulled.Digest(); d.String() != *b.Digest {
 		t.Fatalf("pulled %s, build says %s", d, *b.Digest)
 	}
-	if d, _ := pull(t, host+"/team/multi:latest").Digest(); d.String() != *b.Digest {
+	if d, _ := e.pull("alice", host+"/team/multi:latest").Digest(); d.String() != *b.Digest {
 		t.Fatalf(":latest is %s", d)
 	}
 	cfg, err := pulled.ConfigFile()
@@ -278,7 +280,7 @@ CMD ["cat", "/srv/app/greeting.txt"]
 	if b2.Status != "succeeded" || got.Status != "built" || *got.Reference != *b2.Reference || *b2.Digest == *b.Digest {
 		t.Fatalf("rebuild: %+v; image %+v", b2, got)
 	}
-	if files(t, pull(t, *b2.Reference))["/srv/app/greeting.txt"] != "bonjour from the builder\n" {
+	if files(t, e.pull("alice", *b2.Reference))["/srv/app/greeting.txt"] != "bonjour from the builder\n" {
 		t.Fatal("the rebuild did not build the new definition")
 	}
 	var list struct{ Builds []buildJSON }
@@ -417,7 +419,8 @@ func TestKillDuringBuild(t *testing.T) {
 	servertest.WaitReady(t, "http://"+addr)
 	// The process's env shares the first env's issuer: the key is the data dir's.
 	proc := &env{t: t, c: apitest.NewClient(t, "http://"+addr), tokens: e.tokens, srv: e.srv, baseURL: "http://" + addr}
-	if _, err := baseimage.PushBusybox(context.Background(), addr+"/library/busybox"); err != nil {
+	publisher := &authn.Basic{Username: "platform", Password: e.token("platform")}
+	if _, err := baseimage.PushBusybox(context.Background(), addr+"/library/busybox", remote.WithAuth(publisher)); err != nil {
 		t.Fatal(err)
 	}
 	proc.announce(events.WorkspaceCreated, "ws1", "alice")
@@ -563,7 +566,7 @@ func TestDemoBuildsOffline(t *testing.T) {
 	if b.Status != "succeeded" {
 		t.Fatalf("demo build: %+v", b)
 	}
-	if got := files(t, pull(t, *b.Reference))["/hello"]; got != "hello from Slipway\n" {
+	if got := files(t, e.pull("demo", *b.Reference))["/hello"]; got != "hello from Slipway\n" {
 		t.Fatalf("/hello = %q", got)
 	}
 	// A restart neither duplicates nor loses it.

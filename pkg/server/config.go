@@ -24,7 +24,8 @@ import (
 type Config struct {
 	Addr            string        // listen address (SLIPWAY_ADDR)
 	DataDir         string        // data directory (SLIPWAY_DATA)
-	EventPublishers []string      // subjects allowed to POST /events
+	EventPublishers []string      // subjects allowed to POST /events; they also push the registry's library/
+	RegistryPullers []string      // service subjects (compute nodes) that pull every repository of the embedded registry
 	AllowFileGit    bool          // admit file:// Git URLs (local development)
 	GitCAFile       string        // extra PEM roots for Git over https (a private CA)
 	MaxBodyBytes    int64         // request body cap
@@ -94,6 +95,7 @@ var EnvVars = map[string]string{
 	"SLIPWAY_REGISTRY": "registry", "SLIPWAY_OIDC_ISSUER": "oidc-issuer", "SLIPWAY_OIDC_AUDIENCE": "oidc-audience",
 	"SLIPWAY_BUILD_TIMEOUT": "build-timeout", "SLIPWAY_BUILD_MEMORY": "build-memory", "SLIPWAY_BUILD_CPU": "build-cpus",
 	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
+	"SLIPWAY_REGISTRY_PULLERS":    "registry-pullers",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
 	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
@@ -204,6 +206,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data `DIR` (env SLIPWAY_DATA)")
 	fs.Func("event-publishers", "comma-separated subjects allowed to post events (default "+strings.Join(c.EventPublishers, ",")+")", func(s string) error {
 		c.EventPublishers = strings.Split(s, ",")
+		return nil
+	})
+	fs.Func("registry-pullers", "comma-separated service subjects (compute nodes) that may pull every repository of the embedded registry (default none)", func(s string) error {
+		c.RegistryPullers = nil
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				c.RegistryPullers = append(c.RegistryPullers, p)
+			}
+		}
 		return nil
 	})
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "create a demo workspace owned by user \"demo\" and print a signed-in link to the web page")

@@ -8,8 +8,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// TestEmbeddedRegistry pushes an image to the registry served under /v2/,
-// restarts the server, and pulls it back by digest.
+// TestEmbeddedRegistry pushes an image to the registry served under /v2/
+// (to library/, as an event publisher, through the token flow), restarts
+// the server, and pulls it back by digest as an ordinary user.
 func TestEmbeddedRegistry(t *testing.T) {
 	e := start(t, serverConfig(t))
 	host := e.srv.RegistryHost()
@@ -17,15 +18,15 @@ func TestEmbeddedRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := name.ParseReference(host+"/team/random:v1", name.Insecure)
-	if err := remote.Write(ref, img); err != nil {
+	ref, _ := name.ParseReference(host+"/library/random:v1", name.Insecure)
+	if err := remote.Write(ref, img, e.ts.RegistryAs("platform")); err != nil {
 		t.Fatalf("push: %v", err)
 	}
 	want, _ := img.Digest()
 	e = e.restart()
 	host = e.srv.RegistryHost()
-	byDigest, _ := name.ParseReference(host+"/team/random@"+want.String(), name.Insecure)
-	got, err := remote.Image(byDigest)
+	byDigest, _ := name.ParseReference(host+"/library/random@"+want.String(), name.Insecure)
+	got, err := remote.Image(byDigest, e.ts.RegistryAs("alice"))
 	if err != nil {
 		t.Fatalf("pull after restart: %v", err)
 	}
@@ -42,5 +43,10 @@ func TestEmbeddedRegistry(t *testing.T) {
 			t.Fatal(err)
 		}
 		rc.Close()
+	}
+	// Without a token: refused, with the challenge that sends clients to
+	// the token endpoint.
+	if _, err := remote.Image(byDigest); err == nil {
+		t.Fatal("an anonymous pull succeeded")
 	}
 }

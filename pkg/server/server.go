@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -28,6 +30,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
+	"github.com/slipway-dev/slipway/pkg/registry/token"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/secret"
@@ -52,11 +55,14 @@ type Server struct {
 	Store  store.Store
 	Issuer *auth.Issuer
 	Events *events.Publisher
-	builds *dispatch.Dispatcher
-	ready  atomic.Bool
-	mux    *http.ServeMux
-	http   *http.Server
-	ln     net.Listener
+	// RegistryTokens is the embedded registry's token authority; nil with
+	// an external registry.
+	RegistryTokens *token.Authority
+	builds         *dispatch.Dispatcher
+	ready          atomic.Bool
+	mux            *http.ServeMux
+	http           *http.Server
+	ln             net.Listener
 	// buildHTTP serves builds the registry alone, on buildLn (see
 	// listenForBuilds).
 	buildHTTP *http.Server
@@ -138,8 +144,19 @@ func (s *Server) open() error {
 	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
 		return err
 	}
+	users := auth.Cache(verifier, 10000, 5*time.Minute)
+	if s.cfg.Registry == "" {
+		signer, err := token.LoadSigner(s.cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		s.RegistryTokens = &token.Authority{
+			Signer: signer, Users: users, Builds: s.Store, Log: s.log, Realm: s.URL() + token.Path,
+			Rights: token.Rights{Owners: s.Store, Pullers: s.cfg.RegistryPullers, Publishers: s.cfg.EventPublishers},
+		}
+	}
 	deps := functions.Deps{
-		Store: s.Store, Verifier: auth.Cache(verifier, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
+		Store: s.Store, Verifier: users, Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
 		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
@@ -160,11 +177,19 @@ func (s *Server) open() error {
 	api := functions.New(deps)
 	if role == "all" || role == "api" {
 		if s.cfg.Registry == "" {
-			reg, err := registry.New(ctx, s.cfg.DataDir, slogWriter{s.log})
+			reg, err := registry.New(ctx, s.cfg.DataDir, registry.LogWriter(s.log), registry.TokenAuth{
+				Realm: s.RegistryTokens.Realm, Service: token.Service, Issuer: token.Issuer, JWKS: s.RegistryTokens.Signer.JWKS(),
+			})
+			if err != nil {
+				return err
+			}
+			catalog, err := registry.Catalog(s.cfg.DataDir, s.RegistryTokens)
 			if err != nil {
 				return err
 			}
 			s.mux.Handle("/v2/", reg)
+			s.mux.Handle("GET /v2/_catalog", catalog)
+			s.mux.Handle(token.Path, s.RegistryTokens)
 		}
 		s.mux.Handle("/api/", api)
 		s.mux.Handle("/", web.Handler())
@@ -223,7 +248,17 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
+		RegistryTokens: s.registryTokens(),
 	}
+}
+
+// registryTokens is the dispatcher's view of the token authority: none
+// with an external registry.
+func (s *Server) registryTokens() dispatch.RegistryTokens {
+	if s.RegistryTokens == nil {
+		return nil
+	}
+	return s.RegistryTokens
 }
 
 // Demo names the demo workspace and its owner.
@@ -254,10 +289,22 @@ func (s *Server) demo() error {
 const DemoImage = "demo/hello"
 
 // demoImage seeds the demo's base image and image; without a static
-// busybox on the host it logs why and leaves the workspace empty.
+// busybox on the host it logs why and leaves the workspace empty. The base
+// goes to library/ as any publisher's would: through the token flow, as the
+// first event publisher.
 func (s *Server) demoImage(ctx context.Context) {
-	base := s.RegistryHost() + "/library/busybox"
-	if _, err := baseimage.PushBusybox(ctx, base); err != nil {
+	base := s.RegistryHost() + "/" + image.LibraryPrefix + "/busybox"
+	if len(s.cfg.EventPublishers) == 0 || s.Issuer == nil {
+		s.log.Warn("no demo base image: there is no local event publisher to push it as")
+		return
+	}
+	publisher := s.cfg.EventPublishers[0]
+	tok, err := s.Issuer.Issue(publisher, 5*time.Minute)
+	if err != nil {
+		s.log.Warn("no demo base image", "error", err)
+		return
+	}
+	if _, err := baseimage.PushBusybox(ctx, base, remote.WithAuth(&authn.Basic{Username: publisher, Password: tok})); err != nil {
 		s.log.Warn("no demo base image", "error", err)
 		return
 	}
@@ -427,11 +474,3 @@ func (c *codeRecorder) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach the underlying writer's Flush.
 func (c *codeRecorder) Unwrap() http.ResponseWriter { return c.ResponseWriter }
-
-// slogWriter forwards a dependency's log lines to the structured log.
-type slogWriter struct{ log *slog.Logger }
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Warn("registry", "line", strings.TrimSpace(string(p)))
-	return len(p), nil
-}

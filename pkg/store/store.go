@@ -100,6 +100,10 @@ type Store interface {
 	CreateImage(ctx context.Context, img image.Image) error
 	// GetImage returns ErrNotFound for an unknown id.
 	GetImage(ctx context.Context, id string) (image.Image, error)
+	// GetImageByName returns the image that holds name on the platform;
+	// ErrNotFound when none does. The internal registry's repositories are
+	// owned by the workspace of the image of that name.
+	GetImageByName(ctx context.Context, name string) (image.Image, error)
 	// ListImages returns a workspace's images ordered by name, and the cursor
 	// of the next page ("" on the last).
 	ListImages(ctx context.Context, workspace string, f ImageFilter, p Page) ([]image.Image, string, error)

@@ -40,9 +40,10 @@ var busyboxApplets = []string{
 // (/bin/busybox and its applets as symlinks in /bin, /etc/passwd with root
 // and nobody, /tmp, /root) and pushes it to ref, a reference such as
 // "127.0.0.1:5000/busybox:latest". Loopback registries are spoken to over
-// plain HTTP. It returns the pushed image's digest, which is the same for the
-// same busybox binary: the layer's timestamps are fixed.
-func PushBusybox(ctx context.Context, ref string) (v1.Hash, error) {
+// plain HTTP. opts add to the push's options (its authentication, say). It
+// returns the pushed image's digest, which is the same for the same busybox
+// binary: the layer's timestamps are fixed.
+func PushBusybox(ctx context.Context, ref string, opts ...remote.Option) (v1.Hash, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("baseimage: parse %q: %w", ref, err)
@@ -51,7 +52,7 @@ func PushBusybox(ctx context.Context, ref string) (v1.Hash, error) {
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
+	if err := remote.Write(r, img, append([]remote.Option{remote.WithContext(ctx)}, opts...)...); err != nil {
 		return v1.Hash{}, fmt.Errorf("baseimage: push %s: %w", r, err)
 	}
 	return img.Digest()

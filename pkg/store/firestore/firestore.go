@@ -440,6 +440,24 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	return decodeImage(snap)
 }
 
+// GetImageByName implements store.Store: the name's claim document leads
+// to the image.
+func (s *Store) GetImageByName(ctx context.Context, name string) (image.Image, error) {
+	snap, err := get(ctx, s.nameRef(name))
+	if err != nil {
+		return image.Image{}, err
+	}
+	var d nameDoc
+	if err := snap.DataTo(&d); err != nil {
+		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
+	}
+	img, err := s.GetImage(ctx, d.Image)
+	if err == nil && img.Name != name {
+		return image.Image{}, store.ErrNotFound // renamed between the two reads
+	}
+	return img, err
+}
+
 // ListImages implements store.Store.
 func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageFilter, p store.Page) ([]image.Image, string, error) {
 	after, err := store.DecodeCursor(p.Cursor)

@@ -320,6 +320,15 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	return s.getImage(ctx, s.db, id)
 }
 
+// GetImageByName implements store.Store.
+func (s *Store) GetImageByName(ctx context.Context, name string) (image.Image, error) {
+	img, err := s.scanImage(s.db.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE name = ?", name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return img, store.ErrNotFound
+	}
+	return img, err
+}
+
 // ListImages implements store.Store.
 func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageFilter, p store.Page) ([]image.Image, string, error) {
 	after, err := store.DecodeCursor(p.Cursor)

@@ -42,6 +42,7 @@ func Run(t *testing.T, open Opener) {
 		{"LogsAppendAndReadFromOffset", logs},
 		{"Credentials", credentials},
 		{"DeleteImageFreesNameAndBuilds", deleteImage},
+		{"ImageByNameFollowsRenamesAndDeletes", imageByName},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
@@ -535,4 +536,40 @@ func updateKeepsBuildResults(t *testing.T, s store.Store) {
 		got.Status() != image.StatusBuilt || got.LatestBuild == nil || got.LatestBuild.Status != build.Succeeded {
 		t.Fatalf("an edit from a copy read before the build ended undid the build: %+v", got)
 	}
+}
+
+// imageByName: a name leads to the image that holds it now, across
+// workspaces, renames and deletes (the internal registry's owner lookup).
+func imageByName(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustWorkspace(t, s, "ws2", "bob")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	mustImage(t, s, "img2", "ws2", "other/b")
+	for name, want := range map[string]string{"team/a": "ws1", "other/b": "ws2"} {
+		got, err := s.GetImageByName(ctx, name)
+		if err != nil || got.Workspace != want || got.Name != name {
+			t.Fatalf("GetImageByName(%s): %+v, %v; want workspace %s", name, got, err, want)
+		}
+	}
+	_, err := s.GetImageByName(ctx, "team")
+	wantErr(t, "a prefix of a name", err, store.ErrNotFound)
+	_, err = s.GetImageByName(ctx, "nope/x")
+	wantErr(t, "unknown name", err, store.ErrNotFound)
+	a, _ := s.GetImage(ctx, "img1")
+	next := a
+	next.Name = "team/renamed"
+	a.Edit(next, "alice", t0)
+	if err := s.UpdateImage(ctx, a, 1); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetImageByName(ctx, "team/a")
+	wantErr(t, "the old name after a rename", err, store.ErrNotFound)
+	if got, err := s.GetImageByName(ctx, "team/renamed"); err != nil || got.ID != "img1" {
+		t.Fatalf("the new name after a rename: %+v, %v", got, err)
+	}
+	if err := s.DeleteImage(ctx, "img2"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetImageByName(ctx, "other/b")
+	wantErr(t, "a deleted image's name", err, store.ErrNotFound)
 }
