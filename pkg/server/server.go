@@ -24,6 +24,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/auth/oidc"
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
+	"github.com/slipway-dev/slipway/pkg/gate"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
@@ -53,10 +54,15 @@ type Server struct {
 	Issuer *auth.Issuer
 	Events *events.Publisher
 	builds *dispatch.Dispatcher
-	ready  atomic.Bool
-	mux    *http.ServeMux
-	http   *http.Server
-	ln     net.Listener
+	// content is the embedded registry's content and gate what keeps its
+	// collection away from writes; both nil with an external registry.
+	content *registry.Content
+	gate    *gate.Gate
+	stopGC  context.CancelFunc
+	ready   atomic.Bool
+	mux     *http.ServeMux
+	http    *http.Server
+	ln      net.Listener
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -133,6 +139,13 @@ func (s *Server) open() error {
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
+	if s.cfg.Registry == "" && (role == "all" || role == "api") {
+		s.gate = gate.New()
+		if s.content, err = registry.NewContent(ctx, s.cfg.DataDir, s.gate); err != nil {
+			return err
+		}
+		deps.Content = s.content
+	}
 	switch {
 	case role == "all":
 		if s.builds, err = s.newDispatcher(box); err != nil {
@@ -152,7 +165,7 @@ func (s *Server) open() error {
 			if err != nil {
 				return err
 			}
-			s.mux.Handle("/v2/", reg)
+			s.mux.Handle("/v2/", registry.Guard(reg, s.cfg.DataDir, registry.Limits{MaxUpload: s.cfg.RegistryMaxUpload, Gate: s.gate}))
 		}
 		s.mux.Handle("/api/", api)
 		s.mux.Handle("/", web.Handler())
@@ -211,6 +224,23 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"), Log: s.log,
+		Gate: s.pushGate(),
+	}
+}
+
+// pushGate is the gate builds hold, nil without an embedded registry.
+func (s *Server) pushGate() dispatch.Gate {
+	if s.gate == nil {
+		return nil
+	}
+	return s.gate
+}
+
+// maintenance is the embedded registry's housekeeping schedule.
+func (s *Server) maintenance() registry.Maintenance {
+	return registry.Maintenance{
+		Interval: s.cfg.RegistryGCInterval, RemoveUntagged: s.cfg.RegistryGCRemoveUntagged,
+		UploadMaxAge: s.cfg.RegistryUploadMaxAge, Quiet: s.cfg.RegistryGCQuiet,
 	}
 }
 
@@ -311,6 +341,14 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 
 // Serve serves until ctx is done, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.content != nil {
+		// Before serving, nothing writes: the collection at start always
+		// runs, and later ones follow the schedule.
+		s.content.RunOnce(ctx, s.maintenance(), s.log)
+		gcCtx, stop := context.WithCancel(ctx)
+		s.stopGC = stop
+		go s.content.Maintain(gcCtx, s.maintenance(), s.log)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	if s.builds != nil {
@@ -344,6 +382,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.stopGC != nil {
+		s.stopGC()
+	}
 	if s.builds != nil {
 		s.builds.Close()
 	}
@@ -401,4 +442,15 @@ type slogWriter struct{ log *slog.Logger }
 func (w slogWriter) Write(p []byte) (int, error) {
 	w.log.Warn("registry", "line", strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// CollectRegistry purges the embedded registry's abandoned uploads and
+// collects its unreferenced blobs now, as the schedule does; it returns
+// registry.ErrBusy while builds push. With an external registry it does
+// nothing.
+func (s *Server) CollectRegistry(ctx context.Context) error {
+	if s.content == nil {
+		return nil
+	}
+	return s.content.RunOnce(ctx, s.maintenance(), s.log)
 }

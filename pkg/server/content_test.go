@@ -1,0 +1,315 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/pkg/registry"
+	"github.com/slipway-dev/slipway/pkg/server"
+)
+
+// The registry's content follows the catalogue: deleted with its image or
+// workspace, moved with a rename, collected once nothing references it.
+
+// pullAs fetches ref from e's registry as subject, with every layer read.
+func (e *env) pullAs(subject, ref string) (v1.Image, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := remote.Image(r, e.ts.RegistryAs(subject))
+	if err != nil {
+		return nil, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return nil, err
+		}
+		rc.Close()
+	}
+	return img, nil
+}
+
+// mustPull pulls ref as subject or fails the test.
+func (e *env) mustPull(subject, ref string) v1.Image {
+	e.t.Helper()
+	img, err := e.pullAs(subject, ref)
+	if err != nil {
+		e.t.Fatalf("pull %s as %s: %v", ref, subject, err)
+	}
+	return img
+}
+
+// mustNotResolve checks that ref is unknown to e's registry: a 404 with a
+// distribution-spec code, not an error of another kind.
+func (e *env) mustNotResolve(subject, ref string) {
+	e.t.Helper()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	_, err = remote.Head(r, e.ts.RegistryAs(subject))
+	var te *transport.Error
+	if err == nil {
+		e.t.Fatalf("%s still resolves", ref)
+	}
+	if !errors.As(err, &te) || te.StatusCode != http.StatusNotFound {
+		e.t.Fatalf("%s: %v, want 404", ref, err)
+	}
+}
+
+// tags lists repo's tags in e's registry as subject (none when unknown).
+func (e *env) tags(subject, repo string) []string {
+	e.t.Helper()
+	r, _ := name.NewRepository(e.srv.RegistryHost() + "/" + repo)
+	tags, err := remote.List(r, e.ts.RegistryAs(subject))
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+		return nil
+	}
+	if err != nil {
+		e.t.Fatalf("tags of %s: %v", repo, err)
+	}
+	return tags
+}
+
+// built builds a new image of ws1 from dockerfile and returns it built.
+func (e *env) built(imageName, dockerfile string) image {
+	e.t.Helper()
+	img := e.newImage(localImage(imageName, dockerfile))
+	n := e.startBuild(img.ID)
+	if b := e.waitFor(img.ID, n, 2*time.Minute, ended); b.Status != "succeeded" {
+		e.t.Fatalf("build of %s: %+v\n%s", imageName, b, e.buildLog(img.ID, n))
+	}
+	e.call("GET", "/api/v1/images/"+img.ID, "alice", nil, &img)
+	if img.Reference == nil {
+		e.t.Fatalf("%s built without a reference", imageName)
+	}
+	return img
+}
+
+// du is the bytes of regular files under dir.
+func du(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// blobFile is where the registry stores the blob of digest d.
+func blobFile(e *env, d v1.Hash) string {
+	return filepath.Join(e.cfg.DataDir, registry.Dir, "docker/registry/v2/blobs", d.Algorithm, d.Hex[:2], d.Hex, "data")
+}
+
+func layerDigests(t *testing.T, img v1.Image) []v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []v1.Hash
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestRegistryFollowsTheCatalogue: a deleted image's tags, manifests and
+// layer cache go from the registry, so that the next claimer of its name
+// starts empty; a rename takes the content along and the image's
+// reference names the new repository; garbage collection, never while a
+// build pushes, reclaims the deleted image's blobs and keeps the others'.
+func TestRegistryFollowsTheCatalogue(t *testing.T) {
+	e := buildEnv(t, func(c *server.Config) { c.BuildCache = true; c.RegistryGCQuiet = 0 })
+	e.announce(events.WorkspaceCreated, "ws2", "carol")
+	host := e.srv.RegistryHost()
+
+	// Two images: one to delete (with a 4 MB layer of its own), one to rename.
+	gone := e.built("team/app", "FROM "+e.base()+"\nRUN head -c 4000000 /dev/urandom > /big\n")
+	kept := e.newImage(localImage("team/other", "FROM "+e.base()+"\nRUN echo other > /other; sleep 2\n"))
+	n := e.startBuild(kept.ID)
+	e.waitFor(kept.ID, n, time.Minute, running)
+	// While a build runs, the collection stays away.
+	if err := e.srv.CollectRegistry(context.Background()); !errors.Is(err, registry.ErrBusy) {
+		t.Fatalf("garbage collection while a build pushes: %v, want registry.ErrBusy", err)
+	}
+	if b := e.waitFor(kept.ID, n, time.Minute, ended); b.Status != "succeeded" {
+		t.Fatalf("build of team/other: %+v", b)
+	}
+	goneImg := e.mustPull("alice", *gone.Reference)
+	if len(e.tags("alice", "slipway-cache/team/app")) == 0 {
+		t.Fatal("the layer cache of team/app is empty: the test needs one")
+	}
+	goneDigest := (*gone.Reference)[strings.Index(*gone.Reference, "@")+1:]
+
+	// Rename: the content moves, the reference follows the name.
+	var k image
+	e.call("GET", "/api/v1/images/"+kept.ID, "alice", nil, &k)
+	oldRef := *k.Reference
+	res := e.call("PATCH", "/api/v1/images/"+kept.ID, "bob", map[string]any{"name": "team/renamed"}, &k, "If-Match", "*")
+	if res.StatusCode != 200 || k.Reference == nil || !strings.HasPrefix(*k.Reference, host+"/team/renamed@sha256:") {
+		t.Fatalf("rename: %d %+v", res.StatusCode, k.Reference)
+	}
+	if got := files(t, e.mustPull("bob", *k.Reference))["/other"]; got != "other\n" {
+		t.Fatalf("/other of the renamed image = %q", got)
+	}
+	e.mustPull("bob", host+"/team/renamed:latest")
+	e.mustNotResolve("bob", oldRef)
+	e.mustNotResolve("bob", host+"/team/other:latest")
+	var usable struct{ Images []image }
+	e.call("GET", "/api/v1/workspaces/ws1/images?usable=true", "bob", nil, &usable)
+	for _, u := range usable.Images {
+		if u.Name == "team/renamed" && *u.Reference != *k.Reference {
+			t.Fatalf("the picker offers %s, the image says %s", *u.Reference, *k.Reference)
+		}
+	}
+	keptImg := e.mustPull("bob", *k.Reference)
+
+	// Delete: nothing of team/app resolves, by tag or by digest, even once
+	// another workspace has claimed the name.
+	before := du(t, filepath.Join(e.cfg.DataDir, registry.Dir))
+	res = e.call("DELETE", "/api/v1/images/"+gone.ID, "alice", nil, nil)
+	want(t, res, 204, "")
+	var claimed image
+	if res := e.call("POST", "/api/v1/workspaces/ws2/images", "carol", localImage("team/app", "FROM busybox\n"), &claimed); res.StatusCode != 201 {
+		t.Fatalf("claiming the freed name: %d", res.StatusCode)
+	}
+	for _, who := range []string{"carol", "platform"} {
+		e.mustNotResolve(who, host+"/team/app:latest")
+		e.mustNotResolve(who, host+"/team/app@"+goneDigest)
+		if tags := e.tags(who, "team/app"); len(tags) != 0 {
+			t.Fatalf("team/app's tags after its deletion: %v", tags)
+		}
+		if tags := e.tags(who, "slipway-cache/team/app"); len(tags) != 0 {
+			t.Fatalf("team/app's layer cache after its deletion: %v", tags)
+		}
+	}
+
+	// Collection: the deleted image's own blobs go, shared and other
+	// images' blobs stay and still pull.
+	goneLayers, keptLayers := layerDigests(t, goneImg), layerDigests(t, keptImg)
+	unique := goneLayers[len(goneLayers)-1]
+	if !exists(blobFile(e, unique)) {
+		t.Fatalf("no blob file for %s", unique)
+	}
+	if err := e.srv.CollectRegistry(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after := du(t, filepath.Join(e.cfg.DataDir, registry.Dir))
+	t.Logf("registry storage: %d bytes before deleting team/app and collecting, %d after", before, after)
+	if before-after < 4_000_000 {
+		t.Fatalf("collection reclaimed %d bytes, want at least the 4 MB layer of the deleted image", before-after)
+	}
+	if exists(blobFile(e, unique)) {
+		t.Fatalf("the deleted image's layer %s survived the collection", unique)
+	}
+	for _, d := range keptLayers {
+		if !exists(blobFile(e, d)) {
+			t.Fatalf("the collection took layer %s of team/renamed", d)
+		}
+	}
+	if got := files(t, e.mustPull("bob", *k.Reference))["/other"]; got != "other\n" {
+		t.Fatalf("/other after the collection = %q", got)
+	}
+	e.mustPull("alice", e.base())
+	// The base, shared by both, is still there to build from.
+	b := e.startBuild(kept.ID)
+	if got := e.waitFor(kept.ID, b, time.Minute, ended); got.Status != "succeeded" {
+		t.Fatalf("rebuild after the collection: %+v\n%s", got, e.buildLog(kept.ID, b))
+	}
+}
+
+// TestDeletedWorkspaceLeavesNothingPullable: the platform deletes a
+// workspace; its images' content goes with it.
+func TestDeletedWorkspaceLeavesNothingPullable(t *testing.T) {
+	e := buildEnv(t, func(c *server.Config) { c.RegistryGCQuiet = 0 })
+	e.announce(events.WorkspaceCreated, "ws2", "carol")
+	host := e.srv.RegistryHost()
+	img := e.built("team/ws-img", "FROM "+e.base()+"\nRUN echo mine > /mine\n")
+	e.mustPull("alice", *img.Reference)
+	e.announce(events.WorkspaceDeleted, "ws1", "alice")
+	if res := e.call("POST", "/api/v1/workspaces/ws2/images", "carol", localImage("team/ws-img", "FROM busybox\n"), nil); res.StatusCode != 201 {
+		t.Fatalf("claiming the freed name: %d", res.StatusCode)
+	}
+	e.mustNotResolve("carol", *img.Reference)
+	e.mustNotResolve("carol", host+"/team/ws-img:latest")
+	e.mustNotResolve("platform", *img.Reference)
+}
+
+// TestClaimPurgesLeftovers: content left under a free name (a deletion
+// that failed after the registry answered, a push that outlived its
+// image) is gone once an image claims the name, by create or by rename.
+func TestClaimPurgesLeftovers(t *testing.T) {
+	e := start(t, server.Config{})
+	e.announce(events.WorkspaceCreated, "ws1", "alice")
+	host := e.srv.RegistryHost()
+	push := func(repo string) string {
+		img, err := random.Image(1024, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _ := name.ParseReference(host + "/" + repo + ":latest")
+		if err := remote.Write(ref, img, e.ts.RegistryAs("platform")); err != nil {
+			t.Fatalf("push %s: %v", repo, err)
+		}
+		d, _ := img.Digest()
+		return host + "/" + repo + "@" + d.String()
+	}
+	left := push("team/leftover")
+	cache := push("slipway-cache/team/leftover")
+	e.mustPull("platform", left)
+	e.create("ws1", "alice", "team/leftover")
+	e.mustNotResolve("platform", left)
+	e.mustNotResolve("platform", cache)
+	e.mustNotResolve("alice", host+"/team/leftover:latest")
+
+	// A rename onto a name with leftovers replaces them.
+	left = push("team/target")
+	nested := push("team/target/nested")
+	img, _ := e.create("ws1", "alice", "team/source")
+	res := e.call("PATCH", "/api/v1/images/"+img.ID, "alice", map[string]any{"name": "team/target"}, nil, "If-Match", "*")
+	want(t, res, 200, "")
+	e.mustNotResolve("platform", left)
+	// Repositories nested under a name are other images' and stay.
+	e.mustPull("platform", nested)
+}
