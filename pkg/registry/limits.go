@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,9 +25,13 @@ type Limits struct {
 	Gate interface{ Shared() (release func()) }
 }
 
-// lowSpace is the free space under which a failed write is taken for a
-// full disk.
-const lowSpace = 1 << 20
+// Reserve is the free space a write to the registry must leave in the
+// data dir. Distribution's filesystem driver leaks the open file of an
+// upload that hit a full disk (its writer's Close returns at the failed
+// flush before closing), so the space of a purged upload would come back
+// only on restart: writes stop short of the disk filling instead, which
+// also leaves room for the database beside the registry.
+const Reserve = 16 << 20
 
 // Guard wraps the registry handler h, serving storage under
 // dataDir/registry, with limits: an upload cap, and a clear 507
@@ -42,6 +47,10 @@ func Guard(h http.Handler, dataDir string, l Limits) http.Handler {
 		}
 		if l.Gate != nil {
 			defer l.Gate.Shared()()
+		}
+		if free, ok := freeSpace(root); ok && free < Reserve && r.Method != http.MethodDelete {
+			diskFull(w)
+			return
 		}
 		repo, upload, isUpload := uploadOf(r)
 		if !isUpload || r.Method == http.MethodDelete {
@@ -59,17 +68,18 @@ func Guard(h http.Handler, dataDir string, l Limits) http.Handler {
 				tooLarge(w, l.MaxUpload)
 				return
 			}
-			if free, ok := freeSpace(root); ok && uint64(r.ContentLength) > free {
+			if free, ok := freeSpace(root); ok && uint64(r.ContentLength)+Reserve > free {
 				diskFull(w)
 				return
 			}
 		}
-		fw := &fullDisk{ResponseWriter: w, root: root}
+		left := int64(math.MaxInt64)
 		if l.MaxUpload > 0 {
-			fw.body = &capped{r: r.Body, left: l.MaxUpload - have}
-			fw.max = l.MaxUpload
-			r.Body = fw.body
+			left = l.MaxUpload - have
 		}
+		fw := &fullDisk{ResponseWriter: w, root: root, max: l.MaxUpload}
+		fw.body = &capped{r: r.Body, left: left, root: root}
+		r.Body = fw.body
 		h.ServeHTTP(fw, r)
 	})
 }
@@ -92,16 +102,26 @@ func uploadOf(r *http.Request) (repo, upload string, ok bool) {
 	return repo, upload, true
 }
 
-// capped reads at most left bytes of r and then fails.
+// capped reads at most left bytes of r and then fails, and fails as soon
+// as the disk under root has less than Reserve free.
 type capped struct {
 	r    io.ReadCloser
 	left int64
+	root string
 	over atomic.Bool
+	full atomic.Bool
 }
 
-var errTooLarge = errors.New("the upload exceeds the registry's size cap")
+var (
+	errTooLarge = errors.New("the upload exceeds the registry's size cap")
+	errFull     = errors.New("the registry's storage is full")
+)
 
 func (c *capped) Read(p []byte) (int, error) {
+	if free, ok := freeSpace(c.root); ok && free < Reserve {
+		c.full.Store(true)
+		return 0, errFull
+	}
 	if c.left <= 0 {
 		c.over.Store(true)
 		return 0, errTooLarge
@@ -140,7 +160,7 @@ func (f *fullDisk) WriteHeader(code int) {
 	case f.body != nil && f.body.over.Load():
 		f.replaced = true
 		tooLarge(f.ResponseWriter, f.max)
-	case code >= 500 && lowOnSpace(f.root):
+	case f.body != nil && f.body.full.Load(), code >= 500 && lowOnSpace(f.root):
 		f.replaced = true
 		diskFull(f.ResponseWriter)
 	default:
@@ -168,7 +188,7 @@ func freeSpace(root string) (uint64, bool) {
 
 func lowOnSpace(root string) bool {
 	free, ok := freeSpace(root)
-	return ok && free < lowSpace
+	return ok && free < Reserve
 }
 
 // writeErr writes a distribution-spec error body.
