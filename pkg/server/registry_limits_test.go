@@ -22,10 +22,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/stream"
 
 	"github.com/slipway-dev/slipway/pkg/registry"
-	"github.com/slipway-dev/slipway/pkg/server"
 )
 
-// pushes pushes img to repo:tag as the event publisher "platform".
+// pushImage pushes img to repo:tag as the event publisher "platform".
 func (e *env) pushImage(repo string, img v1.Image) (string, error) {
 	ref, err := name.ParseReference(e.srv.RegistryHost() + "/" + repo + ":latest")
 	if err != nil {
@@ -190,5 +189,3 @@ func validateLayers(img v1.Image) error {
 	}
 	return nil
 }
-
-var _ = server.Config{}
