@@ -173,6 +173,8 @@ func TestRegistryFollowsTheCatalogue(t *testing.T) {
 	if err := e.srv.CollectRegistry(context.Background()); !errors.Is(err, registry.ErrBusy) {
 		t.Fatalf("garbage collection while a build pushes: %v, want registry.ErrBusy", err)
 	}
+	// Nor may the image be renamed from under its build's push.
+	e.callErr("PATCH", "/api/v1/images/"+kept.ID, "alice", map[string]any{"name": "team/early"}, 409, "build_active", "If-Match", "*")
 	if b := e.waitFor(kept.ID, n, time.Minute, ended); b.Status != "succeeded" {
 		t.Fatalf("build of team/other: %+v", b)
 	}
