@@ -15,7 +15,7 @@ type Gate struct {
 	mu sync.RWMutex
 
 	last   sync.Mutex
-	lastAt time.Time // when a shared holder last left
+	lastAt time.Time // when a write was last accepted
 	now    func() time.Time
 }
 
@@ -27,19 +27,21 @@ func New() *Gate { return &Gate{now: time.Now} }
 func (g *Gate) Shared() (release func()) {
 	g.mu.RLock()
 	var once sync.Once
-	return func() {
-		once.Do(func() {
-			g.last.Lock()
-			g.lastAt = g.now()
-			g.last.Unlock()
-			g.mu.RUnlock()
-		})
-	}
+	return func() { once.Do(g.mu.RUnlock) }
 }
 
-// TryExclusive takes the gate exclusively if nobody holds it and no shared
-// holder left it within quiet (a push of several requests, each holding the
-// gate alone, leaves gaps between them). ok is false when it is busy.
+// Wrote records that a write was accepted: a push of several requests,
+// each holding the gate alone, leaves gaps between them that a collection
+// must not fall into (a blob uploaded but not yet referenced by the
+// manifest that follows).
+func (g *Gate) Wrote() {
+	g.last.Lock()
+	g.lastAt = g.now()
+	g.last.Unlock()
+}
+
+// TryExclusive takes the gate exclusively if nobody holds it and no write
+// was recorded within quiet. ok is false when it is busy; it never waits.
 func (g *Gate) TryExclusive(quiet time.Duration) (release func(), ok bool) {
 	if !g.mu.TryLock() {
 		return nil, false

@@ -40,11 +40,17 @@ func TestExclusiveWaitsForQuiet(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	g.now = func() time.Time { return now }
 	g.Shared()()
+	release, ok := g.TryExclusive(time.Minute)
+	if !ok {
+		t.Fatal("a holder that wrote nothing delays the collection")
+	}
+	release()
+	g.Wrote()
 	if _, ok := g.TryExclusive(time.Minute); ok {
 		t.Fatal("exclusive right after a write")
 	}
 	now = now.Add(time.Minute)
-	release, ok := g.TryExclusive(time.Minute)
+	release, ok = g.TryExclusive(time.Minute)
 	if !ok {
 		t.Fatal("exclusive refused after a quiet minute")
 	}

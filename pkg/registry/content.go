@@ -21,6 +21,9 @@ import (
 // repositories (registry/storage/paths.go: <root>/v2/repositories).
 const repositoriesRoot = "/docker/registry/v2/repositories"
 
+// blobsRoot is where it keeps the blobs all repositories share.
+const blobsRoot = "/docker/registry/v2/blobs"
+
 // repoDirs are a repository's own directories. A repository's directory
 // also holds the repositories nested under its name (team/app/x under
 // team/app), so its content is these and never the whole directory.
@@ -115,11 +118,14 @@ func (c *Content) Collect(ctx context.Context, removeUntagged bool, quiet time.D
 		return ErrBusy
 	}
 	defer release()
-	err := storage.MarkAndSweep(ctx, c.driver, c.ns, storage.GCOpts{RemoveUntagged: removeUntagged, Quiet: true})
-	if err != nil && notFound(err) {
-		return nil // an empty registry has no repositories directory yet
+	// A registry with no blob yet lacks the directories the collector
+	// walks, which it takes for an error; there is nothing to collect.
+	for _, dir := range []string{repositoriesRoot, blobsRoot} {
+		if _, err := c.driver.Stat(ctx, dir); notFound(err) {
+			return nil
+		}
 	}
-	return err
+	return storage.MarkAndSweep(ctx, c.driver, c.ns, storage.GCOpts{RemoveUntagged: removeUntagged, Quiet: true})
 }
 
 // PurgeUploads deletes uploads started before olderThan and returns how

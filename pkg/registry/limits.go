@@ -21,8 +21,13 @@ type Limits struct {
 	// and the distribution-spec error SIZE_INVALID.
 	MaxUpload int64
 	// Gate, when set, is held shared by every request that writes, so
-	// that no collection runs in the middle of one.
-	Gate interface{ Shared() (release func()) }
+	// that no collection runs in the middle of one, and told of every
+	// blob or manifest the registry committed (refused writes, such as
+	// unauthenticated ones, do not postpone a collection).
+	Gate interface {
+		Shared() (release func())
+		Wrote()
+	}
 }
 
 // Reserve is the free space a write to the registry must leave in the
@@ -47,6 +52,15 @@ func Guard(h http.Handler, dataDir string, l Limits) http.Handler {
 		}
 		if l.Gate != nil {
 			defer l.Gate.Shared()()
+			rec := &accepted{ResponseWriter: w}
+			defer func() {
+				// 201: a blob or manifest was committed (202, an upload
+				// started or went on, stores nothing yet).
+				if rec.code == http.StatusCreated {
+					l.Gate.Wrote()
+				}
+			}()
+			w = rec
 		}
 		if free, ok := freeSpace(root); ok && free < Reserve && r.Method != http.MethodDelete {
 			diskFull(w)
@@ -177,6 +191,29 @@ func (f *fullDisk) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (f *fullDisk) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
+// accepted remembers the status code of a response.
+type accepted struct {
+	http.ResponseWriter
+	code int
+}
+
+func (a *accepted) WriteHeader(code int) {
+	if a.code == 0 {
+		a.code = code
+	}
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *accepted) Write(b []byte) (int, error) {
+	if a.code == 0 {
+		a.code = http.StatusOK
+	}
+	return a.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (a *accepted) Unwrap() http.ResponseWriter { return a.ResponseWriter }
 
 func freeSpace(root string) (uint64, bool) {
 	var st syscall.Statfs_t

@@ -189,3 +189,26 @@ func validateLayers(img v1.Image) error {
 	}
 	return nil
 }
+
+// TestCollectionWaitsForQuiet: a collection stays away for
+// --registry-gc-quiet after a push committed a blob or manifest (its
+// blobs may still wait for their manifest), while refused writes do not
+// postpone it.
+func TestCollectionWaitsForQuiet(t *testing.T) {
+	cfg := serverConfig(t)
+	cfg.RegistryMaxUpload = 1 << 20
+	e := start(t, cfg)
+	if err := e.srv.CollectRegistry(context.Background()); err != nil {
+		t.Fatalf("a collection on an idle registry: %v", err)
+	}
+	wantRegistryError(t, e.pushStream("library/big", 2<<20), http.StatusRequestEntityTooLarge, "SIZE_INVALID")
+	if err := e.srv.CollectRegistry(context.Background()); err != nil {
+		t.Fatalf("a refused push postponed the collection: %v", err)
+	}
+	if _, err := e.pushImage("library/small", randomImage(t, 10<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.CollectRegistry(context.Background()); !errors.Is(err, registry.ErrBusy) {
+		t.Fatalf("a collection right after a push: %v, want registry.ErrBusy", err)
+	}
+}
