@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -314,4 +315,46 @@ func TestClaimPurgesLeftovers(t *testing.T) {
 	e.mustNotResolve("platform", left)
 	// Repositories nested under a name are other images' and stay.
 	e.mustPull("platform", nested)
+}
+
+// TestFailedContentDeletionKeepsTheName: when the registry content of an
+// image cannot be removed (here its repository is a read-only mount), the
+// deletion fails with 500 and changes nothing visible: the image stays,
+// its name stays taken, and nobody else can claim what it still serves.
+func TestFailedContentDeletionKeepsTheName(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a read-only bind mount needs root")
+	}
+	e := start(t, server.Config{})
+	e.announce(events.WorkspaceCreated, "ws1", "alice")
+	e.announce(events.WorkspaceCreated, "ws2", "carol")
+	img, _ := e.create("ws1", "alice", "team/stuck")
+	pushed := randomImage(t, 1024)
+	ref, err := e.pushImage("team/stuck", pushed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(e.cfg.DataDir, registry.Dir, "docker/registry/v2/repositories/team/stuck")
+	for _, args := range [][]string{{"--bind", dir, dir}, {"-o", "remount,bind,ro", dir}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	e.callErr("DELETE", "/api/v1/images/"+img.ID, "alice", nil, 500, "internal")
+	var got image
+	if res := e.call("GET", "/api/v1/images/"+img.ID, "alice", nil, &got); res.StatusCode != 200 || got.Name != "team/stuck" {
+		t.Fatalf("the image after a failed deletion: %d %+v", res.StatusCode, got)
+	}
+	e.callErr("POST", "/api/v1/workspaces/ws2/images", "carol", localImage("team/stuck", "FROM busybox\n"), 409, "name_taken")
+	e.mustPull("alice", ref)
+	if !strings.Contains(e.logs.String(), "deleting the registry content of team/stuck") {
+		t.Fatalf("the failure is not in the server log:\n%s", e.logs.String())
+	}
+	// Once the registry can be written again, the deletion goes through.
+	if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v: %s", err, out)
+	}
+	want(t, e.call("DELETE", "/api/v1/images/"+img.ID, "alice", nil, nil), 204, "")
+	e.mustNotResolve("platform", ref)
 }
