@@ -131,6 +131,9 @@ func (c *Content) Collect(ctx context.Context, removeUntagged bool, quiet time.D
 // PurgeUploads deletes uploads started before olderThan and returns how
 // many it deleted.
 func (c *Content) PurgeUploads(ctx context.Context, olderThan time.Time) (int, error) {
+	if _, err := c.driver.Stat(ctx, repositoriesRoot); notFound(err) {
+		return 0, nil // nothing was ever uploaded
+	}
 	deleted, errs := storage.PurgeUploads(ctx, c.driver, olderThan, true)
 	for _, err := range errs {
 		if !notFound(err) {
@@ -158,6 +161,7 @@ func (c *Content) Maintain(ctx context.Context, m Maintenance, log *slog.Logger)
 	if m.Retry <= 0 {
 		m.Retry = 30 * time.Second
 	}
+	m.Retry = min(m.Retry, m.Interval)
 	wait := m.Interval
 	for {
 		select {
@@ -183,7 +187,7 @@ func (c *Content) RunOnce(ctx context.Context, m Maintenance, log *slog.Logger) 
 	err := c.Collect(ctx, m.RemoveUntagged, m.Quiet)
 	switch {
 	case errors.Is(err, ErrBusy):
-		log.Debug("registry: garbage collection postponed, builds are pushing")
+		log.Debug("registry: garbage collection postponed: builds or pushes are writing to the registry")
 	case err != nil:
 		log.Error("registry: garbage collection", "error", err)
 	default:

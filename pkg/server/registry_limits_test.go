@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/stream"
 
+	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/registry"
 )
 
@@ -210,5 +211,31 @@ func TestCollectionWaitsForQuiet(t *testing.T) {
 	}
 	if err := e.srv.CollectRegistry(context.Background()); !errors.Is(err, registry.ErrBusy) {
 		t.Fatalf("a collection right after a push: %v, want registry.ErrBusy", err)
+	}
+}
+
+// TestScheduledCollection: with --registry-gc-interval the server collects
+// by itself: blobs left unreferenced go without anyone asking.
+func TestScheduledCollection(t *testing.T) {
+	cfg := serverConfig(t)
+	cfg.RegistryGCInterval = 100 * time.Millisecond
+	cfg.RegistryGCQuiet = 0
+	e := start(t, cfg)
+	e.announce(events.WorkspaceCreated, "ws1", "alice")
+	img := randomImage(t, 64<<10)
+	if _, err := e.pushImage("team/sched", img); err != nil {
+		t.Fatal(err)
+	}
+	layer := layerDigests(t, img)[0]
+	if !exists(blobFile(e, layer)) {
+		t.Fatalf("no blob file for %s", layer)
+	}
+	e.create("ws1", "alice", "team/sched") // the claim empties the repository
+	deadline := time.Now().Add(10 * time.Second)
+	for exists(blobFile(e, layer)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the unreferenced blob %s is still there after 10 s of scheduled collections; log:\n%s", layer, e.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
