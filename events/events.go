@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -171,15 +172,15 @@ func (p *Publisher) Deliver(e cloudevents.Event) {
 	p.mu.RUnlock()
 	for _, h := range hs {
 		ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
-		err := h(ctx, e)
+		err := p.handle(ctx, h, e)
 		cancel()
-		if err == nil {
+		if err == nil || errors.Is(err, errPanicked) {
 			continue
 		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.retry(e, "local", func(ctx context.Context) error { return h(ctx, e) })
+			p.retry(e, "local", func(ctx context.Context) error { return p.handle(ctx, h, e) })
 		}()
 	}
 	if p.sink != nil {
@@ -194,6 +195,22 @@ func (p *Publisher) Deliver(e cloudevents.Event) {
 			})
 		}()
 	}
+}
+
+// errPanicked is what handle returns for a handler that panicked: it is
+// logged, and not retried (it would panic again).
+var errPanicked = errors.New("the event handler panicked")
+
+// handle runs h on e; a panic of h is recovered and logged, so that an event
+// never takes down the goroutine that publishes it.
+func (p *Publisher) handle(ctx context.Context, h Handler, e cloudevents.Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("event handler panicked", "type", e.Type(), "id", e.ID(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errPanicked
+		}
+	}()
+	return h(ctx, e)
 }
 
 // retry delivers with exponential backoff, up to five attempts; the

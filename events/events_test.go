@@ -157,3 +157,24 @@ func TestLocalDeliveryKeepsPublishOrder(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A handler that panics on an event is recovered: the publisher's caller (an
+// HTTP handler, a build slot) goes on, and the other handlers get the event.
+func TestPanickingHandlerIsRecovered(t *testing.T) {
+	var logs strings.Builder
+	p, err := NewPublisher("", slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(time.Second)
+	p.Subscribe(BuildQueued, func(context.Context, cloudevents.Event) error { panic("handler fell over") })
+	got := 0
+	p.Subscribe(BuildQueued, func(context.Context, cloudevents.Event) error { got++; return nil })
+	p.Publish(BuildQueued, "img-1", map[string]int{"n": 1})
+	if got != 1 {
+		t.Fatalf("the second handler got %d events", got)
+	}
+	if !strings.Contains(logs.String(), "handler fell over") {
+		t.Fatalf("the panic was not logged: %s", logs.String())
+	}
+}

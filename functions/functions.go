@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -91,10 +92,21 @@ func (a *api) authenticate(h handlerFunc) http.Handler {
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
 		r.Body = http.MaxBytesReader(w, r.Body, a.MaxBody)
-		if err := h(w, r); err != nil {
+		if err := guard(h, w, r); err != nil {
 			writeError(w, r, a.Log, err)
 		}
 	})
+}
+
+// guard runs h; a panic of h (on input nobody foresaw) becomes an error,
+// answered 500 and logged with its stack, instead of a dropped connection.
+func guard(h handlerFunc, w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the handler panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return h(w, r)
 }
 
 // decode reads a JSON body strictly: one object, no unknown fields.

@@ -17,8 +17,9 @@ bin/executor: $(KANIKO_MOD)/go.mod $(KANIKO_MOD)/go.sum
 		-o $(CURDIR)/$@ $(KANIKO_PKG)/cmd/executor
 
 # Debian packages that local builds and their tests need: runc runs the
-# executor, busybox-static makes the base image of the tests and of the demo, git fetches contexts.
-DEPS_PACKAGES := runc busybox-static git
+# executor, passt (pasta) gives each build its own network, busybox-static makes the base image
+# of the tests and of the demo, git fetches contexts.
+DEPS_PACKAGES := runc passt busybox-static git
 
 # have,PACKAGE: a shell test that PACKAGE is installed. runc and git count
 # when found in PATH, however they were installed.

@@ -42,8 +42,8 @@ func Config(t testing.TB) server.Config {
 }
 
 // Executor returns the Kaniko executor for real builds. It skips the test
-// without root (runc needs it) and fails, naming the fix, when runc or the
-// executor is missing.
+// without root (runc needs it) and fails, naming the fix, when runc, pasta
+// or the executor is missing.
 func Executor(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -51,6 +51,9 @@ func Executor(t testing.TB) string {
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatal("runc is not installed: run `make deps` (apt-get install runc)")
+	}
+	if _, err := exec.LookPath("pasta"); err != nil {
+		t.Fatal("pasta, which gives builds their network, is not installed: run `make deps` (apt-get install passt)")
 	}
 	executor := filepath.Join(RepoRoot(), "bin", "executor")
 	if _, err := os.Stat(executor); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/server"
@@ -238,6 +239,8 @@ func fetchContext(args []string, stdout, stderr io.Writer) error {
 	dest := fs.String("dest", "", "an empty `DIR` to check the commit out into (required)")
 	username := fs.String("username", "", "the user name for the token (default git)")
 	termination := fs.String("termination-log", "/dev/termination-log", "where the result is written for Kubernetes")
+	maxFiles := fs.Int64("max-files", buildcontext.DefaultFiles, "entries (files, directories, links) the commit may check out")
+	maxBytes := fs.Int64("max-bytes", buildcontext.DefaultBytes, "bytes the commit's files may add up to")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -250,7 +253,7 @@ func fetchContext(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	f := &gitctx.Fetcher{}
+	f := &gitctx.Fetcher{MaxFiles: *maxFiles, MaxBytes: *maxBytes}
 	commit, _, err := f.Fetch(ctx, image.Git{URL: *url, Ref: *ref, Dir: *dir}, auth, *dest)
 	result := "commit " + commit
 	if err != nil {

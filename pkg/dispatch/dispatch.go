@@ -1,6 +1,6 @@
 // Package dispatch turns queued builds into runs: a FIFO queue served by a
-// fixed number of slots, the preparation of each build's context and
-// credentials, the run itself through a build.Runner, the copy to external
+// fixed number of slots, each build's credentials and context (prepared by
+// a ContextPreparer), the run itself through a build.Runner, the copy to external
 // destinations, and the settlement of the build record. Its reconciler
 // settles builds whose runner is gone and re-queues builds nobody serves.
 package dispatch
@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +25,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/store"
@@ -42,9 +41,10 @@ type Opener interface {
 	Open(sealed string) (string, error)
 }
 
-// GitFetcher fetches a Git build context into dest.
-type GitFetcher interface {
-	Fetch(ctx context.Context, g image.Git, auth *gitctx.Auth, dest string) (commit, contextDir string, err error)
+// ContextPreparer prepares a build's context (buildcontext.Preparer): its
+// errors are *buildcontext.Failure, and the build fails with their reason.
+type ContextPreparer interface {
+	Prepare(ctx context.Context, r buildcontext.Request) (*buildcontext.Context, error)
 }
 
 // Gate keeps the internal registry's garbage collection away from builds:
@@ -53,8 +53,9 @@ type Gate interface {
 	Shared() (release func())
 }
 
-// cleaner is the optional capability of runners that leave state behind on
-// a crash (the runc runner's containers and bundles).
+// cleaner is the optional capability of runners and context preparers that
+// leave state behind on a crash (the runc runner's containers and bundles,
+// a build's prepared context).
 type cleaner interface {
 	Leftovers() ([]string, error)
 	Cleanup(id string) error
@@ -67,8 +68,8 @@ type Options struct {
 	Runner   build.Runner
 	Events   Publisher
 	Secrets  Opener
-	Git      GitFetcher
-	Registry string // the internal registry, HOST:PORT
+	Contexts ContextPreparer // local builds' contexts
+	Registry string          // the internal registry, HOST:PORT
 	// InsecureRegistry: the internal registry speaks plain HTTP (the
 	// embedded one on loopback).
 	InsecureRegistry bool
@@ -76,7 +77,6 @@ type Options struct {
 	Limits           build.Limits // per build
 	LogCap           int64        // bytes of log kept per build
 	Cache            bool         // Kaniko's layer cache in the internal registry
-	WorkDir          string       // where build contexts are prepared
 	Log              *slog.Logger
 	Now              func() time.Time
 	// RunnerError, when set, fails every build with this message: the
@@ -241,7 +241,7 @@ func (d *Dispatcher) slot() {
 				continue
 			}
 		}
-		d.run(ctx, r)
+		d.runGuarded(ctx, r)
 		d.mu.Lock()
 		d.running[r.id()]()
 		delete(d.running, r.id())
@@ -272,21 +272,23 @@ func (d *Dispatcher) Reconcile(ctx context.Context) error {
 			})
 		}
 	}
-	c, ok := d.o.Runner.(cleaner)
-	if !ok {
-		return nil
-	}
-	left, err := c.Leftovers()
-	if err != nil {
-		return err
-	}
-	for _, id := range left {
-		d.mu.Lock()
-		_, mine := d.running[id]
-		d.mu.Unlock()
-		if !mine {
-			if err := c.Cleanup(id); err != nil {
-				d.o.Log.Warn("cleaning up a build's runner state", "build", id, "error", err)
+	for _, part := range []any{d.o.Runner, d.o.Contexts} {
+		c, ok := part.(cleaner)
+		if !ok {
+			continue
+		}
+		left, err := c.Leftovers()
+		if err != nil {
+			return err
+		}
+		for _, id := range left {
+			d.mu.Lock()
+			_, mine := d.running[id]
+			d.mu.Unlock()
+			if !mine {
+				if err := c.Cleanup(id); err != nil {
+					d.o.Log.Warn("cleaning up what a build left", "build", id, "error", err)
+				}
 			}
 		}
 	}
@@ -332,7 +334,7 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	if d.o.Gate != nil {
 		release = d.o.Gate.Shared()
 	}
-	end := d.execute(ctx, b, log)
+	end := d.executeGuarded(ctx, b, log)
 	release()
 	// A build deleted with its image or workspace has nowhere to log to.
 	if err := log.Close(); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -357,60 +359,36 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	if err != nil {
 		return d.fail(build.ReasonInternal, "reading the image: %v", err)
 	}
-	work := filepath.Join(d.o.WorkDir, b.ID())
-	os.RemoveAll(work)
-	defer os.RemoveAll(work)
-	if err := os.MkdirAll(work, 0o700); err != nil {
+	var auth *gitctx.Auth
+	if g := img.Context.Git; g != nil {
+		if auth, err = gitAuth(ctx, d.o, img.Workspace, g.Credential); err != nil {
+			log.Notef("%v", err)
+			return d.fail(build.ReasonGit, "%v", err)
+		}
+	}
+	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
+	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
+		return d.fail(f.Reason, "%s", f.Message)
+	}
+	if err != nil {
 		return d.fail(build.ReasonInternal, "preparing the build context: %v", err)
 	}
-	spec := baseSpec(d.o, img, b)
-	switch img.Context.Type {
-	case image.ContextLocal:
-		spec.ContextDir = filepath.Join(work, "context")
-		if err := os.MkdirAll(spec.ContextDir, 0o700); err != nil {
-			return d.fail(build.ReasonInternal, "preparing the build context: %v", err)
-		}
-		if err := os.WriteFile(filepath.Join(spec.ContextDir, "Dockerfile"), []byte(img.Context.Dockerfile), 0o600); err != nil {
-			return d.fail(build.ReasonInternal, "preparing the build context: %v", err)
-		}
-	case image.ContextGit:
-		g := *img.Context.Git
-		log.Notef("fetching %s at %s", g.URL, orDefault(g.Ref, "the default branch"))
-		auth, err := gitAuth(ctx, d.o, img.Workspace, g.Credential)
-		if err != nil {
-			log.Notef("%v", err)
-			return d.fail(build.ReasonGit, "%v", err)
-		}
-		commit, dir, err := d.o.Git.Fetch(ctx, g, auth, filepath.Join(work, "repo"))
-		if err != nil {
-			if ctx.Err() != nil {
-				return d.fail(build.ReasonCancelled, "the build was cancelled")
-			}
-			log.Notef("%v", err)
-			return d.fail(build.ReasonGit, "%v", err)
-		}
-		log.Notef("building commit %s", commit)
+	defer bc.Close()
+	if bc.Commit != "" {
 		if _, err := d.o.Store.UpdateBuild(ctx, b.Image, b.Number, func(b *build.Build) error {
 			if !b.Status.Active() {
 				return build.ErrTransition
 			}
-			b.SetCommit(commit)
+			b.SetCommit(bc.Commit)
 			return nil
 		}); err != nil && !errors.Is(err, build.ErrTransition) {
 			return d.fail(build.ReasonInternal, "recording the commit: %v", err)
 		}
-		spec.ContextDir = dir
 	}
-	dockerfile, err := os.ReadFile(filepath.Join(spec.ContextDir, spec.Dockerfile))
-	if err != nil {
-		log.Notef("there is no Dockerfile in the build context")
-		return d.fail(build.ReasonDockerfile, "there is no Dockerfile in the build context (%s)", orDefault(gitDir(img), "the repository root"))
-	}
-	if err := image.ValidateDockerfile(string(dockerfile)); err != nil {
-		log.Notef("%v", err)
-		return d.fail(build.ReasonDockerfile, "%v", err)
-	}
-	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(string(dockerfile))); err != nil {
+	spec := baseSpec(d.o, img, b)
+	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
+	dockerfile := bc.Dockerfile
+	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
 	started := time.Now()
@@ -451,13 +429,6 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 
 func internalTag(o Options, img image.Image) string { return o.Registry + "/" + img.Name + ":latest" }
 
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
 // gitAuth opens a workspace's git credential by name (nil for none).
 func gitAuth(ctx context.Context, o Options, ws, cred string) (*gitctx.Auth, error) {
 	if cred == "" {
@@ -475,13 +446,6 @@ func gitAuth(ctx context.Context, o Options, ws, cred string) (*gitctx.Auth, err
 		return nil, err
 	}
 	return &gitctx.Auth{Username: c.Username, Token: token}, nil
-}
-
-func gitDir(img image.Image) string {
-	if img.Context.Git == nil {
-		return ""
-	}
-	return img.Context.Git.Dir
 }
 
 // dockerConfig holds the workspace's credentials for the registries the

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-git/go-billy/v5/osfs"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
@@ -56,6 +58,16 @@ type Fetcher struct {
 	CABundle  []byte        // extra PEM roots for https (a platform's private CA; tests)
 	AllowFile bool          // allow file:// URLs and local paths (local development)
 	Timeout   time.Duration // bounds a whole fetch; DefaultTimeout when zero
+	// MaxFiles bounds the entries (files, directories, links) of the
+	// commit's tree, and MaxBytes the sum of its files' sizes; zero for no
+	// bound. Both are checked on the fetched objects before anything is
+	// checked out, so a repository that expands far beyond its size (a "git
+	// bomb": one blob under a million paths) fails without writing a file.
+	MaxFiles, MaxBytes int64
+	// TempDir is where the repository's metadata is kept during a fetch
+	// (the system's temporary directory when empty). A caller that may kill
+	// the fetch names a directory it removes itself.
+	TempDir string
 }
 
 // Fetch resolves g.Ref (branch, tag, or commit SHA; the remote's default
@@ -89,7 +101,7 @@ func (f *Fetcher) Fetch(ctx context.Context, g image.Git, auth *Auth, dest strin
 	if err := prepareDest(dest); err != nil {
 		return "", "", err
 	}
-	gitDir, err := os.MkdirTemp("", "slipway-git-")
+	gitDir, err := os.MkdirTemp(f.TempDir, "slipway-git-")
 	if err != nil {
 		return "", "", fmt.Errorf("gitctx: %w", err)
 	}
@@ -146,12 +158,81 @@ func (f *Fetcher) checkout(ctx context.Context, g image.Git, auth *Auth, gitDir,
 			err = p.notFound(s)
 			continue // the ref moved since it was listed, or the commit is elsewhere
 		}
+		if lerr := f.checkSize(s, repo, hash); lerr != nil {
+			return nil, plumbing.ZeroHash, lerr
+		}
 		if cerr := checkoutInto(repo, hash, dest); cerr != nil {
 			return nil, plumbing.ZeroHash, s.fail("checking out commit %s of %s: %v", hash, s.url, cerr)
 		}
 		return repo, hash, nil
 	}
 	return nil, plumbing.ZeroHash, err
+}
+
+// errTooLarge stops checkSize's walk.
+var errTooLarge = errors.New("too large")
+
+// checkSize counts the entries and file bytes of commit hash's tree, without
+// reading a file's content, and fails as soon as either exceeds its bound.
+func (f *Fetcher) checkSize(s *session, repo *git.Repository, hash plumbing.Hash) error {
+	if f.MaxFiles <= 0 && f.MaxBytes <= 0 {
+		return nil
+	}
+	commit, err := object.GetCommit(repo.Storer, hash)
+	if err != nil {
+		return s.fail("reading commit %s of %s: %v", hash, s.url, err)
+	}
+	// A subtree's totals are counted once, however many paths name it: a
+	// bomb of a few trees is refused after reading those few.
+	type size struct{ files, bytes int64 }
+	seen := map[plumbing.Hash]size{}
+	var files int64 // the subtree's count that went over a bound
+	var walk func(tree plumbing.Hash) (size, error)
+	walk = func(tree plumbing.Hash) (size, error) {
+		if sz, ok := seen[tree]; ok {
+			return sz, nil
+		}
+		t, err := object.GetTree(repo.Storer, tree)
+		if err != nil {
+			return size{}, err
+		}
+		var total size
+		for _, e := range t.Entries {
+			sz := size{files: 1}
+			switch e.Mode {
+			case filemode.Dir:
+				sub, err := walk(e.Hash)
+				if err != nil {
+					return size{}, err
+				}
+				sz = size{files: 1 + sub.files, bytes: sub.bytes}
+			case filemode.Submodule:
+			default:
+				if sz.bytes, err = repo.Storer.EncodedObjectSize(e.Hash); err != nil {
+					return size{}, err
+				}
+			}
+			// A subtree over a bound puts the whole tree over it.
+			total.files += sz.files
+			total.bytes += sz.bytes
+			if (f.MaxFiles > 0 && total.files > f.MaxFiles) || (f.MaxBytes > 0 && total.bytes > f.MaxBytes) {
+				files = total.files
+				return size{}, errTooLarge
+			}
+		}
+		seen[tree] = total
+		return total, nil
+	}
+	_, err = walk(commit.TreeHash)
+	switch {
+	case errors.Is(err, errTooLarge) && f.MaxFiles > 0 && files > f.MaxFiles:
+		return s.fail("commit %s of %s has more than %d files and directories, the limit of a build context", hash, s.url, f.MaxFiles)
+	case errors.Is(err, errTooLarge):
+		return s.fail("the files of commit %s of %s add up to more than %d bytes, the limit of a build context", hash, s.url, f.MaxBytes)
+	case err != nil:
+		return s.fail("reading the tree of commit %s of %s: %v", hash, s.url, err)
+	}
+	return nil
 }
 
 // checkoutInto writes the files of commit hash into dest, with no .git.
@@ -416,6 +497,8 @@ func (s *session) transportErr(err error) error {
 		return fmt.Errorf("gitctx: fetching %s: %w", s.url, s.parent.Err())
 	case s.ctx.Err() != nil:
 		return s.fail("fetching %s took longer than %s", s.url, s.timeout)
+	case errors.Is(err, syscall.EFBIG):
+		return s.fail("fetching %s: the repository is larger than this server's limit for a build context", s.url)
 	case errors.Is(err, transport.ErrRepositoryNotFound) && s.auth != nil:
 		return s.fail("repository %s not found, or the credential cannot read it", s.url)
 	case errors.Is(err, transport.ErrRepositoryNotFound):

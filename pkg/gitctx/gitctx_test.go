@@ -471,3 +471,44 @@ func readFile(t *testing.T, p string) string {
 func pemOf(srv *httptest.Server) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 }
+
+// A repository of a few kilobytes that checks out to a million files fails
+// on the entry limit before a file is written, quickly and in little memory;
+// a commit whose files add up to more than MaxBytes fails on that one.
+func TestFetchLimits(t *testing.T) {
+	root := t.TempDir()
+	_, bomb := gittest.NewBomb(t, filepath.Join(root, "bomb"), 100, 3)
+	big := gittest.NewRepo(t, filepath.Join(root, "big"))
+	big.Commit(map[string]string{"Dockerfile": "FROM scratch\n", "blob": strings.Repeat("x", 64<<10)}, "big")
+	base := gittest.ServeGit(t, root)
+
+	f := &Fetcher{Timeout: time.Minute, MaxFiles: 10000, TempDir: t.TempDir()}
+	for _, c := range []struct {
+		repo     string
+		maxBytes int64
+		want     string
+	}{
+		{"bomb", 1 << 20, "commit " + bomb + " of " + base + "bomb has more than 10000 files and directories"},
+		{"big", 32 << 10, "add up to more than 32768 bytes"},
+	} {
+		f.MaxBytes = c.maxBytes
+		dest := filepath.Join(t.TempDir(), "ctx")
+		start := time.Now()
+		_, _, err := f.Fetch(context.Background(), image.Git{URL: base + c.repo}, nil, dest)
+		if !errors.Is(err, ErrGit) || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s: %v, want an ErrGit containing %q", c.repo, err, c.want)
+		}
+		if entries, _ := os.ReadDir(dest); len(entries) != 0 {
+			t.Fatalf("%s: %d entries checked out", c.repo, len(entries))
+		}
+		t.Logf("%s refused in %v", c.repo, time.Since(start).Round(time.Millisecond))
+	}
+	if left, _ := os.ReadDir(f.TempDir); len(left) != 0 {
+		t.Fatalf("metadata left in TempDir: %v", left)
+	}
+	// Within the limits the same fetcher checks the commit out.
+	f.MaxBytes = 1 << 20
+	if _, _, err := f.Fetch(context.Background(), image.Git{URL: base + "big"}, nil, filepath.Join(t.TempDir(), "ctx")); err != nil {
+		t.Fatal(err)
+	}
+}

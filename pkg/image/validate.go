@@ -13,6 +13,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 )
 
@@ -85,7 +86,8 @@ func ValidateName(n string) error {
 
 // ValidateDockerfile parses a Dockerfile with BuildKit's parser and
 // instruction parser, the ones Kaniko uses, and reports the first error with
-// its line number.
+// its line number. A panic of the parsers is an error of its own, never the
+// caller's: it says what happened and names no part of src.
 func ValidateDockerfile(src string) error {
 	if strings.TrimSpace(src) == "" {
 		return invalid("context.dockerfile", "is empty")
@@ -96,11 +98,10 @@ func ValidateDockerfile(src string) error {
 	if !utf8.ValidString(src) {
 		return invalid("context.dockerfile", "is not valid UTF-8")
 	}
-	res, err := parser.Parse(strings.NewReader(src))
-	if err != nil {
-		return dockerfileError(err, 0)
+	stages, err := parseDockerfile(src)
+	if errors.Is(err, ErrParserPanic) {
+		return err
 	}
-	stages, _, err := instructions.Parse(res.AST, nil)
 	if err != nil {
 		return dockerfileError(err, 0)
 	}
@@ -108,6 +109,30 @@ func ValidateDockerfile(src string) error {
 		return &InvalidError{Field: "context.dockerfile", Message: "has no FROM instruction", Line: 1}
 	}
 	return nil
+}
+
+// ErrParserPanic is wrapped by the error ValidateDockerfile returns when
+// BuildKit's parser panicked on a Dockerfile: a fault of the platform
+// (build failure reason "internal"), not of the Dockerfile.
+var ErrParserPanic = errors.New("the Dockerfile parser failed")
+
+// parseDockerfile runs BuildKit's parser and instruction parser on src as
+// BuildKit's own frontend does: with a linter, which the instruction parser
+// dereferences for every instruction that follows a comment (a nil one
+// panics on "# check=" comments). The linter's warnings are discarded:
+// Kaniko does not lint either. A panic is recovered into ErrParserPanic.
+func parseDockerfile(src string) (stages []instructions.Stage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			stages, err = nil, fmt.Errorf("%w: %v", ErrParserPanic, p)
+		}
+	}()
+	res, err := parser.Parse(strings.NewReader(src))
+	if err != nil {
+		return nil, err
+	}
+	stages, _, err = instructions.Parse(res.AST, linter.New(&linter.Config{}))
+	return stages, err
 }
 
 func dockerfileError(err error, fallbackLine int) error {
@@ -302,11 +327,7 @@ func Validate(img Image, rules Rules) error {
 // pull from (Docker Hub as index.docker.io). Stage references and bases
 // named through build arguments are not resolved and left out.
 func BaseRegistries(dockerfile string) []string {
-	res, err := parser.Parse(strings.NewReader(dockerfile))
-	if err != nil {
-		return nil
-	}
-	stages, _, err := instructions.Parse(res.AST, nil)
+	stages, err := parseDockerfile(dockerfile)
 	if err != nil {
 		return nil
 	}

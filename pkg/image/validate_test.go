@@ -41,6 +41,16 @@ func TestValidateDockerfile(t *testing.T) {
 		{"FROM busybox\nENV\n", 2, "ENV"},
 		{"", 0, "empty"},
 		{"  \n\t\n", 0, "empty"},
+		// Parser directives and linter comments, which BuildKit accepts
+		// anywhere a comment may be (a check= comment below the first line
+		// once panicked BuildKit's instruction parser when called without a
+		// linter).
+		{"# syntax=docker/dockerfile:1\n# check=skip=all\nFROM busybox\n", 0, ""},
+		{"FROM busybox\n# check=skip=all\nRUN true\n", 0, ""},
+		{"FROM busybox\n# check=skip=JSONArgsRecommended;error=true\nCMD echo hi\n", 0, ""},
+		{"FROM busybox\n# check=experimental=all\nRUN true\n", 0, ""},
+		{"FROM busybox\n# check=bogus\nRUN true\n", 0, ""},
+		{"# escape=`\nFROM busybox\n# check=skip=all\nRUN echo a`\n b\n", 0, ""},
 	}
 	for _, c := range cases {
 		err := ValidateDockerfile(c.src)
@@ -188,6 +198,22 @@ func FuzzValidateDockerfile(f *testing.F) {
 	})
 }
 
+// FuzzValidate runs what SAVE runs on a definition (image.Validate), with a
+// fuzzed name, description and local Dockerfile; the only outcome besides
+// success is an InvalidError.
+func FuzzValidate(f *testing.F) {
+	f.Add("team/a", "about", "FROM a\n# check=skip=all\nRUN b\n")
+	f.Add("Team", "\xff", "RUN x")
+	f.Fuzz(func(t *testing.T, name, description, dockerfile string) {
+		err := Validate(Image{Name: name, Description: description,
+			Context: Context{Type: ContextLocal, Dockerfile: dockerfile}}, Rules{})
+		var inv *InvalidError
+		if err != nil && !errors.As(err, &inv) {
+			t.Fatalf("error of the wrong type: %v", err)
+		}
+	})
+}
+
 func FuzzValidateContext(f *testing.F) {
 	f.Add("git", "https://github.com/a/b", "main", "docker")
 	f.Add("git", "git@github.com:a/b.git", "", "../x")
@@ -207,6 +233,16 @@ func FuzzValidateContext(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A check= comment below the first line reached BuildKit's instruction
+// parser with a nil linter and panicked it: BaseRegistries, which the
+// dispatcher runs on every build's Dockerfile, went the same way.
+func TestBaseRegistriesWithLinterComments(t *testing.T) {
+	got := BaseRegistries("FROM ghcr.io/a/b\n# check=skip=all\nRUN true\n")
+	if strings.Join(got, " ") != "ghcr.io" {
+		t.Fatalf("BaseRegistries = %v", got)
+	}
 }
 
 func TestBaseRegistries(t *testing.T) {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -43,11 +45,14 @@ func BenchmarkBuildDirect(b *testing.B) {
 	e := benchBuildEnv(b, nil)
 	dir := b.TempDir()
 	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf(benchDockerfile, e.base())), 0o600)
-	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(dir, "bundles"), Root: filepath.Join(dir, "state")})
+	host := e.srv.RegistryHost()
+	_, port, _ := net.SplitHostPort(host)
+	p, _ := strconv.Atoi(port)
+	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(dir, "bundles"), Root: filepath.Join(dir, "state"),
+		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	host := e.srv.RegistryHost()
 	b.ResetTimer()
 	for i := range b.N {
 		o, err := r.Run(context.Background(), build.Spec{

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 )
 
 // Config is every setting of `slipway serve`. DefaultConfig holds the
@@ -42,6 +44,12 @@ type Config struct {
 	BuildLogCap       int64         // bytes of log kept per build
 	BuildCache        bool          // Kaniko's layer cache in the internal registry
 	ReconcileInterval time.Duration // how often stuck builds are looked for
+
+	// A Git context's fetch runs in a child process bounded by these.
+	GitMaxFiles int64         // entries (files, directories, links) checked out
+	GitMaxBytes int64         // bytes checked out, and of any one file the fetch writes
+	GitMemory   int64         // the fetch process's address space (RLIMIT_AS), bytes
+	GitTimeout  time.Duration // the whole fetch
 
 	// The embedded registry's housekeeping (not used with an external
 	// --registry, which keeps its own content).
@@ -96,6 +104,8 @@ var EnvVars = map[string]string{
 	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
 	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
+	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
+	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
 	"SLIPWAY_REGISTRY_GC_INTERVAL": "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
 	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
 	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
@@ -151,6 +161,9 @@ func (c *Config) Validate() error {
 	if c.RegistryGCInterval < 0 || c.RegistryGCQuiet < 0 || c.RegistryUploadMaxAge <= 0 || c.RegistryMaxUpload < 0 {
 		return errors.New("registry housekeeping: a non-negative GC interval and quiet period, a positive upload age, a non-negative upload cap")
 	}
+	if c.GitMaxFiles < 1 || c.GitMaxBytes < 1 || c.GitMemory < 1<<30 || c.GitTimeout <= 0 {
+		return errors.New("git fetch limits: at least one file and one byte, a memory of at least 1Gi (the fetch process's address space), a positive timeout")
+	}
 	return nil
 }
 
@@ -175,6 +188,11 @@ func DefaultConfig() Config {
 		BuildLogCap:       4 << 20,
 		BuildCache:        false,
 		ReconcileInterval: 30 * time.Second,
+
+		GitMaxFiles: buildcontext.DefaultFiles,
+		GitMaxBytes: buildcontext.DefaultBytes,
+		GitMemory:   buildcontext.DefaultMemory,
+		GitTimeout:  buildcontext.DefaultTimeout,
 
 		RegistryGCInterval:   time.Hour,
 		RegistryGCQuiet:      time.Minute,
@@ -234,6 +252,24 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")
 	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build")
 	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry")
+	fs.Int64Var(&c.GitMaxFiles, "git-max-files", c.GitMaxFiles, "entries (files, directories, links) a Git context may check out")
+	fs.Func("git-max-bytes", "bytes a Git context may check out, and of any one file its fetch writes, or a quantity such as 1Gi (default 1Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.GitMaxBytes = q.Value()
+		return nil
+	})
+	fs.Func("git-memory", "address space of a Git context's fetch process, or a quantity such as 2Gi; Go reserves about 1Gi of it (default 2Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.GitMemory = q.Value()
+		return nil
+	})
+	fs.DurationVar(&c.GitTimeout, "git-timeout", c.GitTimeout, "wall-clock limit of a Git context's fetch")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often stuck builds are looked for")
 	fs.DurationVar(&c.RegistryGCInterval, "registry-gc-interval", c.RegistryGCInterval, "how often the embedded registry's unreferenced blobs are collected (also at start); 0: only at start")
 	fs.BoolVar(&c.RegistryGCRemoveUntagged, "registry-gc-remove-untagged", c.RegistryGCRemoveUntagged, "the collection also deletes manifests no tag points to: earlier builds' references stop resolving")

@@ -23,9 +23,9 @@ import (
 	"github.com/slipway-dev/slipway/pkg/auth"
 	"github.com/slipway-dev/slipway/pkg/auth/oidc"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
-	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
@@ -54,15 +54,20 @@ type Server struct {
 	Issuer *auth.Issuer
 	Events *events.Publisher
 	builds *dispatch.Dispatcher
+	ready  atomic.Bool
+	mux    *http.ServeMux
+	http   *http.Server
+	ln     net.Listener
+	// buildHTTP serves builds the registry alone, on buildLn (see
+	// listenForBuilds).
+	buildHTTP *http.Server
+	buildLn   net.Listener
+
 	// content is the embedded registry's content and gate what keeps its
 	// collection away from writes; both nil with an external registry.
 	content *registry.Content
 	gate    *gate.Gate
 	stopGC  context.CancelFunc
-	ready   atomic.Bool
-	mux     *http.ServeMux
-	http    *http.Server
-	ln      net.Listener
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -223,7 +228,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Store: s.Store, Events: s.Events, Secrets: box,
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
-		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, WorkDir: filepath.Join(s.cfg.DataDir, "builds"), Log: s.log,
+		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		Gate: s.pushGate(),
 	}
 }
@@ -279,19 +284,30 @@ func (s *Server) demoImage(ctx context.Context) {
 // newDispatcher sets up local builds: Kaniko in runc. When runc or the
 // executor is missing the server still serves, and builds fail saying why.
 func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
-	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit}
+	contexts := &buildcontext.Preparer{
+		WorkDir: filepath.Join(s.cfg.DataDir, "builds"), AllowFile: s.cfg.AllowFileGit,
+		Limits: buildcontext.Limits{Files: s.cfg.GitMaxFiles, Bytes: s.cfg.GitMaxBytes, Memory: s.cfg.GitMemory, Timeout: s.cfg.GitTimeout},
+	}
 	if s.cfg.GitCAFile != "" {
 		ca, err := os.ReadFile(s.cfg.GitCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("git CA file: %w", err)
 		}
-		fetcher.CABundle = ca
+		contexts.CABundle = ca
+	}
+	var forwards []runc.Forward
+	if s.cfg.Registry == "" {
+		var err error
+		if forwards, err = s.listenForBuilds(); err != nil {
+			return nil, err
+		}
 	}
 	runcDir := filepath.Join(s.cfg.DataDir, "runc")
 	runner, err := runc.New(runc.Options{
 		Executor: s.cfg.executor(),
 		StateDir: filepath.Join(runcDir, "bundles"),
 		Root:     filepath.Join(runcDir, "state"),
+		Forwards: forwards,
 	})
 	var r build.Runner = runner
 	var runnerError string
@@ -300,7 +316,7 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 		s.log.Warn("builds disabled", "error", err)
 	}
 	o := s.dispatchOptions(box)
-	o.Runner, o.Git, o.RunnerError = r, fetcher, runnerError
+	o.Runner, o.Contexts, o.RunnerError = r, contexts, runnerError
 	d := dispatch.New(o)
 	d.Subscribe(s.Events)
 	return d, nil
@@ -335,6 +351,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	if s.buildLn != nil {
+		go s.buildHTTP.Serve(s.buildLn)
+	}
 	if s.builds != nil {
 		if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
 			s.http.Close()
@@ -356,6 +375,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.ready.Store(false)
 		shutdown, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 		err = s.http.Shutdown(shutdown)
+		if s.buildHTTP != nil {
+			s.buildHTTP.Shutdown(shutdown)
+		}
 		cancel()
 	}
 	s.closeParts()
@@ -368,6 +390,9 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) closeParts() {
 	if s.stopGC != nil {
 		s.stopGC()
+	}
+	if s.buildLn != nil {
+		s.buildLn.Close()
 	}
 	if s.builds != nil {
 		s.builds.Close()

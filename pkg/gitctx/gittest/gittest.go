@@ -11,6 +11,7 @@ import (
 	"crypto/subtle"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/cgi"
@@ -105,6 +106,44 @@ func (r *Repo) Git(args ...string) string {
 		r.t.Fatalf("gittest: git %s: %v: %s", strings.Join(args, " "), err, stderr)
 	}
 	return strings.TrimSuffix(string(out), "\n")
+}
+
+// GitInput is Git with stdin as the command's standard input.
+func (r *Repo) GitInput(stdin string, args ...string) string {
+	r.t.Helper()
+	cmd := gitCommand(r.Dir, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+			stderr = ee.Stderr
+		}
+		r.t.Fatalf("gittest: git %s: %v: %s", strings.Join(args, " "), err, stderr)
+	}
+	return strings.TrimSuffix(string(out), "\n")
+}
+
+// NewBomb creates in dir a repository of a few kilobytes whose main branch
+// checks out to fanout^depth copies of one small file: depth levels of
+// trees, each of fanout entries naming the same tree below it (a "git
+// bomb"). It returns the repository and main's commit.
+func NewBomb(t testing.TB, dir string, fanout, depth int) (*Repo, string) {
+	t.Helper()
+	r := NewRepo(t, dir)
+	obj := r.GitInput("boom\n", "hash-object", "-w", "--stdin")
+	mode, typ := "100644", "blob"
+	for range depth {
+		var entries strings.Builder
+		for i := range fanout {
+			fmt.Fprintf(&entries, "%s %s %s\tf%d\n", mode, typ, obj, i)
+		}
+		obj = r.GitInput(entries.String(), "mktree")
+		mode, typ = "040000", "tree"
+	}
+	commit := r.GitInput("", "commit-tree", obj, "-m", "bomb")
+	r.Git("update-ref", "refs/heads/main", commit)
+	return r, commit
 }
 
 // Commit writes files (slash-separated paths relative to the repository, and

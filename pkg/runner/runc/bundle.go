@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/moby/profiles/seccomp"
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -33,9 +34,9 @@ const hostCABundle = "/etc/ssl/certs/ca-certificates.crt"
 const cpuPeriod = 100000
 
 // capabilities are Docker's default capabilities less NET_RAW and
-// NET_BIND_SERVICE, which in the host's network namespace would reach the
-// host's interfaces and ports. Kaniko needs the rest to unpack images (chown,
-// mknod, file capabilities) and to run RUN commands as other users.
+// NET_BIND_SERVICE, which builds do not need. Kaniko needs the rest to
+// unpack images (chown, mknod, file capabilities) and to run RUN commands as
+// other users.
 var capabilities = []string{
 	"CAP_AUDIT_WRITE",
 	"CAP_CHOWN",
@@ -51,10 +52,10 @@ var capabilities = []string{
 	"CAP_SYS_CHROOT",
 }
 
-// writeBundle fills the empty directory bundle with an OCI bundle that runs
-// the executor for spec: config.json and a fresh, writable rootfs that the
-// executor unpacks the base image into.
-func (r *Runner) writeBundle(bundle string, spec build.Spec) error {
+// writeBundle fills the directory bundle with an OCI bundle that runs the
+// executor for spec in the network net (nil: the host's): config.json and
+// a fresh, writable rootfs that the executor unpacks the base image into.
+func (r *Runner) writeBundle(bundle string, net *network, spec build.Spec) error {
 	rootfs := filepath.Join(bundle, "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, kanikoDir), 0o755); err != nil {
 		return err
@@ -68,11 +69,22 @@ func (r *Runner) writeBundle(bundle string, spec build.Spec) error {
 			return err
 		}
 	}
-	mounts, err := r.mounts(spec)
+	mounts, err := r.mounts(spec, net != nil)
 	if err != nil {
 		return err
 	}
-	config, err := json.MarshalIndent(ociSpec(spec, mounts), "", "\t")
+	netns := ""
+	if net != nil {
+		netns = net.netns
+	}
+	s, err := ociSpec(spec, netns, mounts)
+	if err != nil {
+		return err
+	}
+	if net != nil {
+		s.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{r.gateHook(net.gate)}}
+	}
+	config, err := json.MarshalIndent(s, "", "\t")
 	if err != nil {
 		return err
 	}
@@ -81,9 +93,10 @@ func (r *Runner) writeBundle(bundle string, spec build.Spec) error {
 
 // mounts returns the container's mounts: the kernel file systems, then
 // read-only binds of the executor, the build context and, when the host has
-// them, its CA certificates and name-resolution files. Bind mounts cost no
+// them, its CA certificates and name-resolution files (in a network of the
+// build's own, resolvers it can reach: see resolvConf). Bind mounts cost no
 // copy, and Kaniko leaves every mount point out of its snapshots.
-func (r *Runner) mounts(spec build.Spec) ([]specs.Mount, error) {
+func (r *Runner) mounts(spec build.Spec, ownNetwork bool) ([]specs.Mount, error) {
 	mounts := []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "proc"},
 		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
@@ -97,11 +110,21 @@ func (r *Runner) mounts(spec build.Spec) ([]specs.Mount, error) {
 	}
 	bind(r.opts.Executor, executorPath)
 	bind(spec.ContextDir, workspaceDir)
+	resolv := "/etc/resolv.conf"
+	if ownNetwork {
+		var err error
+		if resolv, err = resolvConf(); err != nil {
+			return nil, err
+		}
+	}
 	for _, f := range [][2]string{
 		{hostCABundle, caBundlePath},
-		{"/etc/resolv.conf", "/etc/resolv.conf"},
+		{resolv, "/etc/resolv.conf"},
 		{"/etc/hosts", "/etc/hosts"},
 	} {
+		if f[0] == "" {
+			continue
+		}
 		switch _, err := os.Stat(f[0]); {
 		case err == nil:
 			bind(f[0], f[1])
@@ -113,15 +136,25 @@ func (r *Runner) mounts(spec build.Spec) ([]specs.Mount, error) {
 }
 
 // ociSpec returns the container's configuration: the executor as root in
-// new PID, mount, IPC and UTS namespaces, in the host's network namespace so
-// that it reaches registries on the host's loopback, with spec.Limits as
-// cgroup limits in the cgroup cgroupPath(spec.ID).
-func ociSpec(spec build.Spec, mounts []specs.Mount) *specs.Spec {
+// new PID, mount, IPC and UTS namespaces and the network namespace netns
+// (the host's when netns is ""), under Docker's default seccomp profile and
+// with NoNewPrivileges, with spec.Limits as cgroup limits in the cgroup
+// cgroupPath(spec.ID).
+func ociSpec(spec build.Spec, netns string, mounts []specs.Mount) (*specs.Spec, error) {
 	hostname := spec.ID
 	if len(hostname) > 63 {
 		hostname = hostname[:63]
 	}
-	return &specs.Spec{
+	namespaces := []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace},
+		{Type: specs.MountNamespace},
+		{Type: specs.IPCNamespace},
+		{Type: specs.UTSNamespace},
+	}
+	if netns != "" {
+		namespaces = append(namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
+	}
+	s := &specs.Spec{
 		Version: specs.Version,
 		Root:    &specs.Root{Path: "rootfs"},
 		Process: &specs.Process{
@@ -139,17 +172,16 @@ func ociSpec(spec build.Spec, mounts []specs.Mount) *specs.Spec {
 				Effective: capabilities,
 				Permitted: capabilities,
 			},
-			Rlimits: rlimits(),
+			// Kaniko runs RUN steps as their USER by setuid from root,
+			// which this allows; what it stops is a setuid or
+			// file-capability binary (sudo, su) raising a USER's rights.
+			NoNewPrivileges: true,
+			Rlimits:         rlimits(),
 		},
 		Hostname: hostname,
 		Mounts:   mounts,
 		Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace},
-				{Type: specs.MountNamespace},
-				{Type: specs.IPCNamespace},
-				{Type: specs.UTSNamespace},
-			},
+			Namespaces:  namespaces,
 			CgroupsPath: cgroupPath(spec.ID),
 			Resources:   resources(spec.Limits),
 			MaskedPaths: []string{
@@ -162,6 +194,14 @@ func ociSpec(spec build.Spec, mounts []specs.Mount) *specs.Spec {
 			},
 		},
 	}
+	// The profile allows what the capabilities above allow, for this
+	// machine's architecture.
+	sc, err := seccomp.GetDefaultProfile(s)
+	if err != nil {
+		return nil, fmt.Errorf("seccomp profile: %w", err)
+	}
+	s.Linux.Seccomp = sc
+	return s, nil
 }
 
 // rlimits raises the executor's soft limit on open files to the hard one

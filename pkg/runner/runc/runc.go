@@ -3,10 +3,31 @@
 //
 // A build's container has a fresh, private rootfs (Kaniko unpacks the base
 // image into its /) under Options.StateDir/<build ID>, the build context
-// bind-mounted read-only at /workspace, the host's network namespace (so the
-// executor reaches registries on the host's loopback) and its own PID, mount,
-// IPC and UTS namespaces and cgroup. The executor runs as root, as Kaniko
-// requires, without a user namespace.
+// bind-mounted read-only at /workspace, its own PID, mount, IPC, UTS and
+// network namespaces and its own cgroup. The executor runs as root, as
+// Kaniko requires, without a user namespace, with Docker's default
+// capabilities less NET_RAW and NET_BIND_SERVICE, under Docker's default
+// seccomp profile (github.com/moby/profiles/seccomp) and with
+// NoNewPrivileges.
+//
+// What a build can reach: the network through pasta (Debian package
+// passt), which gives the namespace the host's addresses and routes and
+// carries its connections out through sockets of the host, so a build
+// reaches what the host reaches (package mirrors, image hubs, DNS), with
+// the host's resolv.conf (systemd-resolved's upstream servers when that
+// names only its loopback stub). Of the host's loopback it reaches only
+// Options.Forwards, the registries it pulls from and pushes to, by the
+// same HOST:PORT as on the host; every other port there is refused, and the
+// gateway address does not lead to the host. Services that listen on the
+// host's other addresses are reachable as from any other machine.
+//
+// What NoNewPrivileges and the profile break: a setuid or file-capability
+// binary does not raise a USER's rights, so `USER app` followed by
+// `RUN sudo ...` or `su` fails (run such steps before USER, or as USER
+// root); RUN steps cannot create namespaces (unshare, user namespaces) or
+// mount, as in a default Docker container. chown, setuid bits and device
+// nodes work, and so do Kaniko's switch to a step's USER and apt's drop to
+// its _apt user: setuid calls by root, which NoNewPrivileges allows.
 package runc
 
 import (
@@ -67,18 +88,33 @@ type Options struct {
 	// alone: every container in it is taken for a build's. Empty means
 	// DefaultRoot.
 	Root string
+	// Pasta is the path of pasta (Debian package passt), which connects
+	// each build's network namespace to the outside; empty means "pasta"
+	// in PATH.
+	Pasta string
+	// Forwards are the host services that builds reach, each a port of
+	// the host's loopback that a build reaches on its own loopback: the
+	// registries that builds pull from and push to, named by the same
+	// HOST:PORT as on the host. No other port of the host's loopback is
+	// reachable from a build.
+	Forwards []Forward
 }
 
 // Runner runs builds in runc containers. Its methods are safe for
 // concurrent use, on builds with different IDs.
 type Runner struct {
 	opts Options
+	head string // head(1), which holds a container until its network is ready
+	// hostNetwork runs builds in the host's network namespace, as this
+	// runner did before builds had their own: only the benchmark that
+	// measures the cost of their own sets it.
+	hostNetwork bool
 }
 
 var _ build.Runner = (*Runner)(nil)
 
-// New checks opts and returns a Runner. It fails when runc or the executor
-// is missing, naming the fix.
+// New checks opts and returns a Runner. It fails when runc, pasta or the
+// executor is missing, naming the fix.
 func New(opts Options) (*Runner, error) {
 	if opts.Runc == "" {
 		p, err := exec.LookPath("runc")
@@ -88,6 +124,24 @@ func New(opts Options) (*Runner, error) {
 		opts.Runc = p
 	} else if _, err := os.Stat(opts.Runc); err != nil {
 		return nil, fmt.Errorf("runc: %w: install runc with `apt-get install runc` (or `make deps`)", err)
+	}
+	if opts.Pasta == "" {
+		p, err := exec.LookPath("pasta")
+		if err != nil {
+			return nil, errors.New("runc: pasta is not installed (not in PATH): builds get their network from it; install it with `apt-get install passt` (or `make deps`)")
+		}
+		opts.Pasta = p
+	} else if _, err := os.Stat(opts.Pasta); err != nil {
+		return nil, fmt.Errorf("runc: %w: install pasta with `apt-get install passt` (or `make deps`)", err)
+	}
+	head, err := exec.LookPath("head")
+	if err != nil {
+		return nil, errors.New("runc: head is not in PATH: install coreutils")
+	}
+	for _, f := range opts.Forwards {
+		if f.Port <= 0 || f.Port > 65535 || f.HostPort <= 0 || f.HostPort > 65535 {
+			return nil, fmt.Errorf("runc: forward %d to %d: ports are 1 to 65535", f.Port, f.HostPort)
+		}
 	}
 	if opts.Executor == "" {
 		return nil, errors.New("runc: no Kaniko executor given: build it with `make bin/executor`")
@@ -113,7 +167,7 @@ func New(opts Options) (*Runner, error) {
 			return nil, fmt.Errorf("runc: %w", err)
 		}
 	}
-	return &Runner{opts: opts}, nil
+	return &Runner{opts: opts, head: head}, nil
 }
 
 // Run runs spec's build and returns when its executor has ended, writing
@@ -149,7 +203,15 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 // run runs the build in its bundle directory and reports how it ended.
 func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *secret.Redactor) (build.Outcome, error) {
 	var out build.Outcome
-	if err := r.writeBundle(bundle, spec); err != nil {
+	var net *network
+	if !r.hostNetwork {
+		var err error
+		if net, err = r.startNetwork(bundle); err != nil {
+			return out, fmt.Errorf("runc: build %s: %w", spec.ID, err)
+		}
+		defer net.close()
+	}
+	if err := r.writeBundle(bundle, net, spec); err != nil {
 		return out, fmt.Errorf("runc: build %s: write bundle: %w", spec.ID, err)
 	}
 	pidFile := filepath.Join(bundle, "pid")
@@ -168,6 +230,12 @@ func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *s
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	if net != nil {
+		if err := net.release(); err != nil {
+			// The namespace is isolated but unconfigured: stop the build.
+			return out, errors.Join(fmt.Errorf("runc: build %s: %w", spec.ID, err), r.stop(spec.ID, cmd.Process, exited))
+		}
+	}
 
 	var timeout <-chan time.Time
 	if spec.Limits.Timeout > 0 {
@@ -284,9 +352,10 @@ func (r *Runner) Leftovers() ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-// Cleanup kills and deletes build id's container and removes its bundle. It
-// is a no-op for a build that has neither. The bundle is kept when the
-// container could not be deleted, so that Leftovers still lists the build.
+// Cleanup kills and deletes build id's container, stops its network and
+// removes its bundle. It is a no-op for a build that has none of them. The
+// bundle is kept when the container or the network could not be removed,
+// so that Leftovers still lists the build.
 func (r *Runner) Cleanup(id string) error {
 	if err := checkID(id); err != nil {
 		return err
@@ -297,6 +366,9 @@ func (r *Runner) Cleanup(id string) error {
 	// does not exist succeeds.
 	if out, err := r.runc(ctx, "delete", "--force", id).CombinedOutput(); err != nil {
 		return fmt.Errorf("runc: delete container %s: %w: %s", id, err, bytes.TrimSpace(out))
+	}
+	if err := stopNetwork(r.bundleDir(id)); err != nil {
+		return fmt.Errorf("runc: network of build %s: %w", id, err)
 	}
 	if err := os.RemoveAll(r.bundleDir(id)); err != nil {
 		return fmt.Errorf("runc: remove bundle of build %s: %w", id, err)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -42,7 +43,7 @@ var (
 
 // executor returns the path of bin/executor, building it with
 // mk/kaniko.mk when it is missing.
-func executor(t *testing.T) string {
+func executor(t testing.TB) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join(repoRoot, "bin", "executor"))
 	if err != nil {
@@ -68,12 +69,13 @@ func executor(t *testing.T) string {
 // testEnv is a runner and a registry holding a busybox base image.
 type testEnv struct {
 	runner   *runc.Runner
-	stateDir string // the runner's StateDir
-	host     string // the registry's HOST:PORT
-	base     string // the base image's reference
+	opts     runc.Options // the runner's
+	stateDir string       // the runner's StateDir
+	host     string       // the registry's HOST:PORT
+	base     string       // the base image's reference
 }
 
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("runc builds need root: run these tests as root")
@@ -81,28 +83,35 @@ func newEnv(t *testing.T) *testEnv {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatal("runc is not installed: run `apt-get install runc` (or `make deps`)")
 	}
-	stateDir := t.TempDir()
-	r, err := runc.New(runc.Options{
-		Executor: executor(t),
-		StateDir: stateDir,
-		Root:     t.TempDir(),
-	})
-	if err != nil {
-		t.Fatal(err)
+	if _, err := exec.LookPath("pasta"); err != nil {
+		t.Fatal("pasta is not installed: run `apt-get install passt` (or `make deps`)")
 	}
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	stateDir := t.TempDir()
+	opts := runc.Options{
+		Executor: executor(t),
+		StateDir: stateDir,
+		Root:     t.TempDir(),
+		// The registry, named by the same HOST:PORT as on the host.
+		Forwards: []runc.Forward{{Port: port, HostPort: port}},
+	}
+	r, err := runc.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	base := host + "/busybox:latest"
 	if _, err := baseimage.PushBusybox(t.Context(), base); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{runner: r, stateDir: stateDir, host: host, base: base}
+	return &testEnv{runner: r, opts: opts, stateDir: stateDir, host: host, base: base}
 }
 
 // spec returns a build spec whose context holds files and a Dockerfile of
 // the given lines after FROM the busybox image.
-func (e *testEnv) spec(t *testing.T, files map[string]string, lines ...string) build.Spec {
+func (e *testEnv) spec(t testing.TB, files map[string]string, lines ...string) build.Spec {
 	t.Helper()
 	dir := t.TempDir()
 	files["Dockerfile"] = "FROM " + e.base + "\n" + strings.Join(lines, "\n") + "\n"
