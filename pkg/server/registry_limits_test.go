@@ -61,7 +61,7 @@ func wantRegistryError(t *testing.T, err error, status int, code string) string 
 }
 
 // randomImage is an image of one layer of size random bytes.
-func randomImage(t *testing.T, size int64) v1.Image {
+func randomImage(t testing.TB, size int64) v1.Image {
 	t.Helper()
 	img, err := random.Image(size, 1)
 	if err != nil {
@@ -222,10 +222,7 @@ func TestScheduledCollection(t *testing.T) {
 	cfg.RegistryGCQuiet = 0
 	e := start(t, cfg)
 	e.announce(events.WorkspaceCreated, "ws1", "alice")
-	img := randomImage(t, 64<<10)
-	if _, err := e.pushImage("team/sched", img); err != nil {
-		t.Fatal(err)
-	}
+	img, _ := e.plant("team/sched")
 	layer := layerDigests(t, img)[0]
 	if !exists(blobFile(e, layer)) {
 		t.Fatalf("no blob file for %s", layer)
