@@ -55,6 +55,11 @@ type Deps struct {
 	// Handlers handle further event types at POST /events (the cluster
 	// roles' build and pod events).
 	Handlers map[string]events.Handler
+	// Content is the internal registry's content, kept in step with the
+	// catalogue: removed with its image or workspace, purged when a name is
+	// claimed, moved with a rename. Nil: the registry is external (the
+	// cluster's) and keeps its own content, and references stay as built.
+	Content Content
 }
 
 type ctxKey struct{}

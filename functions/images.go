@@ -1,8 +1,10 @@
 package functions
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -34,7 +36,18 @@ type HistoryView struct {
 	Built    *image.Stamp `json:"built"`
 }
 
-func viewImage(img image.Image, now time.Time) ImageView {
+// Content is the internal registry's content of images' repositories.
+type Content interface {
+	// Delete removes repo's tags and manifests; an absent repo is no error.
+	Delete(ctx context.Context, repo string) error
+	// Move makes from's tags and manifests to's, replacing what to held.
+	Move(ctx context.Context, from, to string) error
+}
+
+// viewImage is img as the API shows it. With managed content a renamed
+// image's content moved with it, so its reference names its current
+// repository.
+func (a *api) viewImage(img image.Image, now time.Time) ImageView {
 	v := ImageView{
 		ID: img.ID, Workspace: img.Workspace, Name: img.Name, Description: img.Description,
 		Status: img.Status(), Context: img.Context, Destinations: img.Destinations,
@@ -44,7 +57,11 @@ func viewImage(img image.Image, now time.Time) ImageView {
 		v.Destinations = []image.Destination{}
 	}
 	if img.Reference != "" {
-		v.Reference = &img.Reference
+		ref := img.Reference
+		if _, digest, ok := strings.Cut(ref, "@"); ok && a.Content != nil && strings.HasPrefix(ref, a.Registry+"/") {
+			ref = a.Registry + "/" + img.Name + "@" + digest
+		}
+		v.Reference = &ref
 	}
 	if img.LatestBuild != nil {
 		b := img.LatestBuild.View(now)
@@ -105,7 +122,7 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 	now := a.Now()
 	views := make([]ImageView, len(imgs))
 	for i, img := range imgs {
-		views[i] = viewImage(img, now)
+		views[i] = a.viewImage(img, now)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"images": views, "next_page_token": next})
 	return nil
@@ -135,7 +152,15 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	if err := a.Store.CreateImage(r.Context(), img); err != nil {
 		return err
 	}
-	view := viewImage(img, now)
+	// The name is this image's now: whatever a deletion that failed
+	// halfway left in its repositories goes, so it starts empty.
+	if err := a.deleteContent(r.Context(), img.Name); err != nil {
+		if err := a.Store.DeleteImage(context.WithoutCancel(r.Context()), img.ID); err != nil {
+			a.Log.Error("undoing an image create", "image", img.ID, "error", err)
+		}
+		return err
+	}
+	view := a.viewImage(img, now)
 	a.Events.Publish(events.ImageCreated, img.ID, view)
 	w.Header().Set("ETag", etag(img.Version))
 	w.Header().Set("Location", "/api/v1/images/"+img.ID)
@@ -149,7 +174,7 @@ func (a *api) getImage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.Header().Set("ETag", etag(img.Version))
-	writeJSON(w, http.StatusOK, viewImage(img, a.Now()))
+	writeJSON(w, http.StatusOK, a.viewImage(img, a.Now()))
 	return nil
 }
 
@@ -192,12 +217,27 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	if err := a.checkBindings(r.Context(), next); err != nil {
 		return err
 	}
-	was := img.Version
+	renamed := next.Name != img.Name && a.Content != nil
+	if renamed && img.LatestBuild != nil && img.LatestBuild.Status.Active() {
+		return errorf(http.StatusConflict, "build_active", "a build of this image is queued or running: rename it once the build has ended")
+	}
+	old, was := img, img.Version
 	img.Edit(next, subject(r.Context()), a.Now())
 	if err := a.Store.UpdateImage(r.Context(), img, was); err != nil {
 		return err
 	}
-	view := viewImage(img, a.Now())
+	if renamed {
+		// The new name is claimed; the content follows it.
+		if err := a.moveContent(r.Context(), old.Name, img.Name); err != nil {
+			undo := img
+			undo.Edit(old, subject(r.Context()), a.Now())
+			if err := a.Store.UpdateImage(context.WithoutCancel(r.Context()), undo, img.Version); err != nil {
+				a.Log.Error("undoing a rename", "image", img.ID, "error", err)
+			}
+			return err
+		}
+	}
+	view := a.viewImage(img, a.Now())
 	a.Events.Publish(events.ImageUpdated, img.ID, view)
 	w.Header().Set("ETag", etag(img.Version))
 	writeJSON(w, http.StatusOK, view)
@@ -218,10 +258,42 @@ func (a *api) deleteImage(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	// Content first: if this fails the name stays taken, so nothing of it
+	// can be served to whoever claims the name next.
+	if err := a.deleteContent(r.Context(), img.Name); err != nil {
+		return err
+	}
 	if err := a.Store.DeleteImage(r.Context(), img.ID); err != nil {
 		return err
 	}
-	a.Events.Publish(events.ImageDeleted, img.ID, viewImage(img, a.Now()))
+	a.Events.Publish(events.ImageDeleted, img.ID, a.viewImage(img, a.Now()))
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// deleteContent removes the registry content of the image named name: its
+// repository and its layer-cache repository.
+func (a *api) deleteContent(ctx context.Context, name string) error {
+	if a.Content == nil {
+		return nil
+	}
+	for _, repo := range []string{name, image.CacheRepository(name)} {
+		if err := a.Content.Delete(ctx, repo); err != nil {
+			return fmt.Errorf("deleting the registry content of %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// moveContent moves an image's content, and its layer cache, from one name
+// to another.
+func (a *api) moveContent(ctx context.Context, from, to string) error {
+	err := a.Content.Move(ctx, from, to)
+	if err == nil {
+		err = a.Content.Move(ctx, image.CacheRepository(from), image.CacheRepository(to))
+	}
+	if err != nil {
+		return fmt.Errorf("moving the registry content of %s to %s: %w", from, to, err)
+	}
 	return nil
 }

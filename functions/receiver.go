@@ -43,7 +43,7 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		}
 		deleted := e.Type() == events.WorkspaceDeleted
 		if deleted {
-			if err := a.cancelWorkspaceBuilds(r.Context(), ws.ID); err != nil {
+			if err := a.clearWorkspace(r.Context(), ws.ID); err != nil {
 				return err
 			}
 		}
@@ -59,9 +59,11 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// cancelWorkspaceBuilds cancels the active builds of a workspace about to be
-// deleted, so that no runner goes on building and pushing its images.
-func (a *api) cancelWorkspaceBuilds(ctx context.Context, ws string) error {
+// clearWorkspace cancels the active builds of a workspace about to be
+// deleted, so that no runner goes on building and pushing its images, and
+// removes its images' registry content while their names are still taken.
+// A failure leaves the workspace in place: the event is redelivered.
+func (a *api) clearWorkspace(ctx context.Context, ws string) error {
 	p := store.Page{Limit: 200}
 	for {
 		imgs, next, err := a.Store.ListImages(ctx, ws, store.ImageFilter{}, p)
@@ -73,6 +75,9 @@ func (a *api) cancelWorkspaceBuilds(ctx context.Context, ws string) error {
 				if err := a.cancelAs(ctx, img.ID, b.Number, "the platform (the workspace was deleted)", nil); err != nil && !isFinished(err) {
 					return err
 				}
+			}
+			if err := a.deleteContent(ctx, img.Name); err != nil {
+				return err
 			}
 		}
 		if next == "" {

@@ -47,6 +47,12 @@ type ContextPreparer interface {
 	Prepare(ctx context.Context, r buildcontext.Request) (*buildcontext.Context, error)
 }
 
+// Gate keeps the internal registry's garbage collection away from builds:
+// a running build holds it shared (see package gate).
+type Gate interface {
+	Shared() (release func())
+}
+
 // cleaner is the optional capability of runners and context preparers that
 // leave state behind on a crash (the runc runner's containers and bundles,
 // a build's prepared context).
@@ -80,6 +86,9 @@ type Options struct {
 	// internal registry (the embedded one's token flow); nil when the
 	// internal registry authenticates builds otherwise.
 	RegistryTokens RegistryTokens
+	// Gate, when set, is held while a build runs, so that the registry
+	// is not collected under its pushes.
+	Gate Gate
 }
 
 // ref identifies a build.
@@ -325,7 +334,12 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 	}
 	d.o.Events.Publish(events.BuildStarted, b.ID(), b.View(d.o.Now()))
 	log := newLogWriter(d.o.Store, r.Image, r.Number, d.o.LogCap, 200*time.Millisecond)
+	release := func() {}
+	if d.o.Gate != nil {
+		release = d.o.Gate.Shared()
+	}
 	end := d.executeWithin(ctx, b, log)
+	release()
 	// A build deleted with its image or workspace has nowhere to log to.
 	if err := log.Close(); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.o.Log.Error("writing build log", "build", r.id(), "error", err)
@@ -438,7 +452,7 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 		spec.InsecureRegistries = []string{o.Registry}
 	}
 	if o.Cache {
-		spec.CacheRepo = o.Registry + "/" + image.ReservedPrefix + "/" + img.Name
+		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
 	return spec
 }

@@ -9,6 +9,10 @@ import (
 	"github.com/slipway-dev/slipway/pkg/build"
 )
 
+// CacheRepository is the internal registry repository of the layer cache
+// of the image named name.
+func CacheRepository(name string) string { return ReservedPrefix + "/" + name }
+
 // Status is an image's build status as the dashboard shows it.
 type Status string
 

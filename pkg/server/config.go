@@ -52,6 +52,14 @@ type Config struct {
 	GitMemory   int64         // the fetch process's address space (RLIMIT_AS), bytes
 	GitTimeout  time.Duration // the whole fetch
 
+	// The embedded registry's housekeeping (not used with an external
+	// --registry, which keeps its own content).
+	RegistryGCInterval       time.Duration // how often unreferenced blobs are collected; 0: only at start
+	RegistryGCRemoveUntagged bool          // the collection also deletes manifests no tag points to (earlier builds)
+	RegistryGCQuiet          time.Duration // a collection waits until no write came for this long
+	RegistryUploadMaxAge     time.Duration // unfinished uploads older than this are purged
+	RegistryMaxUpload        int64         // bytes one blob upload may hold; 0: no cap
+
 	// The cluster column (see ../shared/DESIGN.md); the defaults are the
 	// embedded parts.
 	Role             string // all (one process), api, receiver, dispatcher, reporter or reconciler
@@ -100,6 +108,9 @@ var EnvVars = map[string]string{
 	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
 	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
+	"SLIPWAY_REGISTRY_GC_INTERVAL": "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
+	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
+	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -149,6 +160,9 @@ func (c *Config) Validate() error {
 	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
 		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
 	}
+	if c.RegistryGCInterval < 0 || c.RegistryGCQuiet < 0 || c.RegistryUploadMaxAge <= 0 || c.RegistryMaxUpload < 0 {
+		return errors.New("registry housekeeping: a non-negative GC interval and quiet period, a positive upload age, a non-negative upload cap")
+	}
 	if c.GitMaxFiles < 1 || c.GitMaxBytes < 1 || c.GitMemory < 1<<30 || c.GitTimeout <= 0 {
 		return errors.New("git fetch limits: at least one file and one byte, a memory of at least 1Gi (the fetch process's address space), a positive timeout")
 	}
@@ -181,6 +195,11 @@ func DefaultConfig() Config {
 		GitMaxBytes: buildcontext.DefaultBytes,
 		GitMemory:   buildcontext.DefaultMemory,
 		GitTimeout:  buildcontext.DefaultTimeout,
+
+		RegistryGCInterval:   time.Hour,
+		RegistryGCQuiet:      time.Minute,
+		RegistryUploadMaxAge: time.Hour,
+		RegistryMaxUpload:    10 << 30,
 
 		Role:           "all",
 		Store:          "sqlite",
@@ -263,6 +282,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.DurationVar(&c.GitTimeout, "git-timeout", c.GitTimeout, "wall-clock limit of a Git context's fetch")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often stuck builds are looked for")
+	fs.DurationVar(&c.RegistryGCInterval, "registry-gc-interval", c.RegistryGCInterval, "how often the embedded registry's unreferenced blobs are collected (also at start); 0: only at start")
+	fs.BoolVar(&c.RegistryGCRemoveUntagged, "registry-gc-remove-untagged", c.RegistryGCRemoveUntagged, "the collection also deletes manifests no tag points to: earlier builds' references stop resolving")
+	fs.DurationVar(&c.RegistryGCQuiet, "registry-gc-quiet", c.RegistryGCQuiet, "a collection waits until the registry saw no write for this long")
+	fs.DurationVar(&c.RegistryUploadMaxAge, "registry-upload-max-age", c.RegistryUploadMaxAge, "unfinished registry uploads older than this are purged (at each collection)")
+	fs.Func("registry-max-upload", "bytes one blob upload to the embedded registry may hold, or a quantity such as 10Gi; 0: no cap (default 10Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.RegistryMaxUpload = q.Value()
+		return nil
+	})
 	fs.StringVar(&c.Role, "role", c.Role, "which function this process serves: "+strings.Join(Roles, ", "))
 	fs.StringVar(&c.Store, "store", c.Store, "sqlite (in the data dir) or firestore")
 	fs.StringVar(&c.FirestoreProject, "firestore-project", c.FirestoreProject, "Google Cloud `PROJECT` of the Firestore database")

@@ -27,6 +27,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
+	"github.com/slipway-dev/slipway/pkg/gate"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
@@ -68,6 +69,12 @@ type Server struct {
 	buildHTTP *http.Server
 	buildLn   net.Listener
 	lock      *dataDirLock
+
+	// content is the embedded registry's content and gate what keeps its
+	// collection away from writes; both nil with an external registry.
+	content *registry.Content
+	gate    *gate.Gate
+	stopGC  context.CancelFunc
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -162,6 +169,13 @@ func (s *Server) open() error {
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
+	if s.cfg.Registry == "" && (role == "all" || role == "api") {
+		s.gate = gate.New()
+		if s.content, err = registry.NewContent(ctx, s.cfg.DataDir, s.gate); err != nil {
+			return err
+		}
+		deps.Content = s.content
+	}
 	switch {
 	case role == "all":
 		if s.builds, err = s.newDispatcher(box); err != nil {
@@ -187,7 +201,7 @@ func (s *Server) open() error {
 			if err != nil {
 				return err
 			}
-			s.mux.Handle("/v2/", reg)
+			s.mux.Handle("/v2/", registry.Guard(reg, s.cfg.DataDir, registry.Limits{MaxUpload: s.cfg.RegistryMaxUpload, Gate: s.gate}))
 			s.mux.Handle("GET /v2/_catalog", catalog)
 			s.mux.Handle(token.Path, s.RegistryTokens)
 		}
@@ -249,6 +263,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		RegistryTokens: s.registryTokens(),
+		Gate:           s.pushGate(),
 	}
 }
 
@@ -381,6 +396,14 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 
 // Serve serves until ctx is done, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.content != nil {
+		// Before serving, nothing writes: the collection at start always
+		// runs, and later ones follow the schedule.
+		s.content.RunOnce(ctx, s.maintenance(), s.log)
+		gcCtx, stop := context.WithCancel(ctx)
+		s.stopGC = stop
+		go s.content.Maintain(gcCtx, s.maintenance(), s.log)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	if s.buildLn != nil {
@@ -420,6 +443,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.stopGC != nil {
+		s.stopGC()
+	}
 	if s.buildLn != nil {
 		s.buildLn.Close()
 	}
