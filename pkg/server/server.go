@@ -92,13 +92,7 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 func (s *Server) open() error {
 	ctx := context.Background()
 	var err error
-	switch s.cfg.Store {
-	case "firestore":
-		s.Store, err = firestore.Open(ctx, s.cfg.FirestoreProject)
-	default:
-		s.Store, err = sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile))
-	}
-	if err != nil {
+	if s.Store, err = s.openStore(ctx); err != nil {
 		return err
 	}
 	var verifier auth.Verifier
@@ -177,6 +171,26 @@ func (s *Server) open() error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil
+}
+
+// openStore opens the configured store. On failure it returns a nil
+// interface, never a typed nil pointer in a non-nil interface, so that
+// closeParts does not Close a store that was never opened.
+func (s *Server) openStore(ctx context.Context) (store.Store, error) {
+	switch s.cfg.Store {
+	case "firestore":
+		fs, err := firestore.Open(ctx, s.cfg.FirestoreProject)
+		if err != nil {
+			return nil, err
+		}
+		return fs, nil
+	default:
+		db, err := sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile))
+		if err != nil {
+			return nil, err
+		}
+		return db, nil
+	}
 }
 
 // newCluster sets up the cluster roles' handlers: build pods through the
