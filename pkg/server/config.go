@@ -28,20 +28,30 @@ type Config struct {
 	MaxBodyBytes    int64         // request body cap
 	Sink            string        // K_SINK: where emitted events also go
 	ShutdownTimeout time.Duration // grace period on SIGTERM
-	LogLevel        string        // debug, info, warn or error
-	Version         string        // reported by /api/v1/info
-	Demo            bool          // ensure a demo workspace and print a signed-in link to the page
-	Stdout          io.Writer     // where the demo link is printed
+	// DrainDelay is how long the server keeps serving after SIGTERM with
+	// its readiness probe answering 503, before it stops accepting
+	// connections: load balancers and Knative's queue-proxy take it out of
+	// rotation meanwhile. Default 5 s.
+	DrainDelay time.Duration
+	LogLevel   string    // debug, info, warn or error
+	Version    string    // reported by /api/v1/info
+	Demo       bool      // ensure a demo workspace and print a signed-in link to the page
+	Stdout     io.Writer // where the demo link is printed
 
-	Executor          string        // the Kaniko executor; default: beside the slipway binary, or bin/executor
-	BuildSlots        int           // builds that run at once; the rest wait in FIFO order
-	BuildTimeout      time.Duration // wall-clock limit of one build
-	BuildMemory       int64         // memory limit of one build, bytes
-	BuildCPUs         float64       // CPU limit of one build, cores
-	BuildPids         int64         // process limit of one build
-	BuildLogCap       int64         // bytes of log kept per build
-	BuildCache        bool          // Kaniko's layer cache in the internal registry
-	ReconcileInterval time.Duration // how often stuck builds are looked for
+	Executor     string        // the Kaniko executor; default: beside the slipway binary, or bin/executor
+	BuildSlots   int           // builds that run at once; the rest wait in FIFO order
+	BuildTimeout time.Duration // wall-clock limit of one build
+	BuildMemory  int64         // memory limit of one build, bytes
+	BuildCPUs    float64       // CPU limit of one build, cores
+	// BuildCPURequest and BuildMemoryRequest are what a build pod requests
+	// of a node (cluster only), each at most its limit; zero: kube's
+	// DefaultCPURequest (250m) and DefaultMemoryRequest (512Mi).
+	BuildCPURequest    float64
+	BuildMemoryRequest int64
+	BuildPids          int64         // process limit of one build
+	BuildLogCap        int64         // bytes of log kept per build
+	BuildCache         bool          // Kaniko's layer cache in the internal registry
+	ReconcileInterval  time.Duration // how often stuck builds are looked for
 
 	// The cluster column (see ../shared/DESIGN.md); the defaults are the
 	// embedded parts.
@@ -87,7 +97,9 @@ var EnvVars = map[string]string{
 	"SLIPWAY_BUILD_TIMEOUT": "build-timeout", "SLIPWAY_BUILD_MEMORY": "build-memory", "SLIPWAY_BUILD_CPU": "build-cpus",
 	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
-	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
+	"SLIPWAY_BUILD_CPU_REQUEST":   "build-cpu-request", "SLIPWAY_BUILD_MEMORY_REQUEST": "build-memory-request",
+	"SLIPWAY_DRAIN_DELAY":        "drain-delay",
+	"SLIPWAY_EVENTS_OIDC_ISSUER": "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -134,8 +146,9 @@ func (c *Config) Validate() error {
 	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
 		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
 	}
-	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
-		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
+	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 ||
+		c.BuildCPURequest < 0 || c.BuildMemoryRequest < 0 || c.DrainDelay < 0 {
+		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory, CPUs, requests and drain delay, a log cap of at least 1 KiB")
 	}
 	return nil
 }
@@ -149,6 +162,7 @@ func DefaultConfig() Config {
 		EventPublishers: []string{"platform"},
 		MaxBodyBytes:    1 << 20,
 		ShutdownTimeout: 10 * time.Second,
+		DrainDelay:      5 * time.Second,
 		LogLevel:        "info",
 		Version:         Version,
 		Stdout:          os.Stdout,
@@ -192,6 +206,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.AllowFileGit, "allow-file-git", c.AllowFileGit, "allow file:// Git URLs in build contexts (local development only)")
 	fs.StringVar(&c.GitCAFile, "git-ca-file", c.GitCAFile, "extra PEM root certificates for Git over https")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", c.MaxBodyBytes, "request body cap in `BYTES`")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "after SIGTERM, how long readiness answers 503 while requests are still served")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")
@@ -210,6 +225,22 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 			return err
 		}
 		c.BuildCPUs = q.AsApproximateFloat64()
+		return nil
+	})
+	fs.Func("build-cpu-request", "CPU a build pod requests of a node, at most its limit (cluster only; default 250m)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildCPURequest = q.AsApproximateFloat64()
+		return nil
+	})
+	fs.Func("build-memory-request", "memory a build pod requests of a node, at most its limit (cluster only; default 512Mi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildMemoryRequest = q.Value()
 		return nil
 	})
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")

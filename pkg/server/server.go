@@ -159,7 +159,7 @@ func (s *Server) open() error {
 	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
-			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
@@ -204,7 +204,9 @@ func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
-	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap)})
+	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap),
+		CPURequest: s.cfg.BuildCPURequest, MemoryRequest: s.cfg.BuildMemoryRequest,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +325,10 @@ func (s *Server) RegistryHost() string {
 // URL is the server's base URL.
 func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 
-// Serve serves until ctx is done, then shuts down gracefully.
+// Serve serves until ctx is done, then shuts down gracefully: readiness
+// answers 503 at once, requests are still served for Config.DrainDelay, and
+// then the server stops accepting connections and waits up to
+// Config.ShutdownTimeout for those under way.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
@@ -345,9 +350,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+		// Not ready first, while still serving: the readiness probe answers
+		// 503 for DrainDelay, so that whatever balances load here stops
+		// sending requests before the listener closes.
 		s.ready.Store(false)
+		if s.cfg.DrainDelay > 0 {
+			s.log.Info("draining", "delay", s.cfg.DrainDelay.String())
+			select {
+			case <-time.After(s.cfg.DrainDelay):
+			case err = <-errc:
+			}
+		}
 		shutdown, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-		err = s.http.Shutdown(shutdown)
+		if serr := s.http.Shutdown(shutdown); err == nil {
+			err = serr
+		}
 		cancel()
 	}
 	s.closeParts()

@@ -7,9 +7,11 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -51,6 +53,12 @@ var commitRE = regexp.MustCompile(`(?m)^commit ([0-9a-f]{40}|[0-9a-f]{64})[ \t\r
 //     (see Report) says why.
 //   - Kaniko terminated: its ExitCode, and OOMKilled when its terminated
 //     reason is OOMKilled.
+//   - Not placed on a node: condition PodScheduled False with reason
+//     Unschedulable for Options.StartTimeout (or the pod's deadline, when
+//     shorter) since its creation, a Problem saying why and what it
+//     requests; not started by any kubelet within activeDeadlineSeconds of
+//     its creation (which the kubelet counts only from the start on a
+//     node), TimedOut.
 //   - Deleted before it ended (deletionTimestamp set), or a container kept
 //     failing to start for Options.StartTimeout since the pod's start
 //     (ErrImagePull, ImagePullBackOff, CreateContainerConfigError,
@@ -92,7 +100,53 @@ func (r *Runner) OutcomeOf(pod *corev1.Pod) (o build.Outcome, done bool) {
 		o.Problem = problemPrefix + msg
 		return o, true
 	}
+	if msg := r.unschedulable(pod); msg != "" {
+		o.Problem = problemPrefix + msg
+		return o, true
+	}
+	created := !pod.CreationTimestamp.IsZero()
+	if created && pod.Status.StartTime == nil && pod.Spec.ActiveDeadlineSeconds != nil &&
+		r.now().Sub(pod.CreationTimestamp.Time) >= time.Duration(*pod.Spec.ActiveDeadlineSeconds)*time.Second {
+		// activeDeadlineSeconds counts from the start on a node only: a pod
+		// no kubelet started within the build's time limit has timed out.
+		o.TimedOut = true
+		return o, true
+	}
 	return build.Outcome{}, false
+}
+
+// unschedulable describes why the scheduler cannot place the pod, once it
+// has said so (condition PodScheduled False, reason Unschedulable) for
+// Options.StartTimeout since the pod was created, or for its whole
+// deadline when that is shorter; "" otherwise.
+func (r *Runner) unschedulable(pod *corev1.Pod) string {
+	if pod.CreationTimestamp.IsZero() {
+		return "" // no API server's: its age is unknown
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type != corev1.PodScheduled || c.Status != corev1.ConditionFalse || c.Reason != corev1.PodReasonUnschedulable {
+			continue
+		}
+		wait := r.opts.StartTimeout
+		if d := pod.Spec.ActiveDeadlineSeconds; d != nil {
+			wait = min(wait, time.Duration(*d)*time.Second)
+		}
+		if r.now().Sub(pod.CreationTimestamp.Time) < wait {
+			return ""
+		}
+		return fmt.Sprintf("no node of the cluster can take it (%s): %s; it requests %s", c.Reason, c.Message, requests(pod))
+	}
+	return ""
+}
+
+// requests sums up what the pod's containers request, for messages.
+func requests(pod *corev1.Pod) string {
+	var cpu, mem resource.Quantity
+	for _, c := range pod.Spec.Containers {
+		cpu.Add(c.Resources.Requests[corev1.ResourceCPU])
+		mem.Add(c.Resources.Requests[corev1.ResourceMemory])
+	}
+	return fmt.Sprintf("%s CPU and %s of memory", cpu.String(), mem.String())
 }
 
 // failed is OutcomeOf for a pod in phase Failed.
