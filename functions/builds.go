@@ -3,6 +3,7 @@ package functions
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -164,6 +165,15 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 		if !b.Status.Active() {
 			return nil
 		}
+		if a.Live != nil && len(chunk) == 0 && b.Status == build.Running {
+			// The runner is elsewhere: its log reaches the store when the
+			// build ends, so stream it from the runner meanwhile.
+			n, err := a.Live.Follow(ctx, b.ID(), offset, flushing{w, rc})
+			offset += n
+			if err != nil && ctx.Err() == nil {
+				a.Log.Warn("following a build's log", "build", b.ID(), "error", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -178,4 +188,18 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+}
+
+// flushing writes to an HTTP response and flushes each write to the client.
+type flushing struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushing) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
 }

@@ -619,9 +619,8 @@ func grantsCore(rule rbacv1.PolicyRule, res, verb string) bool {
 	return slices.Contains(rule.APIGroups, "") && slices.Contains(rule.Resources, res) && slices.Contains(rule.Verbs, verb)
 }
 
-// checkRBAC checks least privilege: Roles only in the build namespace, no
-// wildcards, only the dispatcher creates pods and secrets, and each role has
-// what its job needs.
+// checkRBAC checks the shape of least privilege: Roles only in the build
+// namespace, no wildcards, bindings to Slipway's ServiceAccounts only.
 func (m *manifests) checkRBAC(t *testing.T) {
 	for _, r := range m.roles {
 		if r.Namespace != buildNamespace {
@@ -633,29 +632,14 @@ func (m *manifests) checkRBAC(t *testing.T) {
 			}
 		}
 	}
-	grants := m.grants(t)
-	dispatcher := appNamespace + "/" + servicePrefix + "dispatcher"
-	for _, res := range []string{"pods", "secrets"} {
-		for _, g := range grants {
-			if grantsCore(g.rule, res, "create") && (g.account != dispatcher || g.namespace != buildNamespace) {
-				t.Errorf("%s may create %s in %s: only %s may, only in %s", g.account, res, g.namespace, dispatcher, buildNamespace)
-			}
-		}
-	}
-	needs := map[string][][2]string{
-		"dispatcher": {{"pods", "create"}, {"pods", "delete"}, {"pods", "get"}, {"secrets", "create"}, {"secrets", "delete"}},
-		"reporter":   {{"pods", "get"}, {"pods", "list"}, {"pods", "watch"}, {"pods/log", "get"}},
-		"reconciler": {{"pods", "list"}, {"pods", "delete"}},
-	}
-	for role := range consumes {
-		account := appNamespace + "/" + servicePrefix + role
-		for _, need := range needs[role] {
-			if !allowed(grants, account, buildNamespace, need[0], need[1]) {
-				t.Errorf("role %s may not %s %s in %s", role, need[1], need[0], buildNamespace)
-			}
-		}
-		if len(needs[role]) == 0 && slices.ContainsFunc(grants, func(g grant) bool { return g.account == account }) {
-			t.Errorf("role %s needs no Kubernetes API rights but is bound to a Role", role)
+	// Which rights each role has is derived from its code, in the main
+	// module: pkg/dispatch's TestRoleRightsAreWhatTheirCodeCalls compares
+	// base/rbac.yaml both ways with the Kubernetes calls each role makes.
+	// Here: every binding resolves to a rendered Role and ServiceAccount,
+	// and only Slipway's own accounts hold rights.
+	for _, g := range m.grants(t) {
+		if !strings.HasPrefix(g.account, appNamespace+"/"+servicePrefix) {
+			t.Errorf("%s holds Slipway's rights in %s", g.account, g.namespace)
 		}
 	}
 }

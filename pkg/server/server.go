@@ -138,6 +138,13 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Handlers = cluster.Handlers(role)
+	case role == "api":
+		// ?follow=true streams a running build's log from its pod.
+		pods, _, err := s.kubeRunner()
+		if err != nil {
+			return err
+		}
+		deps.Live = pods
 	}
 	api := functions.New(deps)
 	if role == "all" || role == "api" {
@@ -196,17 +203,7 @@ func (s *Server) openStore(ctx context.Context) (store.Store, error) {
 // newCluster sets up the cluster roles' handlers: build pods through the
 // in-cluster Kubernetes API.
 func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
-	rc, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: %w", err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: %w", err)
-	}
-	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap),
-		CPURequest: s.cfg.BuildCPURequest, MemoryRequest: s.cfg.BuildMemoryRequest,
-	})
+	pods, client, err := s.kubeRunner()
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +215,26 @@ func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
 		return pod, err
 	}
 	return dispatch.NewCluster(s.dispatchOptions(box), pods, get), nil
+}
+
+// kubeRunner is the build pods' runner, through the in-cluster Kubernetes
+// API, and its client.
+func (s *Server) kubeRunner() (*kube.Runner, kubernetes.Interface, error) {
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap),
+		CPURequest: s.cfg.BuildCPURequest, MemoryRequest: s.cfg.BuildMemoryRequest,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return pods, client, nil
 }
 
 // dispatchOptions are the build settings both runners share.

@@ -247,18 +247,30 @@ func (r *Runner) Report(ctx context.Context, pod *corev1.Pod) (id string, o buil
 	return pod.Name, o, log, true, nil
 }
 
+// buildSecrets returns the credentials of build pod's Secret, to redact;
+// none when the build has no Secret (it needs no credentials, or its pod is
+// gone and the Secret with it).
+func (r *Runner) buildSecrets(ctx context.Context, pod string) ([][]byte, error) {
+	s, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, pod, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
+	}
+	secrets, err := credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey]))
+	if err != nil {
+		return nil, fmt.Errorf("kube: secret %s: %w", pod, err)
+	}
+	return secrets, nil
+}
+
 // readLog returns a container's log, redacted and capped; nil when the pod
 // is gone.
 func (r *Runner) readLog(ctx context.Context, pod, container string) ([]byte, error) {
-	var secrets [][]byte
-	s, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, pod, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		if secrets, err = credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey])); err != nil {
-			return nil, fmt.Errorf("kube: secret %s: %w", pod, err)
-		}
-	case !apierrors.IsNotFound(err): // none: the build needs no credentials
-		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
+	secrets, err := r.buildSecrets(ctx, pod)
+	if err != nil {
+		return nil, err
 	}
 	buf := &capBuffer{max: r.opts.LogCap}
 	red := secret.NewRedactor(buf, secrets...)
@@ -312,4 +324,92 @@ func terminated(statuses []corev1.ContainerStatus, name string) *corev1.Containe
 		}
 	}
 	return nil
+}
+
+// followPoll is how often Follow looks at a build pod whose Kaniko has not
+// started yet.
+const followPoll = time.Second
+
+// Follow writes build id's log to w while its pod runs: Kaniko's log, from
+// byte offset of the redacted log on, as Kaniko writes it, with the build's
+// credentials replaced by "[redacted]" as in the log Report returns. It
+// waits for Kaniko to start (the init container fetching a git context
+// first, say) and returns when Kaniko's log ends or ctx is done, with the
+// bytes it wrote. A build without a pod, or whose pod has ended, gets
+// nothing: its log is the one Report returns, which the reporter records.
+func (r *Runner) Follow(ctx context.Context, id string, offset int64, w io.Writer) (int64, error) {
+	pods := r.client.CoreV1().Pods(r.opts.Namespace)
+	for {
+		pod, err := pods.Get(ctx, id, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err), ctx.Err() != nil:
+			return 0, nil
+		case err != nil:
+			return 0, fmt.Errorf("kube: get pod %s: %w", id, err)
+		case pod.Labels[LabelManagedBy] != ManagedBy:
+			return 0, fmt.Errorf("kube: pod %s is not a build pod", id)
+		}
+		if _, done := r.OutcomeOf(pod); done {
+			return 0, nil
+		}
+		if logContainer(pod) == kanikoContainer {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, nil
+		case <-time.After(followPoll):
+		}
+	}
+	secrets, err := r.buildSecrets(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	rc, err := pods.GetLogs(id, &corev1.PodLogOptions{Container: kanikoContainer, Follow: true}).Stream(ctx)
+	if err != nil {
+		if ctx.Err() != nil || apierrors.IsNotFound(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("kube: follow the log of pod %s: %w", id, err)
+	}
+	defer rc.Close()
+	out := &skipWriter{w: w, skip: offset}
+	red := secret.NewRedactor(out, secrets...)
+	_, err = io.Copy(red, rc)
+	if ctx.Err() != nil {
+		return out.n, nil
+	}
+	if ferr := red.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return out.n, fmt.Errorf("kube: follow the log of pod %s: %w", id, err)
+	}
+	return out.n, nil
+}
+
+// skipWriter drops the first skip bytes written to it and counts the rest
+// it writes to w.
+type skipWriter struct {
+	w    io.Writer
+	skip int64
+	n    int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	all := len(p)
+	if s.skip > 0 {
+		k := min(s.skip, int64(len(p)))
+		s.skip -= k
+		p = p[k:]
+	}
+	if len(p) == 0 {
+		return all, nil
+	}
+	n, err := s.w.Write(p)
+	s.n += int64(n)
+	if err != nil {
+		return all, err
+	}
+	return all, nil
 }
