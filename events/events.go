@@ -15,6 +15,9 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/uuid"
+
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/store"
 )
 
 // Source is the source attribute of every event Slipway emits.
@@ -110,6 +113,24 @@ func New(typ, subject string, data any) (cloudevents.Event, error) {
 	return e, nil
 }
 
+// Lifecycle is the store.Announcement of a build's lifecycle: a change
+// that leaves a build queued, running, succeeded, failed or cancelled is
+// announced as build.queued, started, succeeded, failed or cancelled, with
+// the build's view at now as data. Attach it (store.Announce) to the
+// changes that move a build on, not to those that record a detail.
+func Lifecycle(now func() time.Time) store.Announcement {
+	return func(b build.Build) []store.Event {
+		typ := map[build.Status]string{
+			build.Queued: BuildQueued, build.Running: BuildStarted, build.Succeeded: BuildSucceeded,
+			build.Failed: BuildFailed, build.Cancelled: BuildCancelled,
+		}[b.Status]
+		if typ == "" {
+			return nil
+		}
+		return []store.Event{{Type: typ, Subject: b.ID(), Data: b.View(now())}}
+	}
+}
+
 // Handler consumes an event in-process. Returning an error asks for
 // redelivery.
 type Handler func(ctx context.Context, e cloudevents.Event) error
@@ -127,6 +148,15 @@ type Publisher struct {
 	wg       sync.WaitGroup
 	ctx      context.Context
 	stop     context.CancelFunc
+	notify   func()
+}
+
+// OnPublish has f called after each Publish: an outbox relay's Notify, so
+// that the event a change wrote to the outbox goes out at once.
+func (p *Publisher) OnPublish(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.notify = f
 }
 
 // NewPublisher returns a Publisher sending to sinkURL ("" for none).
@@ -159,6 +189,12 @@ func (p *Publisher) Publish(typ, subject string, data any) {
 		return
 	}
 	p.Deliver(e)
+	p.mu.RLock()
+	notify := p.notify
+	p.mu.RUnlock()
+	if notify != nil {
+		notify()
+	}
 }
 
 // Deliver hands e to the local handlers and the sink. Local handlers get

@@ -106,6 +106,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	fs "cloud.google.com/go/firestore"
 	"google.golang.org/api/option"
@@ -636,7 +637,10 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if err != nil {
 			return err
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, b)
 	})
 	return b, err
 }
@@ -783,9 +787,72 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if err != nil {
 			return err
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, b)
 	})
 	return b, err
+}
+
+// outboxDoc is an event in the outbox. At, the commit's server timestamp,
+// orders the events: the changes of one subject (a build) conflict in their
+// transactions, so their commits, and so their At, are in order; N orders
+// the events of one commit.
+type outboxDoc struct {
+	At      time.Time `firestore:"at,serverTimestamp"`
+	N       int       `firestore:"n"`
+	Type    string    `firestore:"type"`
+	Subject string    `firestore:"subject"`
+	Time    time.Time `firestore:"time"`
+	Data    string    `firestore:"data"`
+}
+
+func (s *Store) outbox() *fs.CollectionRef { return s.c.Collection("outbox") }
+
+// appendOutbox writes the events ctx's Announcement makes of b in tx.
+func (s *Store) appendOutbox(ctx context.Context, tx *fs.Transaction, b build.Build) error {
+	evs, err := store.Announced(ctx, b, time.Now())
+	if err != nil {
+		return err
+	}
+	for i, e := range evs {
+		if err := tx.Create(s.outbox().Doc(e.ID), outboxDoc{N: i, Type: e.Type, Subject: e.Subject, Time: e.Time, Data: string(e.Data)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PendingEvents implements store.Outbox. An event's Sequence is its
+// commit's time in microseconds, times 64, plus its place in the commit.
+func (s *Store) PendingEvents(ctx context.Context, limit int) ([]store.OutboxEvent, error) {
+	docs, err := s.outbox().OrderBy("at", fs.Asc).OrderBy("n", fs.Asc).Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.OutboxEvent, 0, len(docs))
+	for _, d := range docs {
+		var o outboxDoc
+		if err := d.DataTo(&o); err != nil {
+			return nil, fmt.Errorf("decoding outbox event %s: %w", d.Ref.ID, err)
+		}
+		out = append(out, store.OutboxEvent{
+			ID: d.Ref.ID, Type: o.Type, Subject: o.Subject, Time: o.Time.UTC(),
+			Sequence: o.At.UnixMicro()*64 + int64(o.N), Data: []byte(o.Data),
+		})
+	}
+	return out, nil
+}
+
+// DeliveredEvents implements store.Outbox.
+func (s *Store) DeliveredEvents(ctx context.Context, ids ...string) error {
+	for _, id := range ids {
+		if _, err := s.outbox().Doc(id).Delete(ctx); err != nil && status.Code(err) != codes.NotFound {
+			return err
+		}
+	}
+	return nil
 }
 
 // AppendLog implements store.Store.
