@@ -149,6 +149,24 @@ type Publisher struct {
 	ctx      context.Context
 	stop     context.CancelFunc
 	notify   func()
+	outboxed map[string]bool
+}
+
+// BuildLifecycle lists the types Lifecycle announces.
+var BuildLifecycle = []string{BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled}
+
+// ViaOutbox marks types whose events reach the sink through the store's
+// outbox (a relay, see package outbox): Publish gives them to the local
+// handlers only.
+func (p *Publisher) ViaOutbox(types ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.outboxed == nil {
+		p.outboxed = map[string]bool{}
+	}
+	for _, t := range types {
+		p.outboxed[t] = true
+	}
 }
 
 // OnPublish has f called after each Publish: an outbox relay's Notify, so
@@ -197,13 +215,15 @@ func (p *Publisher) Publish(typ, subject string, data any) {
 	}
 }
 
-// Deliver hands e to the local handlers and the sink. Local handlers get
+// Deliver hands e to the local handlers and, unless its type goes
+// ViaOutbox, the sink. Local handlers get
 // the first attempt before Deliver returns, so they see events in the order
 // they were published (the build queue is FIFO by it); a failed attempt is
 // retried in the background, like every delivery to the sink.
 func (p *Publisher) Deliver(e cloudevents.Event) {
 	p.mu.RLock()
 	hs := p.handlers[e.Type()]
+	toSink := p.sink != nil && !p.outboxed[e.Type()]
 	p.mu.RUnlock()
 	for _, h := range hs {
 		ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
@@ -218,7 +238,7 @@ func (p *Publisher) Deliver(e cloudevents.Event) {
 			p.retry(e, "local", func(ctx context.Context) error { return h(ctx, e) })
 		}()
 	}
-	if p.sink != nil {
+	if toSink {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()

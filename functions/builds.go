@@ -31,7 +31,9 @@ func (a *api) createBuild(w http.ResponseWriter, r *http.Request) error {
 		return errForbidden
 	}
 	b := build.New(img.ID, img.DefinitionRev, subject(r.Context()), build.TriggerManual, a.Now())
-	if b, err = a.Store.CreateBuild(r.Context(), b); err != nil {
+	// The queued event goes to the outbox with the build (the sink's
+	// copy); Publish gives it to the local handlers.
+	if b, err = a.Store.CreateBuild(store.Announce(r.Context(), events.Lifecycle(a.Now)), b); err != nil {
 		return err
 	}
 	view := b.View(a.Now())
@@ -111,7 +113,7 @@ func (a *api) settleCancel(r *http.Request, imageID string, n int) (build.Build,
 // cancelAs records a cancellation by who and announces it; the runner stops
 // the build when it receives the event.
 func (a *api) cancelAs(ctx context.Context, imageID string, n int, who string, out *build.Build) error {
-	b, err := a.Store.UpdateBuild(ctx, imageID, n, func(b *build.Build) error {
+	b, err := a.Store.UpdateBuild(store.Announce(ctx, events.Lifecycle(a.Now)), imageID, n, func(b *build.Build) error {
 		return b.Cancel(who, a.Now())
 	})
 	if err != nil {

@@ -77,7 +77,7 @@ func (c *Cluster) OnQueued(ctx context.Context, e cloudevents.Event) error {
 }
 
 func (c *Cluster) dispatch(ctx context.Context, r ref) error {
-	b, err := c.o.Store.UpdateBuild(ctx, r.Image, r.Number, func(b *build.Build) error { return b.Start(c.o.Now()) })
+	b, err := c.o.Store.UpdateBuild(store.Announce(ctx, events.Lifecycle(c.o.Now)), r.Image, r.Number, func(b *build.Build) error { return b.Start(c.o.Now()) })
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil

@@ -27,6 +27,7 @@ type Config struct {
 	GitCAFile       string        // extra PEM roots for Git over https (a private CA)
 	MaxBodyBytes    int64         // request body cap
 	Sink            string        // K_SINK: where emitted events also go
+	CEOverrides     string        // K_CE_OVERRIDES: extensions set on every emitted event (Knative's SinkBinding)
 	ShutdownTimeout time.Duration // grace period on SIGTERM
 	// DrainDelay is how long the server keeps serving after SIGTERM with
 	// its readiness probe answering 503, before it stops accepting
@@ -154,7 +155,7 @@ func (c *Config) Validate() error {
 }
 
 // DefaultConfig returns the embedded defaults, with SLIPWAY_ADDR,
-// SLIPWAY_DATA and K_SINK applied from the environment.
+// SLIPWAY_DATA, K_SINK and K_CE_OVERRIDES applied from the environment.
 func DefaultConfig() Config {
 	c := Config{
 		Addr:            "127.0.0.1:8080",
@@ -188,6 +189,7 @@ func DefaultConfig() Config {
 		c.DataDir = v
 	}
 	c.Sink = os.Getenv("K_SINK")
+	c.CEOverrides = os.Getenv("K_CE_OVERRIDES")
 	return c
 }
 

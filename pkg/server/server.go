@@ -26,6 +26,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/outbox"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
@@ -53,6 +54,7 @@ type Server struct {
 	Issuer *auth.Issuer
 	Events *events.Publisher
 	builds *dispatch.Dispatcher
+	relay  *outbox.Relay
 	ready  atomic.Bool
 	mux    *http.ServeMux
 	http   *http.Server
@@ -120,6 +122,16 @@ func (s *Server) open() error {
 	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
 		return err
 	}
+	// Build events reach the sink from the store's outbox, written with
+	// the change they announce; local handlers get them from Publish.
+	reg := prometheus.NewRegistry()
+	if s.relay, err = outbox.New(outbox.Options{
+		Outbox: s.Store, Sink: s.cfg.Sink, Overrides: s.cfg.CEOverrides, Log: s.log, Registerer: reg,
+	}); err != nil {
+		return err
+	}
+	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
 		Store: s.Store, Verifier: auth.Cache(verifier, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
@@ -161,7 +173,6 @@ func (s *Server) open() error {
 	if role != "api" {
 		s.mux.Handle("/events", api)
 	}
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, r *http.Request) {
@@ -349,10 +360,15 @@ func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	relayDone := make(chan struct{})
+	go func() { s.relay.Run(relayCtx); close(relayDone) }()
+	// What the relay has not delivered stays in the outbox for the next start.
+	closeParts := func() { stopRelay(); <-relayDone; s.closeParts() }
 	if s.builds != nil {
 		if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
 			s.http.Close()
-			s.closeParts()
+			closeParts()
 			return err
 		}
 	}
@@ -384,7 +400,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		cancel()
 	}
-	s.closeParts()
+	closeParts()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
