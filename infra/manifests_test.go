@@ -770,6 +770,9 @@ type funcFile struct {
 	Name        string    `json:"name"`
 	Runtime     string    `json:"runtime"`
 	Registry    string    `json:"registry,omitempty"`
+	// Namespace is where `func deploy` deploys; deploy.namespace is
+	// func's own record of the last deployment's, not a setting.
+	Namespace string `json:"namespace"`
 	Image       string    `json:"image,omitempty"`
 	Created     time.Time `json:"created"`
 	Deploy      struct {
@@ -814,8 +817,8 @@ func TestFuncYAML(t *testing.T) {
 	if f.Created.IsZero() {
 		t.Error("created is required")
 	}
-	if f.Deploy.Namespace != appNamespace {
-		t.Errorf("deploy.namespace %q, want %s", f.Deploy.Namespace, appNamespace)
+	if f.Namespace != appNamespace || f.Deploy.Namespace != "" {
+		t.Errorf("namespace %q, deploy.namespace %q: want namespace %s (deploy.namespace is func's record of the last deployment)", f.Namespace, f.Deploy.Namespace, appNamespace)
 	}
 	scale := f.Deploy.Options.Scale
 	if scale == nil || scale.Min == nil || *scale.Min != 0 || scale.Max == nil || *scale.Max < 1 {
@@ -859,6 +862,55 @@ type skaffoldFile struct {
 	Deploy struct {
 		Kubectl *struct{} `json:"kubectl"`
 	} `json:"deploy"`
+	ResourceSelector struct {
+		Allow []struct {
+			GroupKind string   `json:"groupKind"`
+			Image     []string `json:"image"`
+		} `json:"allow"`
+	} `json:"resourceSelector"`
+}
+
+// imageSettings are the ConfigMap's settings that name images, and the
+// Skaffold artifact each must be: build pods run them.
+var imageSettings = map[string]string{"SLIPWAY_INIT_IMAGE": imageName, "SLIPWAY_KANIKO_IMAGE": "kaniko-executor"}
+
+// TestSkaffoldReplacesEveryImage checks that `skaffold run` puts the images
+// it builds everywhere they are used: in the Services (Skaffold rewrites
+// their image fields itself) and in the ConfigMap's image settings, which
+// build pods run. Those must render as the artifacts' names, so that
+// Skaffold can match them, and skaffold.yaml's resourceSelector must let it
+// rewrite exactly those fields of the ConfigMap. Without Skaffold, the
+// init image follows the Services' image (a kustomize replacement).
+func TestSkaffoldReplacesEveryImage(t *testing.T) {
+	var s skaffoldFile
+	if err := yaml.UnmarshalStrict(readRepoFile(t, "skaffold.yaml"), &s); err != nil {
+		t.Fatalf("skaffold.yaml: %v", err)
+	}
+	var paths []string
+	for _, a := range s.ResourceSelector.Allow {
+		if a.GroupKind == "ConfigMap" {
+			paths = append(paths, a.Image...)
+		}
+	}
+	for _, p := range s.Manifests.Kustomize.Paths {
+		m := render(t, strings.TrimPrefix(p, "infra/"))
+		cm := find(m.configMaps, appNamespace, configMapName)
+		if cm == nil {
+			t.Fatalf("%s: no ConfigMap %s", p, configMapName)
+		}
+		for key, artifact := range imageSettings {
+			name, _, _ := util.SplitImageName(cm.Data[key])
+			if name != artifact {
+				t.Errorf("%s: %s is %q: Skaffold replaces only its artifact %q", p, key, cm.Data[key], artifact)
+			}
+			if !slices.Contains(paths, ".data."+key) {
+				t.Errorf("skaffold.yaml: resourceSelector does not let Skaffold rewrite ConfigMap field .data.%s", key)
+			}
+		}
+		if svc := m.services[0]; cm.Data["SLIPWAY_INIT_IMAGE"] != svc.Spec.Template.Spec.Containers[0].Image {
+			t.Errorf("%s: SLIPWAY_INIT_IMAGE %q is not the Services' image %q", p, cm.Data["SLIPWAY_INIT_IMAGE"], svc.Spec.Template.Spec.Containers[0].Image)
+		}
+	}
 }
 
 func TestSkaffoldYAML(t *testing.T) {
