@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
 
@@ -119,7 +120,11 @@ func New(typ, subject string, data any) (cloudevents.Event, error) {
 // the build's view at now as data. Attach it (store.Announce) to the
 // changes that move a build on, not to those that record a detail.
 func Lifecycle(now func() time.Time) store.Announcement {
-	return func(b build.Build) []store.Event {
+	return func(changed any) []store.Event {
+		b, ok := changed.(build.Build)
+		if !ok {
+			return nil
+		}
 		typ := map[build.Status]string{
 			build.Queued: BuildQueued, build.Running: BuildStarted, build.Succeeded: BuildSucceeded,
 			build.Failed: BuildFailed, build.Cancelled: BuildCancelled,
@@ -130,6 +135,21 @@ func Lifecycle(now func() time.Time) store.Announcement {
 		return []store.Event{{Type: typ, Subject: b.ID(), Data: b.View(now())}}
 	}
 }
+
+// ImageChange is the store.Announcement of an image change: an event of
+// type typ about the image, with view(image) as data.
+func ImageChange(typ string, view func(image.Image) any) store.Announcement {
+	return func(changed any) []store.Event {
+		img, ok := changed.(image.Image)
+		if !ok {
+			return nil
+		}
+		return []store.Event{{Type: typ, Subject: img.ID, Data: view(img)}}
+	}
+}
+
+// ImageTypes lists the types of image changes.
+var ImageTypes = []string{ImageCreated, ImageUpdated, ImageDeleted}
 
 // Handler consumes an event in-process. Returning an error asks for
 // redelivery.

@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
@@ -129,7 +130,7 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	if err := image.Validate(img, a.Rules); err != nil {
 		return err
 	}
-	if err := a.Store.CreateImage(r.Context(), img); err != nil {
+	if err := a.Store.CreateImage(a.announce(r.Context(), events.ImageCreated), img); err != nil {
 		return err
 	}
 	view := viewImage(img, now)
@@ -188,7 +189,7 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	was := img.Version
 	img.Edit(next, subject(r.Context()), a.Now())
-	if err := a.Store.UpdateImage(r.Context(), img, was); err != nil {
+	if err := a.Store.UpdateImage(a.announce(r.Context(), events.ImageUpdated), img, was); err != nil {
 		return err
 	}
 	view := viewImage(img, a.Now())
@@ -212,10 +213,17 @@ func (a *api) deleteImage(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if err := a.Store.DeleteImage(r.Context(), img.ID); err != nil {
+	if err := a.Store.DeleteImage(a.announce(r.Context(), events.ImageDeleted), img.ID); err != nil {
 		return err
 	}
 	a.Events.Publish(events.ImageDeleted, img.ID, viewImage(img, a.Now()))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// announce returns ctx whose image change the store announces in its
+// outbox as an event of type typ, with the image's view as data; Publish
+// gives the event to the local handlers.
+func (a *api) announce(ctx context.Context, typ string) context.Context {
+	return store.Announce(ctx, events.ImageChange(typ, func(img image.Image) any { return viewImage(img, a.Now()) }))
 }

@@ -122,8 +122,9 @@ func (s *Server) open() error {
 	if s.Events, err = events.NewPublisher(s.cfg.Sink, s.log); err != nil {
 		return err
 	}
-	// Build events reach the sink from the store's outbox, written with
-	// the change they announce; local handlers get them from Publish.
+	// Build and image events reach the sink from the store's outbox,
+	// written with the change they announce; local handlers get them from
+	// Publish.
 	reg := prometheus.NewRegistry()
 	if s.relay, err = outbox.New(outbox.Options{
 		Outbox: s.Store, Sink: s.cfg.Sink, Overrides: s.cfg.CEOverrides, Log: s.log, Registerer: reg,
@@ -131,6 +132,7 @@ func (s *Server) open() error {
 		return err
 	}
 	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.ViaOutbox(events.ImageTypes...)
 	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
 		Store: s.Store, Verifier: auth.Cache(verifier, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,

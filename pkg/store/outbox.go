@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-
-	"github.com/slipway-dev/slipway/pkg/build"
 )
 
 // Event is an event that a change announces: the store writes it to its
@@ -31,29 +29,30 @@ type OutboxEvent struct {
 	Data     json.RawMessage
 }
 
-// Announcement makes the events that announce a build change from the
-// build as the change stored it; none when the change announces nothing.
-type Announcement func(b build.Build) []Event
+// Announcement makes the events that announce a change from what the change
+// stored: a build.Build (CreateBuild, UpdateBuild) or an image.Image
+// (CreateImage, UpdateImage, and DeleteImage with the image it deleted);
+// none when the change announces nothing.
+type Announcement func(changed any) []Event
 
 type announceKey struct{}
 
-// Announce returns ctx carrying a: the build changes made with it
-// (CreateBuild, UpdateBuild) append a's events to the outbox in their
-// transaction.
+// Announce returns ctx carrying a: the changes of builds and images made
+// with it append a's events to the outbox in their transaction.
 func Announce(ctx context.Context, a Announcement) context.Context {
 	return context.WithValue(ctx, announceKey{}, a)
 }
 
-// Announced returns the events that ctx's Announcement makes of b, ready
-// for the outbox, stamped at now; nil when ctx carries none. Backends call
-// it inside the change's transaction.
-func Announced(ctx context.Context, b build.Build, now time.Time) ([]OutboxEvent, error) {
+// Announced returns the events that ctx's Announcement makes of changed,
+// ready for the outbox, stamped at now; nil when ctx carries none. Backends
+// call it inside the change's transaction.
+func Announced(ctx context.Context, changed any, now time.Time) ([]OutboxEvent, error) {
 	a, _ := ctx.Value(announceKey{}).(Announcement)
 	if a == nil {
 		return nil, nil
 	}
 	var out []OutboxEvent
-	for _, e := range a(b) {
+	for _, e := range a(changed) {
 		data, err := json.Marshal(e.Data)
 		if err != nil {
 			return nil, err

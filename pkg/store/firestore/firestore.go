@@ -427,7 +427,10 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 		if err := tx.Create(s.nameRef(img.Name), nameDoc{Image: img.ID, Workspace: img.Workspace}); err != nil {
 			return err
 		}
-		return tx.Create(s.imageRef(img.ID), d)
+		if err := tx.Create(s.imageRef(img.ID), d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, img)
 	})
 }
 
@@ -516,7 +519,10 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 				return err
 			}
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, next)
 	})
 }
 
@@ -537,16 +543,16 @@ func (s *Store) deleteImage(ctx context.Context, ref *fs.DocumentRef) error {
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		var d imageDoc
-		if err := snaps[0].DataTo(&d); err != nil {
-			return fmt.Errorf("decoding %s: %w", ref.Path, err)
+		img, err := decodeImage(snaps[0])
+		if err != nil {
+			return err
 		}
-		for _, r := range []*fs.DocumentRef{ref, s.nameRef(d.Name), activeRef(ref)} {
+		for _, r := range []*fs.DocumentRef{ref, s.nameRef(img.Name), activeRef(ref)} {
 			if err := tx.Delete(r); err != nil {
 				return err
 			}
 		}
-		return nil
+		return s.appendOutbox(ctx, tx, img)
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -810,9 +816,10 @@ type outboxDoc struct {
 
 func (s *Store) outbox() *fs.CollectionRef { return s.c.Collection("outbox") }
 
-// appendOutbox writes the events ctx's Announcement makes of b in tx.
-func (s *Store) appendOutbox(ctx context.Context, tx *fs.Transaction, b build.Build) error {
-	evs, err := store.Announced(ctx, b, time.Now())
+// appendOutbox writes in tx the events ctx's Announcement makes of what a
+// change stored (a build.Build or an image.Image).
+func (s *Store) appendOutbox(ctx context.Context, tx *fs.Transaction, changed any) error {
+	evs, err := store.Announced(ctx, changed, time.Now())
 	if err != nil {
 		return err
 	}

@@ -289,12 +289,17 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
-		img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
-	if isUnique(err) {
-		return store.ErrNameTaken
-	}
-	return err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
+			img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
+		if isUnique(err) {
+			return store.ErrNameTaken
+		}
+		if err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
+	})
 }
 
 const imageColumns = "id, workspace, name, version, doc"
@@ -388,20 +393,25 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if isUnique(err) {
 			return store.ErrNameTaken
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
 	})
 }
 
 // DeleteImage implements store.Store.
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return store.ErrNotFound
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		img, err := s.getImage(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id); err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
+	})
 }
 
 func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
@@ -572,9 +582,10 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 	return b, err
 }
 
-// appendOutbox writes the events ctx's Announcement makes of b.
-func appendOutbox(ctx context.Context, tx *sql.Tx, b build.Build) error {
-	evs, err := store.Announced(ctx, b, time.Now())
+// appendOutbox writes the events ctx's Announcement makes of what a change
+// stored (a build.Build or an image.Image).
+func appendOutbox(ctx context.Context, tx *sql.Tx, changed any) error {
+	evs, err := store.Announced(ctx, changed, time.Now())
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,7 @@ func Run(t *testing.T, open Opener) {
 		{"DeleteImageFreesNameAndBuilds", deleteImage},
 		{"OutboxHoldsAnnouncedEventsInOrder", outboxInOrder},
 		{"OutboxEventsOnlyWithTheirChange", outboxAtomic},
+		{"OutboxHoldsImageChanges", outboxImages},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
@@ -537,7 +538,12 @@ func updateKeepsBuildResults(t *testing.T, s store.Store) {
 
 // announceStatus announces each build change as "build.<status>" with the
 // build's status as data.
-func announceStatus(b build.Build) []store.Event {
+func announceStatus(changed any) []store.Event {
+	b, ok := changed.(build.Build)
+	if !ok {
+		img := changed.(image.Image)
+		return []store.Event{{Type: "image.v" + fmt.Sprint(img.Version), Subject: img.ID, Data: img.Name}}
+	}
 	return []store.Event{{Type: "build." + string(b.Status), Subject: b.ID(), Data: map[string]string{"status": string(b.Status)}}}
 }
 
@@ -618,5 +624,43 @@ func outboxAtomic(t *testing.T, s store.Store) {
 	evs, err := s.PendingEvents(ctx, 100)
 	if err != nil || len(evs) != 1 || evs[0].Type != "build.queued" {
 		t.Errorf("outbox = %v, %v; want the one queued event", evs, err)
+	}
+}
+
+func outboxImages(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	actx := store.Announce(ctx, announceStatus)
+	img := NewImage("img1", "ws1", "team/a")
+	if err := s.CreateImage(actx, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateImage(actx, NewImage("img2", "ws1", "team/a")); !errors.Is(err, store.ErrNameTaken) {
+		t.Fatalf("a second team/a: %v", err)
+	}
+	next := img
+	next.Name, next.Version = "team/b", 2
+	if err := s.UpdateImage(actx, next, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateImage(actx, next, 1); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a stale update: %v", err)
+	}
+	if err := s.DeleteImage(actx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteImage(actx, "img1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleting again: %v", err)
+	}
+	evs, err := s.PendingEvents(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.Subject+" "+e.Type+" "+string(e.Data))
+	}
+	want := []string{`img1 image.v1 "team/a"`, `img1 image.v2 "team/b"`, `img1 image.v2 "team/b"`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("outbox:\n%s\nwant (created, updated, deleted)\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
