@@ -766,16 +766,16 @@ func TestDevOverlay(t *testing.T) {
 // Slipway uses; a field outside it fails strict decoding and has to be added
 // here on purpose.
 type funcFile struct {
-	SpecVersion string    `json:"specVersion"`
-	Name        string    `json:"name"`
-	Runtime     string    `json:"runtime"`
-	Registry    string    `json:"registry,omitempty"`
+	SpecVersion string `json:"specVersion"`
+	Name        string `json:"name"`
+	Runtime     string `json:"runtime"`
+	Registry    string `json:"registry,omitempty"`
 	// Namespace is where `func deploy` deploys; deploy.namespace is
 	// func's own record of the last deployment's, not a setting.
-	Namespace string `json:"namespace"`
-	Image       string    `json:"image,omitempty"`
-	Created     time.Time `json:"created"`
-	Deploy      struct {
+	Namespace string    `json:"namespace"`
+	Image     string    `json:"image,omitempty"`
+	Created   time.Time `json:"created"`
+	Deploy    struct {
 		Namespace string `json:"namespace"`
 		Options   struct {
 			Scale *struct {
