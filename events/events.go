@@ -16,6 +16,10 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/uuid"
+
+	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/store"
 )
 
 // Source is the source attribute of every event Slipway emits.
@@ -111,6 +115,43 @@ func New(typ, subject string, data any) (cloudevents.Event, error) {
 	return e, nil
 }
 
+// Lifecycle is the store.Announcement of a build's lifecycle: a change
+// that leaves a build queued, running, succeeded, failed or cancelled is
+// announced as build.queued, started, succeeded, failed or cancelled, with
+// the build's view at now as data. Attach it (store.Announce) to the
+// changes that move a build on, not to those that record a detail.
+func Lifecycle(now func() time.Time) store.Announcement {
+	return func(changed any) []store.Event {
+		b, ok := changed.(build.Build)
+		if !ok {
+			return nil
+		}
+		typ := map[build.Status]string{
+			build.Queued: BuildQueued, build.Running: BuildStarted, build.Succeeded: BuildSucceeded,
+			build.Failed: BuildFailed, build.Cancelled: BuildCancelled,
+		}[b.Status]
+		if typ == "" {
+			return nil
+		}
+		return []store.Event{{Type: typ, Subject: b.ID(), Data: b.View(now())}}
+	}
+}
+
+// ImageChange is the store.Announcement of an image change: an event of
+// type typ about the image, with view(image) as data.
+func ImageChange(typ string, view func(image.Image) any) store.Announcement {
+	return func(changed any) []store.Event {
+		img, ok := changed.(image.Image)
+		if !ok {
+			return nil
+		}
+		return []store.Event{{Type: typ, Subject: img.ID, Data: view(img)}}
+	}
+}
+
+// ImageTypes lists the types of image changes.
+var ImageTypes = []string{ImageCreated, ImageUpdated, ImageDeleted}
+
 // Handler consumes an event in-process. Returning an error asks for
 // redelivery.
 type Handler func(ctx context.Context, e cloudevents.Event) error
@@ -128,6 +169,33 @@ type Publisher struct {
 	wg       sync.WaitGroup
 	ctx      context.Context
 	stop     context.CancelFunc
+	notify   func()
+	outboxed map[string]bool
+}
+
+// BuildLifecycle lists the types Lifecycle announces.
+var BuildLifecycle = []string{BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled}
+
+// ViaOutbox marks types whose events reach the sink through the store's
+// outbox (a relay, see package outbox): Publish gives them to the local
+// handlers only.
+func (p *Publisher) ViaOutbox(types ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.outboxed == nil {
+		p.outboxed = map[string]bool{}
+	}
+	for _, t := range types {
+		p.outboxed[t] = true
+	}
+}
+
+// OnPublish has f called after each Publish: an outbox relay's Notify, so
+// that the event a change wrote to the outbox goes out at once.
+func (p *Publisher) OnPublish(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.notify = f
 }
 
 // NewPublisher returns a Publisher sending to sinkURL ("" for none).
@@ -160,15 +228,23 @@ func (p *Publisher) Publish(typ, subject string, data any) {
 		return
 	}
 	p.Deliver(e)
+	p.mu.RLock()
+	notify := p.notify
+	p.mu.RUnlock()
+	if notify != nil {
+		notify()
+	}
 }
 
-// Deliver hands e to the local handlers and the sink. Local handlers get
+// Deliver hands e to the local handlers and, unless its type goes
+// ViaOutbox, the sink. Local handlers get
 // the first attempt before Deliver returns, so they see events in the order
 // they were published (the build queue is FIFO by it); a failed attempt is
 // retried in the background, like every delivery to the sink.
 func (p *Publisher) Deliver(e cloudevents.Event) {
 	p.mu.RLock()
 	hs := p.handlers[e.Type()]
+	toSink := p.sink != nil && !p.outboxed[e.Type()]
 	p.mu.RUnlock()
 	for _, h := range hs {
 		ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
@@ -183,7 +259,7 @@ func (p *Publisher) Deliver(e cloudevents.Event) {
 			p.retry(e, "local", func(ctx context.Context) error { return p.handle(ctx, h, e) })
 		}()
 	}
-	if p.sink != nil {
+	if toSink {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()

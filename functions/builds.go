@@ -3,6 +3,7 @@ package functions
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,7 +31,9 @@ func (a *api) createBuild(w http.ResponseWriter, r *http.Request) error {
 		return errForbidden
 	}
 	b := build.New(img.ID, img.DefinitionRev, subject(r.Context()), build.TriggerManual, a.Now())
-	if b, err = a.Store.CreateBuild(r.Context(), b); err != nil {
+	// The queued event goes to the outbox with the build (the sink's
+	// copy); Publish gives it to the local handlers.
+	if b, err = a.Store.CreateBuild(store.Announce(r.Context(), events.Lifecycle(a.Now)), b); err != nil {
 		return err
 	}
 	view := b.View(a.Now())
@@ -110,7 +113,7 @@ func (a *api) settleCancel(r *http.Request, imageID string, n int) (build.Build,
 // cancelAs records a cancellation by who and announces it; the runner stops
 // the build when it receives the event.
 func (a *api) cancelAs(ctx context.Context, imageID string, n int, who string, out *build.Build) error {
-	b, err := a.Store.UpdateBuild(ctx, imageID, n, func(b *build.Build) error {
+	b, err := a.Store.UpdateBuild(store.Announce(ctx, events.Lifecycle(a.Now)), imageID, n, func(b *build.Build) error {
 		return b.Cancel(who, a.Now())
 	})
 	if err != nil {
@@ -164,6 +167,15 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 		if !b.Status.Active() {
 			return nil
 		}
+		if a.Live != nil && len(chunk) == 0 && b.Status == build.Running {
+			// The runner is elsewhere: its log reaches the store when the
+			// build ends, so stream it from the runner meanwhile.
+			n, err := a.Live.Follow(ctx, b.ID(), offset, flushing{w, rc})
+			offset += n
+			if err != nil && ctx.Err() == nil {
+				a.Log.Warn("following a build's log", "build", b.ID(), "error", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -178,4 +190,18 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+}
+
+// flushing writes to an HTTP response and flushes each write to the client.
+type flushing struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushing) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
 }

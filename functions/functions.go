@@ -34,6 +34,15 @@ type Publisher interface {
 	Publish(typ, subject string, data any)
 }
 
+// LiveLog streams the log of a build whose runner is elsewhere (a build
+// pod in the cluster) while it runs, before the build's log is in the store.
+type LiveLog interface {
+	// Follow writes build id's log from byte offset on to w as it grows,
+	// until the runner's log ends or ctx is done, and returns the bytes it
+	// wrote.
+	Follow(ctx context.Context, id string, offset int64, w io.Writer) (int64, error)
+}
+
 // Deps is what the handlers need.
 type Deps struct {
 	Store      store.Store
@@ -49,6 +58,9 @@ type Deps struct {
 	Now        func() time.Time
 	// LogPoll is how often a followed build log is checked for more.
 	LogPoll time.Duration
+	// Live, when set, streams a running build's log from its runner for
+	// ?follow=true while the store has none of it yet (the cluster).
+	Live LiveLog
 	// IgnoreWorkspaces: POST /events acknowledges the platform's workspace
 	// events without handling them (a cluster role other than receiver).
 	IgnoreWorkspaces bool

@@ -149,7 +149,7 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	if err := a.checkBindings(r.Context(), img); err != nil {
 		return err
 	}
-	if err := a.Store.CreateImage(r.Context(), img); err != nil {
+	if err := a.Store.CreateImage(a.announce(r.Context(), events.ImageCreated), img); err != nil {
 		return err
 	}
 	// The name is this image's now: whatever a deletion that failed
@@ -223,7 +223,7 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	old, was := img, img.Version
 	img.Edit(next, subject(r.Context()), a.Now())
-	if err := a.Store.UpdateImage(r.Context(), img, was); err != nil {
+	if err := a.Store.UpdateImage(a.announce(r.Context(), events.ImageUpdated), img, was); err != nil {
 		return err
 	}
 	if renamed {
@@ -263,7 +263,7 @@ func (a *api) deleteImage(w http.ResponseWriter, r *http.Request) error {
 	if err := a.deleteContent(r.Context(), img.Name); err != nil {
 		return err
 	}
-	if err := a.Store.DeleteImage(r.Context(), img.ID); err != nil {
+	if err := a.Store.DeleteImage(a.announce(r.Context(), events.ImageDeleted), img.ID); err != nil {
 		return err
 	}
 	a.Events.Publish(events.ImageDeleted, img.ID, a.viewImage(img, a.Now()))
@@ -296,4 +296,11 @@ func (a *api) moveContent(ctx context.Context, from, to string) error {
 		return fmt.Errorf("moving the registry content of %s to %s: %w", from, to, err)
 	}
 	return nil
+}
+
+// announce returns ctx whose image change the store announces in its
+// outbox as an event of type typ, with the image's view as data; Publish
+// gives the event to the local handlers.
+func (a *api) announce(ctx context.Context, typ string) context.Context {
+	return store.Announce(ctx, events.ImageChange(typ, func(img image.Image) any { return a.viewImage(img, a.Now()) }))
 }

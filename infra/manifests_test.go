@@ -619,9 +619,8 @@ func grantsCore(rule rbacv1.PolicyRule, res, verb string) bool {
 	return slices.Contains(rule.APIGroups, "") && slices.Contains(rule.Resources, res) && slices.Contains(rule.Verbs, verb)
 }
 
-// checkRBAC checks least privilege: Roles only in the build namespace, no
-// wildcards, only the dispatcher creates pods and secrets, and each role has
-// what its job needs.
+// checkRBAC checks the shape of least privilege: Roles only in the build
+// namespace, no wildcards, bindings to Slipway's ServiceAccounts only.
 func (m *manifests) checkRBAC(t *testing.T) {
 	for _, r := range m.roles {
 		if r.Namespace != buildNamespace {
@@ -633,29 +632,14 @@ func (m *manifests) checkRBAC(t *testing.T) {
 			}
 		}
 	}
-	grants := m.grants(t)
-	dispatcher := appNamespace + "/" + servicePrefix + "dispatcher"
-	for _, res := range []string{"pods", "secrets"} {
-		for _, g := range grants {
-			if grantsCore(g.rule, res, "create") && (g.account != dispatcher || g.namespace != buildNamespace) {
-				t.Errorf("%s may create %s in %s: only %s may, only in %s", g.account, res, g.namespace, dispatcher, buildNamespace)
-			}
-		}
-	}
-	needs := map[string][][2]string{
-		"dispatcher": {{"pods", "create"}, {"pods", "delete"}, {"pods", "get"}, {"secrets", "create"}, {"secrets", "delete"}},
-		"reporter":   {{"pods", "get"}, {"pods", "list"}, {"pods", "watch"}, {"pods/log", "get"}},
-		"reconciler": {{"pods", "list"}, {"pods", "delete"}},
-	}
-	for role := range consumes {
-		account := appNamespace + "/" + servicePrefix + role
-		for _, need := range needs[role] {
-			if !allowed(grants, account, buildNamespace, need[0], need[1]) {
-				t.Errorf("role %s may not %s %s in %s", role, need[1], need[0], buildNamespace)
-			}
-		}
-		if len(needs[role]) == 0 && slices.ContainsFunc(grants, func(g grant) bool { return g.account == account }) {
-			t.Errorf("role %s needs no Kubernetes API rights but is bound to a Role", role)
+	// Which rights each role has is derived from its code, in the main
+	// module: pkg/dispatch's TestRoleRightsAreWhatTheirCodeCalls compares
+	// base/rbac.yaml both ways with the Kubernetes calls each role makes.
+	// Here: every binding resolves to a rendered Role and ServiceAccount,
+	// and only Slipway's own accounts hold rights.
+	for _, g := range m.grants(t) {
+		if !strings.HasPrefix(g.account, appNamespace+"/"+servicePrefix) {
+			t.Errorf("%s holds Slipway's rights in %s", g.account, g.namespace)
 		}
 	}
 }
@@ -782,13 +766,16 @@ func TestDevOverlay(t *testing.T) {
 // Slipway uses; a field outside it fails strict decoding and has to be added
 // here on purpose.
 type funcFile struct {
-	SpecVersion string    `json:"specVersion"`
-	Name        string    `json:"name"`
-	Runtime     string    `json:"runtime"`
-	Registry    string    `json:"registry,omitempty"`
-	Image       string    `json:"image,omitempty"`
-	Created     time.Time `json:"created"`
-	Deploy      struct {
+	SpecVersion string `json:"specVersion"`
+	Name        string `json:"name"`
+	Runtime     string `json:"runtime"`
+	Registry    string `json:"registry,omitempty"`
+	// Namespace is where `func deploy` deploys; deploy.namespace is
+	// func's own record of the last deployment's, not a setting.
+	Namespace string    `json:"namespace"`
+	Image     string    `json:"image,omitempty"`
+	Created   time.Time `json:"created"`
+	Deploy    struct {
 		Namespace string `json:"namespace"`
 		Options   struct {
 			Scale *struct {
@@ -830,8 +817,8 @@ func TestFuncYAML(t *testing.T) {
 	if f.Created.IsZero() {
 		t.Error("created is required")
 	}
-	if f.Deploy.Namespace != appNamespace {
-		t.Errorf("deploy.namespace %q, want %s", f.Deploy.Namespace, appNamespace)
+	if f.Namespace != appNamespace || f.Deploy.Namespace != "" {
+		t.Errorf("namespace %q, deploy.namespace %q: want namespace %s (deploy.namespace is func's record of the last deployment)", f.Namespace, f.Deploy.Namespace, appNamespace)
 	}
 	scale := f.Deploy.Options.Scale
 	if scale == nil || scale.Min == nil || *scale.Min != 0 || scale.Max == nil || *scale.Max < 1 {
@@ -875,6 +862,55 @@ type skaffoldFile struct {
 	Deploy struct {
 		Kubectl *struct{} `json:"kubectl"`
 	} `json:"deploy"`
+	ResourceSelector struct {
+		Allow []struct {
+			GroupKind string   `json:"groupKind"`
+			Image     []string `json:"image"`
+		} `json:"allow"`
+	} `json:"resourceSelector"`
+}
+
+// imageSettings are the ConfigMap's settings that name images, and the
+// Skaffold artifact each must be: build pods run them.
+var imageSettings = map[string]string{"SLIPWAY_INIT_IMAGE": imageName, "SLIPWAY_KANIKO_IMAGE": "kaniko-executor"}
+
+// TestSkaffoldReplacesEveryImage checks that `skaffold run` puts the images
+// it builds everywhere they are used: in the Services (Skaffold rewrites
+// their image fields itself) and in the ConfigMap's image settings, which
+// build pods run. Those must render as the artifacts' names, so that
+// Skaffold can match them, and skaffold.yaml's resourceSelector must let it
+// rewrite exactly those fields of the ConfigMap. Without Skaffold, the
+// init image follows the Services' image (a kustomize replacement).
+func TestSkaffoldReplacesEveryImage(t *testing.T) {
+	var s skaffoldFile
+	if err := yaml.UnmarshalStrict(readRepoFile(t, "skaffold.yaml"), &s); err != nil {
+		t.Fatalf("skaffold.yaml: %v", err)
+	}
+	var paths []string
+	for _, a := range s.ResourceSelector.Allow {
+		if a.GroupKind == "ConfigMap" {
+			paths = append(paths, a.Image...)
+		}
+	}
+	for _, p := range s.Manifests.Kustomize.Paths {
+		m := render(t, strings.TrimPrefix(p, "infra/"))
+		cm := find(m.configMaps, appNamespace, configMapName)
+		if cm == nil {
+			t.Fatalf("%s: no ConfigMap %s", p, configMapName)
+		}
+		for key, artifact := range imageSettings {
+			name, _, _ := util.SplitImageName(cm.Data[key])
+			if name != artifact {
+				t.Errorf("%s: %s is %q: Skaffold replaces only its artifact %q", p, key, cm.Data[key], artifact)
+			}
+			if !slices.Contains(paths, ".data."+key) {
+				t.Errorf("skaffold.yaml: resourceSelector does not let Skaffold rewrite ConfigMap field .data.%s", key)
+			}
+		}
+		if svc := m.services[0]; cm.Data["SLIPWAY_INIT_IMAGE"] != svc.Spec.Template.Spec.Containers[0].Image {
+			t.Errorf("%s: SLIPWAY_INIT_IMAGE %q is not the Services' image %q", p, cm.Data["SLIPWAY_INIT_IMAGE"], svc.Spec.Template.Spec.Containers[0].Image)
+		}
+	}
 }
 
 func TestSkaffoldYAML(t *testing.T) {

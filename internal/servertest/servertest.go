@@ -38,6 +38,7 @@ func Config(t testing.TB) server.Config {
 	cfg := server.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.Addr = "127.0.0.1:0"
+	cfg.DrainDelay = 0 // nothing balances load onto a test's server
 	return cfg
 }
 

@@ -49,6 +49,7 @@ func TestUsageOnBadArguments(t *testing.T) {
 func TestTokenAndWorkspaceAgainstAServer(t *testing.T) {
 	data := t.TempDir()
 	cfg := server.DefaultConfig()
+	cfg.DrainDelay = 0
 	cfg.DataDir, cfg.Addr = data, "127.0.0.1:0"
 	s, err := server.Listen(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {

@@ -77,7 +77,7 @@ func (c *Cluster) OnQueued(ctx context.Context, e cloudevents.Event) error {
 }
 
 func (c *Cluster) dispatch(ctx context.Context, r ref) error {
-	b, err := c.o.Store.UpdateBuild(ctx, r.Image, r.Number, func(b *build.Build) error { return b.Start(c.o.Now()) })
+	b, err := c.o.Store.UpdateBuild(store.Announce(ctx, events.Lifecycle(c.o.Now)), r.Image, r.Number, func(b *build.Build) error { return b.Start(c.o.Now()) })
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil
@@ -206,11 +206,18 @@ func (c *Cluster) settle(ctx context.Context, r ref, end func(*build.Build) erro
 
 // OnPing reconciles: queued builds nobody started are dispatched again,
 // running builds whose pod is gone are settled as interrupted (or from the
-// pod, when its end was missed), and ended pods of settled builds go.
+// pod, when its end was missed), and ended pods of settled builds go. Each
+// build and each pod is handled on its own: an error is logged and the pass
+// goes on, and the errors, joined, ask for redelivery at the end.
 func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
+	var errs []error
+	fail := func(what, id string, err error) {
+		c.o.Log.Error("reconciling", "step", what, "build", id, "error", err)
+		errs = append(errs, fmt.Errorf("%s %s: %w", what, id, err))
+	}
 	active, err := c.o.Store.ListActiveBuilds(ctx)
 	if err != nil {
-		return err
+		fail("listing active builds", "", err)
 	}
 	now := c.o.Now()
 	for _, b := range active {
@@ -218,25 +225,27 @@ func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
 		switch {
 		case b.Status == build.Queued && now.Sub(b.QueuedAt) > c.Grace:
 			if err := c.dispatch(ctx, r); err != nil {
-				return err
+				fail("dispatching", r.id(), err)
 			}
 		case b.Status == build.Running && b.StartedAt != nil && now.Sub(*b.StartedAt) > c.Grace:
 			pod, err := c.get(ctx, b.ID())
-			if err != nil {
-				return err
-			}
-			if pod == nil {
+			switch {
+			case err != nil:
+				fail("reading the pod of", r.id(), err)
+			case pod == nil:
 				c.settle(ctx, r, func(b *build.Build) error {
 					return b.Fail(build.ReasonInterrupted, "the build's pod is gone; build again", c.o.Now())
 				})
-			} else if err := c.report(ctx, pod); err != nil {
-				return err
+			default:
+				if err := c.report(ctx, pod); err != nil {
+					fail("reporting", r.id(), err)
+				}
 			}
 		}
 	}
 	left, err := c.pods.Leftovers()
 	if err != nil {
-		return err
+		fail("listing ended pods", "", err)
 	}
 	for _, id := range left {
 		imageID, n, err := kube.ParseID(id)
@@ -245,10 +254,13 @@ func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
 		}
 		if b, err := c.o.Store.GetBuild(ctx, imageID, n); err == nil && b.Status.Active() {
 			continue // the reporter has not settled it yet
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			fail("reading the build of pod", id, err)
+			continue
 		}
 		if err := c.pods.Cleanup(id); err != nil {
-			c.o.Log.Warn("deleting an ended build pod", "build", id, "error", err)
+			fail("deleting the ended pod", id, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -299,10 +299,11 @@ func (d *Dispatcher) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-// settle applies an ending to a build and announces it. A build that has
+// settle applies an ending to a build and announces it: to the outbox in
+// the change's transaction, then to the local handlers. A build that has
 // ended already (cancelled meanwhile) keeps its ending.
 func settle(ctx context.Context, o Options, r ref, end func(*build.Build) error) {
-	ctx = context.WithoutCancel(ctx)
+	ctx = store.Announce(context.WithoutCancel(ctx), events.Lifecycle(o.Now))
 	b, err := o.Store.UpdateBuild(ctx, r.Image, r.Number, end)
 	switch {
 	case errors.Is(err, build.ErrTransition), errors.Is(err, store.ErrNotFound):
@@ -325,7 +326,7 @@ func failureReason(b build.Build) string {
 
 // run executes one build from start to settlement.
 func (d *Dispatcher) run(ctx context.Context, r ref) {
-	b, err := d.o.Store.UpdateBuild(ctx, r.Image, r.Number, func(b *build.Build) error { return b.Start(d.o.Now()) })
+	b, err := d.o.Store.UpdateBuild(store.Announce(ctx, events.Lifecycle(d.o.Now)), r.Image, r.Number, func(b *build.Build) error { return b.Start(d.o.Now()) })
 	if err != nil {
 		if !errors.Is(err, build.ErrTransition) && !errors.Is(err, store.ErrNotFound) {
 			d.o.Log.Error("starting build", "build", r.id(), "error", err)

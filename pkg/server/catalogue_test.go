@@ -379,8 +379,7 @@ func TestEventsOut(t *testing.T) {
 	defer sink.Close()
 	sinkURL := sink.URL
 
-	cfg := server.DefaultConfig()
-	cfg.DataDir = t.TempDir()
+	cfg := serverConfig(t)
 	cfg.Sink = sinkURL
 	e := start(t, cfg)
 	e.announce(events.WorkspaceCreated, "ws1", "alice")

@@ -30,21 +30,32 @@ type Config struct {
 	GitCAFile       string        // extra PEM roots for Git over https (a private CA)
 	MaxBodyBytes    int64         // request body cap
 	Sink            string        // K_SINK: where emitted events also go
+	CEOverrides     string        // K_CE_OVERRIDES: extensions set on every emitted event (Knative's SinkBinding)
 	ShutdownTimeout time.Duration // grace period on SIGTERM
-	LogLevel        string        // debug, info, warn or error
-	Version         string        // reported by /api/v1/info
-	Demo            bool          // ensure a demo workspace and print a signed-in link to the page
-	Stdout          io.Writer     // where the demo link is printed
+	// DrainDelay is how long the server keeps serving after SIGTERM with
+	// its readiness probe answering 503, before it stops accepting
+	// connections: load balancers and Knative's queue-proxy take it out of
+	// rotation meanwhile. Default 5 s.
+	DrainDelay time.Duration
+	LogLevel   string    // debug, info, warn or error
+	Version    string    // reported by /api/v1/info
+	Demo       bool      // ensure a demo workspace and print a signed-in link to the page
+	Stdout     io.Writer // where the demo link is printed
 
-	Executor          string        // the Kaniko executor; default: beside the slipway binary, or bin/executor
-	BuildSlots        int           // builds that run at once; the rest wait in FIFO order
-	BuildTimeout      time.Duration // wall-clock limit of one build
-	BuildMemory       int64         // memory limit of one build, bytes
-	BuildCPUs         float64       // CPU limit of one build, cores
-	BuildPids         int64         // process limit of one build
-	BuildLogCap       int64         // bytes of log kept per build
-	BuildCache        bool          // Kaniko's layer cache in the internal registry
-	ReconcileInterval time.Duration // how often stuck builds are looked for
+	Executor     string        // the Kaniko executor; default: beside the slipway binary, or bin/executor
+	BuildSlots   int           // builds that run at once; the rest wait in FIFO order
+	BuildTimeout time.Duration // wall-clock limit of one build
+	BuildMemory  int64         // memory limit of one build, bytes
+	BuildCPUs    float64       // CPU limit of one build, cores
+	// BuildCPURequest and BuildMemoryRequest are what a build pod requests
+	// of a node (cluster only), each at most its limit; zero: kube's
+	// DefaultCPURequest (250m) and DefaultMemoryRequest (512Mi).
+	BuildCPURequest    float64
+	BuildMemoryRequest int64
+	BuildPids          int64         // process limit of one build
+	BuildLogCap        int64         // bytes of log kept per build
+	BuildCache         bool          // Kaniko's layer cache in the internal registry
+	ReconcileInterval  time.Duration // how often stuck builds are looked for
 
 	// A Git context's fetch runs in a child process bounded by these.
 	GitMaxFiles int64         // entries (files, directories, links) checked out
@@ -105,7 +116,9 @@ var EnvVars = map[string]string{
 	"SLIPWAY_EVENT_PUBLISHERS": "event-publishers", "SLIPWAY_BUILD_SLOTS": "build-slots",
 	"SLIPWAY_REGISTRY_PULLERS":    "registry-pullers",
 	"SLIPWAY_CREDENTIALS_KEY_DIR": "credentials-key-dir",
-	"SLIPWAY_EVENTS_OIDC_ISSUER":  "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
+	"SLIPWAY_BUILD_CPU_REQUEST":   "build-cpu-request", "SLIPWAY_BUILD_MEMORY_REQUEST": "build-memory-request",
+	"SLIPWAY_DRAIN_DELAY":        "drain-delay",
+	"SLIPWAY_EVENTS_OIDC_ISSUER": "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
 	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
 	"SLIPWAY_REGISTRY_GC_INTERVAL": "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
@@ -157,8 +170,9 @@ func (c *Config) Validate() error {
 	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
 		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
 	}
-	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
-		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
+	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 ||
+		c.BuildCPURequest < 0 || c.BuildMemoryRequest < 0 || c.DrainDelay < 0 {
+		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory, CPUs, requests and drain delay, a log cap of at least 1 KiB")
 	}
 	if c.RegistryGCInterval < 0 || c.RegistryGCQuiet < 0 || c.RegistryUploadMaxAge <= 0 || c.RegistryMaxUpload < 0 {
 		return errors.New("registry housekeeping: a non-negative GC interval and quiet period, a positive upload age, a non-negative upload cap")
@@ -170,7 +184,7 @@ func (c *Config) Validate() error {
 }
 
 // DefaultConfig returns the embedded defaults, with SLIPWAY_ADDR,
-// SLIPWAY_DATA and K_SINK applied from the environment.
+// SLIPWAY_DATA, K_SINK and K_CE_OVERRIDES applied from the environment.
 func DefaultConfig() Config {
 	c := Config{
 		Addr:            "127.0.0.1:8080",
@@ -178,6 +192,7 @@ func DefaultConfig() Config {
 		EventPublishers: []string{"platform"},
 		MaxBodyBytes:    1 << 20,
 		ShutdownTimeout: 10 * time.Second,
+		DrainDelay:      5 * time.Second,
 		LogLevel:        "info",
 		Version:         Version,
 		Stdout:          os.Stdout,
@@ -213,6 +228,7 @@ func DefaultConfig() Config {
 		c.DataDir = v
 	}
 	c.Sink = os.Getenv("K_SINK")
+	c.CEOverrides = os.Getenv("K_CE_OVERRIDES")
 	return c
 }
 
@@ -240,6 +256,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.AllowFileGit, "allow-file-git", c.AllowFileGit, "allow file:// Git URLs in build contexts (local development only)")
 	fs.StringVar(&c.GitCAFile, "git-ca-file", c.GitCAFile, "extra PEM root certificates for Git over https")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", c.MaxBodyBytes, "request body cap in `BYTES`")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "after SIGTERM, how long readiness answers 503 while requests are still served")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")
@@ -258,6 +275,22 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 			return err
 		}
 		c.BuildCPUs = q.AsApproximateFloat64()
+		return nil
+	})
+	fs.Func("build-cpu-request", "CPU a build pod requests of a node, at most its limit (cluster only; default 250m)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildCPURequest = q.AsApproximateFloat64()
+		return nil
+	})
+	fs.Func("build-memory-request", "memory a build pod requests of a node, at most its limit (cluster only; default 512Mi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		c.BuildMemoryRequest = q.Value()
 		return nil
 	})
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")

@@ -29,6 +29,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/outbox"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
@@ -75,6 +76,7 @@ type Server struct {
 	content *registry.Content
 	gate    *gate.Gate
 	stopGC  context.CancelFunc
+	relay   *outbox.Relay
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -117,13 +119,7 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 func (s *Server) open() error {
 	ctx := context.Background()
 	var err error
-	switch s.cfg.Store {
-	case "firestore":
-		s.Store, err = firestore.Open(ctx, s.cfg.FirestoreProject)
-	default:
-		s.Store, err = sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile))
-	}
-	if err != nil {
+	if s.Store, err = s.openStore(ctx); err != nil {
 		return err
 	}
 	var verifier auth.Verifier
@@ -162,6 +158,18 @@ func (s *Server) open() error {
 			Rights: token.Rights{Owners: s.Store, Pullers: s.cfg.RegistryPullers, Publishers: s.cfg.EventPublishers},
 		}
 	}
+	// Build and image events reach the sink from the store's outbox,
+	// written with the change they announce; local handlers get them from
+	// Publish.
+	reg := prometheus.NewRegistry()
+	if s.relay, err = outbox.New(outbox.Options{
+		Outbox: s.Store, Sink: s.cfg.Sink, Overrides: s.cfg.CEOverrides, Log: s.log, Registerer: reg,
+	}); err != nil {
+		return err
+	}
+	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.ViaOutbox(events.ImageTypes...)
+	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
 		Store: s.Store, Verifier: users, Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
@@ -187,6 +195,13 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Handlers = cluster.Handlers(role)
+	case role == "api":
+		// ?follow=true streams a running build's log from its pod.
+		pods, _, err := s.kubeRunner()
+		if err != nil {
+			return err
+		}
+		deps.Live = pods
 	}
 	api := functions.New(deps)
 	if role == "all" || role == "api" {
@@ -211,12 +226,11 @@ func (s *Server) open() error {
 	if role != "api" {
 		s.mux.Handle("/events", api)
 	}
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
-			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
@@ -230,18 +244,30 @@ func (s *Server) open() error {
 	return nil
 }
 
+// openStore opens the configured store. On failure it returns a nil
+// interface, never a typed nil pointer in a non-nil interface, so that
+// closeParts does not Close a store that was never opened.
+func (s *Server) openStore(ctx context.Context) (store.Store, error) {
+	switch s.cfg.Store {
+	case "firestore":
+		fs, err := firestore.Open(ctx, s.cfg.FirestoreProject)
+		if err != nil {
+			return nil, err
+		}
+		return fs, nil
+	default:
+		db, err := sqlite.Open(filepath.Join(s.cfg.DataDir, DatabaseFile))
+		if err != nil {
+			return nil, err
+		}
+		return db, nil
+	}
+}
+
 // newCluster sets up the cluster roles' handlers: build pods through the
 // in-cluster Kubernetes API.
 func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
-	rc, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: %w", err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: %w", err)
-	}
-	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap)})
+	pods, client, err := s.kubeRunner()
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +279,26 @@ func (s *Server) newCluster(box *secret.Box) (*dispatch.Cluster, error) {
 		return pod, err
 	}
 	return dispatch.NewCluster(s.dispatchOptions(box), pods, get), nil
+}
+
+// kubeRunner is the build pods' runner, through the in-cluster Kubernetes
+// API, and its client.
+func (s *Server) kubeRunner() (*kube.Runner, kubernetes.Interface, error) {
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	pods, err := kube.New(client, kube.Options{Namespace: s.cfg.BuildNamespace, KanikoImage: s.cfg.KanikoImage, InitImage: s.cfg.InitImage, LogCap: int(s.cfg.BuildLogCap),
+		CPURequest: s.cfg.BuildCPURequest, MemoryRequest: s.cfg.BuildMemoryRequest,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return pods, client, nil
 }
 
 // dispatchOptions are the build settings both runners share.
@@ -394,7 +440,10 @@ func (s *Server) RegistryHost() string {
 // URL is the server's base URL.
 func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 
-// Serve serves until ctx is done, then shuts down gracefully.
+// Serve serves until ctx is done, then shuts down gracefully: readiness
+// answers 503 at once, requests are still served for Config.DrainDelay, and
+// then the server stops accepting connections and waits up to
+// Config.ShutdownTimeout for those under way.
 func (s *Server) Serve(ctx context.Context) error {
 	if s.content != nil {
 		// Before serving, nothing writes: the collection at start always
@@ -409,10 +458,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.buildLn != nil {
 		go s.buildHTTP.Serve(s.buildLn)
 	}
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	relayDone := make(chan struct{})
+	go func() { s.relay.Run(relayCtx); close(relayDone) }()
+	// What the relay has not delivered stays in the outbox for the next start.
+	closeParts := func() { stopRelay(); <-relayDone; s.closeParts() }
 	if s.builds != nil {
 		if err := s.builds.Start(s.cfg.ReconcileInterval); err != nil {
 			s.http.Close()
-			s.closeParts()
+			closeParts()
 			return err
 		}
 	}
@@ -427,15 +481,27 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+		// Not ready first, while still serving: the readiness probe answers
+		// 503 for DrainDelay, so that whatever balances load here stops
+		// sending requests before the listener closes.
 		s.ready.Store(false)
+		if s.cfg.DrainDelay > 0 {
+			s.log.Info("draining", "delay", s.cfg.DrainDelay.String())
+			select {
+			case <-time.After(s.cfg.DrainDelay):
+			case err = <-errc:
+			}
+		}
 		shutdown, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-		err = s.http.Shutdown(shutdown)
+		if serr := s.http.Shutdown(shutdown); err == nil {
+			err = serr
+		}
 		if s.buildHTTP != nil {
 			s.buildHTTP.Shutdown(shutdown)
 		}
 		cancel()
 	}
-	s.closeParts()
+	closeParts()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -117,7 +117,9 @@ type Store interface {
 
 	// CreateBuild numbers b (one more than the image's newest build), stores
 	// it queued, and records it as the image's latest build; ErrBuildActive
-	// while another build of the image is queued or running.
+	// while another build of the image is queued or running. The events of
+	// ctx's Announcement go to the outbox in the same transaction, as for
+	// UpdateBuild.
 	CreateBuild(ctx context.Context, b build.Build) (build.Build, error)
 	// GetBuild returns ErrNotFound for an unknown image or number.
 	GetBuild(ctx context.Context, imageID string, number int) (build.Build, error)
@@ -143,6 +145,9 @@ type Store interface {
 	ListCredentials(ctx context.Context, workspace string) ([]Credential, error)
 	// DeleteCredential returns ErrNotFound for an unknown name.
 	DeleteCredential(ctx context.Context, workspace, name string) error
+
+	// Outbox holds the events that build changes announce (see Announce).
+	Outbox
 
 	// Close releases the store's resources.
 	Close() error

@@ -9,9 +9,11 @@
 //
 // The pod runs Kaniko as root with a handful of capabilities, no privilege
 // escalation, the runtime's default seccomp profile, no service account
-// token, no service links and no host namespaces; its memory is requested
-// and limited to Limits.MemoryBytes, its CPU limited to Limits.CPUs, and its
-// life to Limits.Timeout (activeDeadlineSeconds). A git context is fetched
+// token, no service links and no host namespaces; it requests
+// Options.CPURequest and Options.MemoryRequest (at most its limits), is
+// limited to Limits.MemoryBytes and Limits.CPUs, and its life to
+// Limits.Timeout (activeDeadlineSeconds from its start on a node; a pod
+// that no node takes fails too, see OutcomeOf). A git context is fetched
 // by an init container (InitImage, `slipway fetch-context`) into the emptyDir
 // /workspace; that container writes the commit it fetched to its
 // termination message. A local context is its Dockerfile alone, mounted
@@ -52,6 +54,12 @@ const (
 	DefaultNamespace    = "slipway-builds"
 	DefaultStartTimeout = 2 * time.Minute
 	DefaultLogCap       = 4 << 20
+	// DefaultCPURequest and DefaultMemoryRequest are what a build pod
+	// requests of a node, at most its limits: a quarter of a core and
+	// 512 MiB place a build on a small node; it may use up to its limits
+	// there when the node has them free.
+	DefaultCPURequest    = 0.25
+	DefaultMemoryRequest = 512 << 20
 )
 
 const (
@@ -81,6 +89,11 @@ type Options struct {
 	// LogCap bounds the log Report returns, in bytes; DefaultLogCap when
 	// zero.
 	LogCap int
+	// CPURequest (cores) and MemoryRequest (bytes) are what each container
+	// of a build pod requests, each at most the build's limit;
+	// DefaultCPURequest and DefaultMemoryRequest when zero.
+	CPURequest    float64
+	MemoryRequest int64
 }
 
 // Runner runs builds as pods. Its methods are safe for concurrent use.
@@ -111,6 +124,12 @@ func New(client kubernetes.Interface, opts Options) (*Runner, error) {
 	}
 	if opts.LogCap <= 0 {
 		opts.LogCap = DefaultLogCap
+	}
+	if opts.CPURequest <= 0 {
+		opts.CPURequest = DefaultCPURequest
+	}
+	if opts.MemoryRequest <= 0 {
+		opts.MemoryRequest = DefaultMemoryRequest
 	}
 	return &Runner{client: client, opts: opts, now: time.Now}, nil
 }
@@ -285,7 +304,8 @@ func (r *Runner) watchPod(ctx context.Context, w watch.Interface, id string) (*c
 // errDeleted is wait's error for a build pod that vanished before it ended.
 var errDeleted = errors.New("kube: the build pod was deleted")
 
-// Leftovers returns the IDs of the builds whose pods have ended but are
+// Leftovers returns the IDs of the builds whose pods have ended, or never
+// will (OutcomeOf says they are done: a pod no node takes, say), but are
 // still there: the builds to Cleanup once their results are recorded
 // (Cleanup deletes the log with the pod). Running pods are not included:
 // they end on their own, within their deadline.
@@ -300,7 +320,7 @@ func (r *Runner) Leftovers() ([]string, error) {
 	}
 	var ids []string
 	for _, p := range list.Items {
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if _, done := r.OutcomeOf(&p); done {
 			ids = append(ids, p.Name)
 		}
 	}

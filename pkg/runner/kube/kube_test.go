@@ -56,6 +56,9 @@ func newHarness(t *testing.T) *harness {
 	cs.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		p := a.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
 		p.UID = types.UID("uid-" + p.Name)
+		if p.CreationTimestamp.IsZero() {
+			p.CreationTimestamp = metav1.Now()
+		}
 		return false, nil, nil
 	})
 	watching := make(chan struct{}, 16)
@@ -283,18 +286,18 @@ func assertKanikoSecurity(t *testing.T, k corev1.Container) {
 
 func assertResources(t *testing.T, rr corev1.ResourceRequirements) {
 	t.Helper()
-	mem := resource.MustParse("2Gi")
-	if q := rr.Requests[corev1.ResourceMemory]; q.Cmp(mem) != 0 {
-		t.Errorf("memory request = %s", q.String())
-	}
-	if q := rr.Limits[corev1.ResourceMemory]; q.Cmp(mem) != 0 {
-		t.Errorf("memory limit = %s", q.String())
-	}
-	if q := rr.Limits[corev1.ResourceCPU]; q.Cmp(resource.MustParse("1500m")) != 0 {
-		t.Errorf("cpu limit = %s", q.String())
-	}
-	if _, ok := rr.Requests[corev1.ResourceCPU]; ok {
-		t.Error("cpu request set: it defaults to the limit")
+	// The pod requests the defaults, not its limits: Kubernetes would
+	// request the CPU limit were the request left out, and a node smaller
+	// than the limit would never take the pod.
+	for res, want := range map[string]string{"requests.memory": "512Mi", "limits.memory": "2Gi", "requests.cpu": "250m", "limits.cpu": "1500m"} {
+		list := rr.Requests
+		if strings.HasPrefix(res, "limits.") {
+			list = rr.Limits
+		}
+		q, ok := list[corev1.ResourceName(res[strings.IndexByte(res, '.')+1:])]
+		if !ok || q.Cmp(resource.MustParse(want)) != 0 {
+			t.Errorf("%s = %s (set: %v), want %s", res, q.String(), ok, want)
+		}
 	}
 }
 
@@ -977,5 +980,104 @@ func TestCapBuffer(t *testing.T) {
 	// tailMax is a quarter of max: 75 bytes of the beginning, 25 of the end.
 	if !ok || head != full[:75] || tail != full[len(full)-25:] {
 		t.Errorf("cut log = %q", got)
+	}
+}
+
+// TestRequestsAreAtMostTheLimits checks the requests of a build whose
+// limits are below the default requests, and of one without limits.
+func TestRequestsAreAtMostTheLimits(t *testing.T) {
+	r, err := New(fake.NewClientset(), Options{KanikoImage: "k", InitImage: "i", CPURequest: 0.5, MemoryRequest: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := r.resources(build.Limits{MemoryBytes: 256 << 20, CPUs: 0.1})
+	if q := small.Requests[corev1.ResourceMemory]; q.Cmp(resource.MustParse("256Mi")) != 0 {
+		t.Errorf("memory request %s, want the limit 256Mi", q.String())
+	}
+	if q := small.Requests[corev1.ResourceCPU]; q.Cmp(resource.MustParse("100m")) != 0 {
+		t.Errorf("cpu request %s, want the limit 100m", q.String())
+	}
+	free := r.resources(build.Limits{})
+	if free.Limits != nil {
+		t.Errorf("limits %v, want none", free.Limits)
+	}
+	if q := free.Requests[corev1.ResourceCPU]; q.Cmp(resource.MustParse("500m")) != 0 {
+		t.Errorf("cpu request %s, want the configured 500m", q.String())
+	}
+}
+
+// TestOutcomeOfUnplacedPod checks that a pod no node takes ends the build:
+// one the scheduler calls Unschedulable after StartTimeout (or its deadline,
+// when shorter), and one no kubelet started within its deadline, which the
+// kubelet's own activeDeadlineSeconds never counts.
+func TestOutcomeOfUnplacedPod(t *testing.T) {
+	r, err := New(fake.NewClientset(), Options{KanikoImage: "k", InitImage: "i"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return now }
+	unschedulable := corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{
+		Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+		Message: "0/1 nodes are available: 1 Insufficient cpu.",
+	}}}
+	scheduled := corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}}}
+	for _, tc := range []struct {
+		name     string
+		status   corev1.PodStatus
+		age      time.Duration
+		deadline int64 // activeDeadlineSeconds; 0 for none
+		done     bool
+		timedOut bool
+	}{
+		{name: "unschedulable, early", status: unschedulable, age: time.Minute, deadline: 1800},
+		{name: "unschedulable, past StartTimeout", status: unschedulable, age: 3 * time.Minute, deadline: 1800, done: true},
+		{name: "unschedulable, no deadline", status: unschedulable, age: 3 * time.Minute, done: true},
+		{name: "unschedulable, past a short deadline", status: unschedulable, age: 40 * time.Second, deadline: 30, done: true},
+		{name: "scheduled, not started, early", status: scheduled, age: 10 * time.Minute, deadline: 1800},
+		{name: "scheduled, never started within the deadline", status: scheduled, age: 31 * time.Minute, deadline: 1800, done: true, timedOut: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: buildID, CreationTimestamp: metav1.Time{Time: now.Add(-tc.age)}}, Status: tc.status}
+			pod.Spec.Containers = []corev1.Container{{Name: kanikoContainer, Resources: r.resources(testSpec().Limits)}}
+			if tc.deadline > 0 {
+				pod.Spec.ActiveDeadlineSeconds = &tc.deadline
+			}
+			o, done := r.OutcomeOf(pod)
+			if done != tc.done || o.TimedOut != tc.timedOut {
+				t.Fatalf("OutcomeOf = %+v, %v; want done %v, timed out %v", o, done, tc.done, tc.timedOut)
+			}
+			if !done {
+				return
+			}
+			f := build.Classify(o, testSpec().Limits, "")
+			if tc.timedOut {
+				if f.Reason != build.ReasonTimeout {
+					t.Errorf("failure %+v, want a timeout", f)
+				}
+				return
+			}
+			want := "the build pod failed: no node of the cluster can take it (Unschedulable): 0/1 nodes are available: 1 Insufficient cpu.; it requests 250m CPU and 512Mi of memory"
+			if f.Reason != build.ReasonInternal || f.Message != want {
+				t.Errorf("failure %+v, want internal: %q", f, want)
+			}
+		})
+	}
+}
+
+// TestLeftoversHoldUnplacedPods checks that the pod of a build that failed
+// because no node takes it is among the pods to clean up: it never ends on
+// its own.
+func TestLeftoversHoldUnplacedPods(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a-1", Namespace: ns, Labels: map[string]string{LabelManagedBy: ManagedBy},
+		CreationTimestamp: metav1.Time{Time: time.Now().Add(-time.Hour)}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable}}}}
+	if _, err := h.cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := h.r.Leftovers(); err != nil || !slices.Equal(ids, []string{"a-1"}) {
+		t.Errorf("Leftovers = %v, %v; want the unschedulable pod", ids, err)
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -51,6 +53,12 @@ var commitRE = regexp.MustCompile(`(?m)^commit ([0-9a-f]{40}|[0-9a-f]{64})[ \t\r
 //     (see Report) says why.
 //   - Kaniko terminated: its ExitCode, and OOMKilled when its terminated
 //     reason is OOMKilled.
+//   - Not placed on a node: condition PodScheduled False with reason
+//     Unschedulable for Options.StartTimeout (or the pod's deadline, when
+//     shorter) since its creation, a Problem saying why and what it
+//     requests; not started by any kubelet within activeDeadlineSeconds of
+//     its creation (which the kubelet counts only from the start on a
+//     node), TimedOut.
 //   - Deleted before it ended (deletionTimestamp set), or a container kept
 //     failing to start for Options.StartTimeout since the pod's start
 //     (ErrImagePull, ImagePullBackOff, CreateContainerConfigError,
@@ -92,7 +100,53 @@ func (r *Runner) OutcomeOf(pod *corev1.Pod) (o build.Outcome, done bool) {
 		o.Problem = problemPrefix + msg
 		return o, true
 	}
+	if msg := r.unschedulable(pod); msg != "" {
+		o.Problem = problemPrefix + msg
+		return o, true
+	}
+	created := !pod.CreationTimestamp.IsZero()
+	if created && pod.Status.StartTime == nil && pod.Spec.ActiveDeadlineSeconds != nil &&
+		r.now().Sub(pod.CreationTimestamp.Time) >= time.Duration(*pod.Spec.ActiveDeadlineSeconds)*time.Second {
+		// activeDeadlineSeconds counts from the start on a node only: a pod
+		// no kubelet started within the build's time limit has timed out.
+		o.TimedOut = true
+		return o, true
+	}
 	return build.Outcome{}, false
+}
+
+// unschedulable describes why the scheduler cannot place the pod, once it
+// has said so (condition PodScheduled False, reason Unschedulable) for
+// Options.StartTimeout since the pod was created, or for its whole
+// deadline when that is shorter; "" otherwise.
+func (r *Runner) unschedulable(pod *corev1.Pod) string {
+	if pod.CreationTimestamp.IsZero() {
+		return "" // no API server's: its age is unknown
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type != corev1.PodScheduled || c.Status != corev1.ConditionFalse || c.Reason != corev1.PodReasonUnschedulable {
+			continue
+		}
+		wait := r.opts.StartTimeout
+		if d := pod.Spec.ActiveDeadlineSeconds; d != nil {
+			wait = min(wait, time.Duration(*d)*time.Second)
+		}
+		if r.now().Sub(pod.CreationTimestamp.Time) < wait {
+			return ""
+		}
+		return fmt.Sprintf("no node of the cluster can take it (%s): %s; it requests %s", c.Reason, c.Message, requests(pod))
+	}
+	return ""
+}
+
+// requests sums up what the pod's containers request, for messages.
+func requests(pod *corev1.Pod) string {
+	var cpu, mem resource.Quantity
+	for _, c := range pod.Spec.Containers {
+		cpu.Add(c.Resources.Requests[corev1.ResourceCPU])
+		mem.Add(c.Resources.Requests[corev1.ResourceMemory])
+	}
+	return fmt.Sprintf("%s CPU and %s of memory", cpu.String(), mem.String())
 }
 
 // failed is OutcomeOf for a pod in phase Failed.
@@ -193,18 +247,30 @@ func (r *Runner) Report(ctx context.Context, pod *corev1.Pod) (id string, o buil
 	return pod.Name, o, log, true, nil
 }
 
+// buildSecrets returns the credentials of build pod's Secret, to redact;
+// none when the build has no Secret (it needs no credentials, or its pod is
+// gone and the Secret with it).
+func (r *Runner) buildSecrets(ctx context.Context, pod string) ([][]byte, error) {
+	s, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, pod, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
+	}
+	secrets, err := credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey]))
+	if err != nil {
+		return nil, fmt.Errorf("kube: secret %s: %w", pod, err)
+	}
+	return secrets, nil
+}
+
 // readLog returns a container's log, redacted and capped; nil when the pod
 // is gone.
 func (r *Runner) readLog(ctx context.Context, pod, container string) ([]byte, error) {
-	var secrets [][]byte
-	s, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, pod, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		if secrets, err = credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey])); err != nil {
-			return nil, fmt.Errorf("kube: secret %s: %w", pod, err)
-		}
-	case !apierrors.IsNotFound(err): // none: the build needs no credentials
-		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
+	secrets, err := r.buildSecrets(ctx, pod)
+	if err != nil {
+		return nil, err
 	}
 	buf := &capBuffer{max: r.opts.LogCap}
 	red := secret.NewRedactor(buf, secrets...)
@@ -258,4 +324,92 @@ func terminated(statuses []corev1.ContainerStatus, name string) *corev1.Containe
 		}
 	}
 	return nil
+}
+
+// followPoll is how often Follow looks at a build pod whose Kaniko has not
+// started yet.
+const followPoll = time.Second
+
+// Follow writes build id's log to w while its pod runs: Kaniko's log, from
+// byte offset of the redacted log on, as Kaniko writes it, with the build's
+// credentials replaced by "[redacted]" as in the log Report returns. It
+// waits for Kaniko to start (the init container fetching a git context
+// first, say) and returns when Kaniko's log ends or ctx is done, with the
+// bytes it wrote. A build without a pod, or whose pod has ended, gets
+// nothing: its log is the one Report returns, which the reporter records.
+func (r *Runner) Follow(ctx context.Context, id string, offset int64, w io.Writer) (int64, error) {
+	pods := r.client.CoreV1().Pods(r.opts.Namespace)
+	for {
+		pod, err := pods.Get(ctx, id, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err), ctx.Err() != nil:
+			return 0, nil
+		case err != nil:
+			return 0, fmt.Errorf("kube: get pod %s: %w", id, err)
+		case pod.Labels[LabelManagedBy] != ManagedBy:
+			return 0, fmt.Errorf("kube: pod %s is not a build pod", id)
+		}
+		if _, done := r.OutcomeOf(pod); done {
+			return 0, nil
+		}
+		if logContainer(pod) == kanikoContainer {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, nil
+		case <-time.After(followPoll):
+		}
+	}
+	secrets, err := r.buildSecrets(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	rc, err := pods.GetLogs(id, &corev1.PodLogOptions{Container: kanikoContainer, Follow: true}).Stream(ctx)
+	if err != nil {
+		if ctx.Err() != nil || apierrors.IsNotFound(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("kube: follow the log of pod %s: %w", id, err)
+	}
+	defer rc.Close()
+	out := &skipWriter{w: w, skip: offset}
+	red := secret.NewRedactor(out, secrets...)
+	_, err = io.Copy(red, rc)
+	if ctx.Err() != nil {
+		return out.n, nil
+	}
+	if ferr := red.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return out.n, fmt.Errorf("kube: follow the log of pod %s: %w", id, err)
+	}
+	return out.n, nil
+}
+
+// skipWriter drops the first skip bytes written to it and counts the rest
+// it writes to w.
+type skipWriter struct {
+	w    io.Writer
+	skip int64
+	n    int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	all := len(p)
+	if s.skip > 0 {
+		k := min(s.skip, int64(len(p)))
+		s.skip -= k
+		p = p[k:]
+	}
+	if len(p) == 0 {
+		return all, nil
+	}
+	n, err := s.w.Write(p)
+	s.n += int64(n)
+	if err != nil {
+		return all, err
+	}
+	return all, nil
 }

@@ -132,7 +132,7 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 		Name:                     kanikoContainer,
 		Image:                    r.opts.KanikoImage,
 		Env:                      []corev1.EnvVar{{Name: "DOCKER_CONFIG", Value: dockerConfigDir}},
-		Resources:                resources(spec.Limits),
+		Resources:                r.resources(spec.Limits),
 		VolumeMounts:             []corev1.VolumeMount{{Name: workspaceVolume, MountPath: workspaceDir}},
 		TerminationMessagePath:   terminationLog,
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
@@ -176,7 +176,7 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 			Name:      initContainer,
 			Image:     r.opts.InitImage,
 			Args:      args,
-			Resources: resources(spec.Limits),
+			Resources: r.resources(spec.Limits),
 			VolumeMounts: []corev1.VolumeMount{
 				{Name: workspaceVolume, MountPath: workspaceDir},
 				{Name: tmpVolume, MountPath: "/tmp"},
@@ -259,24 +259,36 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 	return b, nil
 }
 
-// resources turns a build's limits into a container's: memory requested as
-// much as allowed, so the scheduler places the build where its limit fits,
-// and a CPU limit (its request defaults to the limit). Limits.Pids has no
-// per-pod setting: the kubelet's --pod-max-pids bounds every pod.
-func resources(l build.Limits) corev1.ResourceRequirements {
-	var rr corev1.ResourceRequirements
+// resources turns a build's limits into a container's: it requests what a
+// build needs to be placed (Options.CPURequest and Options.MemoryRequest,
+// each at most its limit) and is limited to Limits.MemoryBytes and
+// Limits.CPUs. The CPU request is always explicit: without one, Kubernetes
+// requests the limit, and a node smaller than the limit never takes the
+// pod. Limits.Pids has no per-pod setting: the kubelet's --pod-max-pids
+// bounds every pod.
+func (r *Runner) resources(l build.Limits) corev1.ResourceRequirements {
+	rr := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	mem := r.opts.MemoryRequest
 	if l.MemoryBytes > 0 {
-		mem := *resource.NewQuantity(l.MemoryBytes, resource.BinarySI)
-		rr.Requests = corev1.ResourceList{corev1.ResourceMemory: mem}
-		rr.Limits = corev1.ResourceList{corev1.ResourceMemory: mem}
+		rr.Limits[corev1.ResourceMemory] = *resource.NewQuantity(l.MemoryBytes, resource.BinarySI)
+		mem = min(mem, l.MemoryBytes)
 	}
+	rr.Requests[corev1.ResourceMemory] = *resource.NewQuantity(mem, resource.BinarySI)
+	cpu := r.opts.CPURequest
 	if l.CPUs > 0 {
-		if rr.Limits == nil {
-			rr.Limits = corev1.ResourceList{}
-		}
-		rr.Limits[corev1.ResourceCPU] = *resource.NewMilliQuantity(int64(math.Ceil(l.CPUs*1000)), resource.DecimalSI)
+		rr.Limits[corev1.ResourceCPU] = *milliCPU(l.CPUs)
+		cpu = min(cpu, l.CPUs)
+	}
+	rr.Requests[corev1.ResourceCPU] = *milliCPU(cpu)
+	if len(rr.Limits) == 0 {
+		rr.Limits = nil
 	}
 	return rr
+}
+
+// milliCPU is a CPU quantity of cores, rounded up to a millicore.
+func milliCPU(cores float64) *resource.Quantity {
+	return resource.NewMilliQuantity(int64(math.Ceil(cores*1000)), resource.DecimalSI)
 }
 
 // deadline is the pod's activeDeadlineSeconds: Limits.Timeout rounded up,

@@ -106,6 +106,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	fs "cloud.google.com/go/firestore"
 	"google.golang.org/api/option"
@@ -427,7 +428,10 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 		if err := tx.Create(s.nameRef(img.Name), nameDoc{Image: img.ID, Workspace: img.Workspace}); err != nil {
 			return err
 		}
-		return tx.Create(s.imageRef(img.ID), d)
+		if err := tx.Create(s.imageRef(img.ID), d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, img)
 	})
 }
 
@@ -534,7 +538,10 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 				return err
 			}
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, next)
 	})
 }
 
@@ -555,16 +562,16 @@ func (s *Store) deleteImage(ctx context.Context, ref *fs.DocumentRef) error {
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		var d imageDoc
-		if err := snaps[0].DataTo(&d); err != nil {
-			return fmt.Errorf("decoding %s: %w", ref.Path, err)
+		img, err := decodeImage(snaps[0])
+		if err != nil {
+			return err
 		}
-		for _, r := range []*fs.DocumentRef{ref, s.nameRef(d.Name), activeRef(ref)} {
+		for _, r := range []*fs.DocumentRef{ref, s.nameRef(img.Name), activeRef(ref)} {
 			if err := tx.Delete(r); err != nil {
 				return err
 			}
 		}
-		return nil
+		return s.appendOutbox(ctx, tx, img)
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -655,7 +662,10 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if err != nil {
 			return err
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, b)
 	})
 	return b, err
 }
@@ -802,9 +812,73 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if err != nil {
 			return err
 		}
-		return tx.Set(ref, d)
+		if err := tx.Set(ref, d); err != nil {
+			return err
+		}
+		return s.appendOutbox(ctx, tx, b)
 	})
 	return b, err
+}
+
+// outboxDoc is an event in the outbox. At, the commit's server timestamp,
+// orders the events: the changes of one subject (a build) conflict in their
+// transactions, so their commits, and so their At, are in order; N orders
+// the events of one commit.
+type outboxDoc struct {
+	At      time.Time `firestore:"at,serverTimestamp"`
+	N       int       `firestore:"n"`
+	Type    string    `firestore:"type"`
+	Subject string    `firestore:"subject"`
+	Time    time.Time `firestore:"time"`
+	Data    string    `firestore:"data"`
+}
+
+func (s *Store) outbox() *fs.CollectionRef { return s.c.Collection("outbox") }
+
+// appendOutbox writes in tx the events ctx's Announcement makes of what a
+// change stored (a build.Build or an image.Image).
+func (s *Store) appendOutbox(ctx context.Context, tx *fs.Transaction, changed any) error {
+	evs, err := store.Announced(ctx, changed, time.Now())
+	if err != nil {
+		return err
+	}
+	for i, e := range evs {
+		if err := tx.Create(s.outbox().Doc(e.ID), outboxDoc{N: i, Type: e.Type, Subject: e.Subject, Time: e.Time, Data: string(e.Data)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PendingEvents implements store.Outbox. An event's Sequence is its
+// commit's time in microseconds, times 64, plus its place in the commit.
+func (s *Store) PendingEvents(ctx context.Context, limit int) ([]store.OutboxEvent, error) {
+	docs, err := s.outbox().OrderBy("at", fs.Asc).OrderBy("n", fs.Asc).Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.OutboxEvent, 0, len(docs))
+	for _, d := range docs {
+		var o outboxDoc
+		if err := d.DataTo(&o); err != nil {
+			return nil, fmt.Errorf("decoding outbox event %s: %w", d.Ref.ID, err)
+		}
+		out = append(out, store.OutboxEvent{
+			ID: d.Ref.ID, Type: o.Type, Subject: o.Subject, Time: o.Time.UTC(),
+			Sequence: o.At.UnixMicro()*64 + int64(o.N), Data: []byte(o.Data),
+		})
+	}
+	return out, nil
+}
+
+// DeliveredEvents implements store.Outbox.
+func (s *Store) DeliveredEvents(ctx context.Context, ids ...string) error {
+	for _, id := range ids {
+		if _, err := s.outbox().Doc(id).Delete(ctx); err != nil && status.Code(err) != codes.NotFound {
+			return err
+		}
+	}
+	return nil
 }
 
 // AppendLog implements store.Store.

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
@@ -64,6 +65,16 @@ CREATE TABLE credentials (
 	name      TEXT NOT NULL,
 	doc       TEXT NOT NULL,
 	PRIMARY KEY (workspace, name)
+);
+`,
+	// The event outbox: seq orders every event, and so each subject's.
+	`CREATE TABLE outbox (
+	seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+	id      TEXT NOT NULL UNIQUE,
+	type    TEXT NOT NULL,
+	subject TEXT NOT NULL,
+	time    TEXT NOT NULL,
+	data    TEXT NOT NULL
 );
 `}
 
@@ -278,12 +289,17 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
-		img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
-	if isUnique(err) {
-		return store.ErrNameTaken
-	}
-	return err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
+			img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
+		if isUnique(err) {
+			return store.ErrNameTaken
+		}
+		if err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
+	})
 }
 
 const imageColumns = "id, workspace, name, version, doc"
@@ -386,20 +402,25 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if isUnique(err) {
 			return store.ErrNameTaken
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
 	})
 }
 
 // DeleteImage implements store.Store.
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return store.ErrNotFound
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		img, err := s.getImage(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id); err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, img)
+	})
 }
 
 func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
@@ -434,7 +455,10 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 			return err
 		}
 		img.LatestBuild = &b
-		return putImageDoc(ctx, tx, img)
+		if err := putImageDoc(ctx, tx, img); err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, b)
 	})
 	return b, err
 }
@@ -559,9 +583,63 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if b.Status == build.Succeeded && was != build.Succeeded {
 			store.RecordSuccess(&img, b)
 		}
-		return putImageDoc(ctx, tx, img)
+		if err := putImageDoc(ctx, tx, img); err != nil {
+			return err
+		}
+		return appendOutbox(ctx, tx, b)
 	})
 	return b, err
+}
+
+// appendOutbox writes the events ctx's Announcement makes of what a change
+// stored (a build.Build or an image.Image).
+func appendOutbox(ctx context.Context, tx *sql.Tx, changed any) error {
+	evs, err := store.Announced(ctx, changed, time.Now())
+	if err != nil {
+		return err
+	}
+	for _, e := range evs {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO outbox (id, type, subject, time, data) VALUES (?, ?, ?, ?, ?)",
+			e.ID, e.Type, e.Subject, e.Time.Format(time.RFC3339Nano), string(e.Data)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PendingEvents implements store.Outbox.
+func (s *Store) PendingEvents(ctx context.Context, limit int) ([]store.OutboxEvent, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT seq, id, type, subject, time, data FROM outbox ORDER BY seq LIMIT ?", limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.OutboxEvent
+	for rows.Next() {
+		var e store.OutboxEvent
+		var at, data string
+		if err := rows.Scan(&e.Sequence, &e.ID, &e.Type, &e.Subject, &at, &data); err != nil {
+			return nil, err
+		}
+		if e.Time, err = time.Parse(time.RFC3339Nano, at); err != nil {
+			return nil, err
+		}
+		e.Data = []byte(data)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// DeliveredEvents implements store.Outbox.
+func (s *Store) DeliveredEvents(ctx context.Context, ids ...string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM outbox WHERE id = ?", id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // AppendLog implements store.Store.

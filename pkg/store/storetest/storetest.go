@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,6 +44,9 @@ func Run(t *testing.T, open Opener) {
 		{"Credentials", credentials},
 		{"DeleteImageFreesNameAndBuilds", deleteImage},
 		{"ImageByNameFollowsRenamesAndDeletes", imageByName},
+		{"OutboxHoldsAnnouncedEventsInOrder", outboxInOrder},
+		{"OutboxEventsOnlyWithTheirChange", outboxAtomic},
+		{"OutboxHoldsImageChanges", outboxImages},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
@@ -572,4 +576,133 @@ func imageByName(t *testing.T, s store.Store) {
 	}
 	_, err = s.GetImageByName(ctx, "other/b")
 	wantErr(t, "a deleted image's name", err, store.ErrNotFound)
+}
+
+// announceStatus announces each build change as "build.<status>" with the
+// build's status as data.
+func announceStatus(changed any) []store.Event {
+	b, ok := changed.(build.Build)
+	if !ok {
+		img := changed.(image.Image)
+		return []store.Event{{Type: "image.v" + fmt.Sprint(img.Version), Subject: img.ID, Data: img.Name}}
+	}
+	return []store.Event{{Type: "build." + string(b.Status), Subject: b.ID(), Data: map[string]string{"status": string(b.Status)}}}
+}
+
+func outboxInOrder(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	mustImage(t, s, "img2", "ws1", "team/b")
+	actx := store.Announce(ctx, announceStatus)
+	b1, err := s.CreateBuild(actx, build.New("img1", 1, "alice", build.TriggerManual, t0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := s.CreateBuild(actx, build.New("img2", 1, "alice", build.TriggerManual, t0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateBuild(actx, "img1", b1.Number, func(b *build.Build) error { return b.Start(t0) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateBuild(ctx, "img2", b2.Number, func(b *build.Build) error { return b.Start(t0) }); err != nil {
+		t.Fatal(err) // announces nothing: no Announcement
+	}
+	if _, err := s.UpdateBuild(actx, "img1", b1.Number, func(b *build.Build) error { return b.Cancel("alice", t0) }); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.PendingEvents(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	seq := map[string]int64{}
+	ids := map[string]bool{}
+	for _, e := range evs {
+		got = append(got, e.Subject+" "+e.Type+" "+string(e.Data))
+		if e.Sequence <= seq[e.Subject] {
+			t.Errorf("event %s of %s has sequence %d after %d", e.Type, e.Subject, e.Sequence, seq[e.Subject])
+		}
+		seq[e.Subject] = e.Sequence
+		if e.ID == "" || ids[e.ID] || e.Time.IsZero() {
+			t.Errorf("event %+v: want a unique ID and a time", e)
+		}
+		ids[e.ID] = true
+	}
+	want := []string{
+		`img1-1 build.queued {"status":"queued"}`, `img2-1 build.queued {"status":"queued"}`,
+		`img1-1 build.running {"status":"running"}`, `img1-1 build.cancelled {"status":"cancelled"}`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("outbox:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if first, err := s.PendingEvents(ctx, 1); err != nil || len(first) != 1 || first[0].ID != evs[0].ID {
+		t.Errorf("PendingEvents(1) = %v, %v; want the oldest", first, err)
+	}
+	if err := s.DeliveredEvents(ctx, evs[0].ID, evs[2].ID, "no-such-event"); err != nil {
+		t.Fatal(err)
+	}
+	left, err := s.PendingEvents(ctx, 100)
+	if err != nil || len(left) != 2 || left[0].ID != evs[1].ID || left[1].ID != evs[3].ID {
+		t.Errorf("after delivery: %v, %v; want the second and the fourth", left, err)
+	}
+}
+
+func outboxAtomic(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	actx := store.Announce(ctx, announceStatus)
+	b, err := s.CreateBuild(actx, build.New("img1", 1, "alice", build.TriggerManual, t0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A refused change writes no event; so does a second active build.
+	if _, err := s.UpdateBuild(actx, "img1", b.Number, func(*build.Build) error { return build.ErrTransition }); !errors.Is(err, build.ErrTransition) {
+		t.Fatalf("UpdateBuild = %v", err)
+	}
+	if _, err := s.CreateBuild(actx, build.New("img1", 1, "alice", build.TriggerManual, t0)); !errors.Is(err, store.ErrBuildActive) {
+		t.Fatalf("second CreateBuild = %v", err)
+	}
+	evs, err := s.PendingEvents(ctx, 100)
+	if err != nil || len(evs) != 1 || evs[0].Type != "build.queued" {
+		t.Errorf("outbox = %v, %v; want the one queued event", evs, err)
+	}
+}
+
+func outboxImages(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	actx := store.Announce(ctx, announceStatus)
+	img := NewImage("img1", "ws1", "team/a")
+	if err := s.CreateImage(actx, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateImage(actx, NewImage("img2", "ws1", "team/a")); !errors.Is(err, store.ErrNameTaken) {
+		t.Fatalf("a second team/a: %v", err)
+	}
+	next := img
+	next.Name, next.Version = "team/b", 2
+	if err := s.UpdateImage(actx, next, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateImage(actx, next, 1); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a stale update: %v", err)
+	}
+	if err := s.DeleteImage(actx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteImage(actx, "img1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleting again: %v", err)
+	}
+	evs, err := s.PendingEvents(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.Subject+" "+e.Type+" "+string(e.Data))
+	}
+	want := []string{`img1 image.v1 "team/a"`, `img1 image.v2 "team/b"`, `img1 image.v2 "team/b"`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("outbox:\n%s\nwant (created, updated, deleted)\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 }
