@@ -20,12 +20,16 @@ import (
 // Config is every setting of `slipway serve`. DefaultConfig holds the
 // defaults; flags and SLIPWAY_* variables override them.
 type Config struct {
-	Addr            string        // listen address (SLIPWAY_ADDR)
-	DataDir         string        // data directory (SLIPWAY_DATA)
-	EventPublishers []string      // subjects allowed to POST /events
-	AllowFileGit    bool          // admit file:// Git URLs (local development)
-	GitCAFile       string        // extra PEM roots for Git over https (a private CA)
-	MaxBodyBytes    int64         // request body cap
+	Addr            string   // listen address (SLIPWAY_ADDR)
+	DataDir         string   // data directory (SLIPWAY_DATA)
+	EventPublishers []string // subjects allowed to POST /events
+	AllowFileGit    bool     // admit file:// Git URLs (local development)
+	GitCAFile       string   // extra PEM roots for Git over https (a private CA)
+	MaxBodyBytes    int64    // request body cap
+	// BodyTimeout is how long an /api/ or /events client has to send its
+	// body, and the grace a registry upload gets before it must keep up
+	// RegistryMinRate.
+	BodyTimeout     time.Duration
 	Sink            string        // K_SINK: where emitted events also go
 	ShutdownTimeout time.Duration // grace period on SIGTERM
 	LogLevel        string        // debug, info, warn or error
@@ -134,6 +138,9 @@ func (c *Config) Validate() error {
 	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
 		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
 	}
+	if c.BodyTimeout <= 0 {
+		return errors.New("--body-timeout must be positive")
+	}
 	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 {
 		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory and CPUs, a log cap of at least 1 KiB")
 	}
@@ -148,6 +155,7 @@ func DefaultConfig() Config {
 		DataDir:         ".slipway",
 		EventPublishers: []string{"platform"},
 		MaxBodyBytes:    1 << 20,
+		BodyTimeout:     30 * time.Second,
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        "info",
 		Version:         Version,
@@ -192,6 +200,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.AllowFileGit, "allow-file-git", c.AllowFileGit, "allow file:// Git URLs in build contexts (local development only)")
 	fs.StringVar(&c.GitCAFile, "git-ca-file", c.GitCAFile, "extra PEM root certificates for Git over https")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", c.MaxBodyBytes, "request body cap in `BYTES`")
+	fs.DurationVar(&c.BodyTimeout, "body-timeout", c.BodyTimeout, "time a client has to send an API or event request body; also a registry upload's grace before it must keep up 64 KiB/s")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")

@@ -137,7 +137,7 @@ func (s *Server) open() error {
 	deps := functions.Deps{
 		Store: s.Store, Verifier: auth.Cache(verifier, 10000, 5*time.Minute), Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
-		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
+		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes, BodyTimeout: s.cfg.BodyTimeout,
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
@@ -160,7 +160,7 @@ func (s *Server) open() error {
 			if err != nil {
 				return err
 			}
-			s.mux.Handle("/v2/", reg)
+			s.mux.Handle("/v2/", minRate(reg, s.cfg.BodyTimeout, RegistryMinRate))
 		}
 		s.mux.Handle("/api/", api)
 		s.mux.Handle("/", web.Handler())
@@ -182,7 +182,11 @@ func (s *Server) open() error {
 	s.http = &http.Server{
 		Handler:           instrument(s.mux, reg),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// No ReadTimeout or WriteTimeout: blobs of gigabytes go through
+		// the registry. Bodies have per-route deadlines instead (the API's
+		// in functions, the registry's minRate).
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil
 }
