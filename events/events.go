@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/uuid"
@@ -61,6 +62,9 @@ var ErrMalformed = errors.New("malformed event")
 // DecodeWorkspace reads and checks a workspace event's data.
 func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 	var ws Workspace
+	if !utf8.Valid(e.Data()) {
+		return ws, fmt.Errorf("%w: data is not valid UTF-8", ErrMalformed)
+	}
 	if err := e.DataAs(&ws); err != nil {
 		return ws, fmt.Errorf("%w: data is not a workspace: %v", ErrMalformed, err)
 	}
@@ -74,6 +78,13 @@ func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 	for _, m := range ws.Members {
 		if strings.TrimSpace(m) == "" {
 			return ws, fmt.Errorf("%w: data has an empty member", ErrMalformed)
+		}
+	}
+	// encoding/json turns escapes of lone surrogates into U+FFFD: no
+	// workspace id or user id holds one.
+	for _, s := range append([]string{ws.ID, ws.Owner}, ws.Members...) {
+		if strings.ContainsRune(s, utf8.RuneError) {
+			return ws, fmt.Errorf("%w: data has a string that is not valid UTF-8", ErrMalformed)
 		}
 	}
 	return ws, nil

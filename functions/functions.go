@@ -5,18 +5,22 @@
 package functions
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/auth"
@@ -55,7 +59,11 @@ type Deps struct {
 	Version    string   // the server's version
 	Publishers []string // subjects allowed to post events
 	MaxBody    int64    // request body cap in bytes
-	Now        func() time.Time
+	// BodyTimeout is how long a client has, from the end of its headers,
+	// to send its whole request body (0: 30 s); a client that trickles it
+	// is cut off.
+	BodyTimeout time.Duration
+	Now         func() time.Time
 	// LogPoll is how often a followed build log is checked for more.
 	LogPoll time.Duration
 	// Live, when set, streams a running build's log from its runner for
@@ -89,9 +97,15 @@ type api struct {
 	Deps
 }
 
-// authenticate verifies the bearer token before calling h.
+// authenticate verifies the bearer token before calling h, and reads the
+// request body (at most MaxBody bytes) within BodyTimeout.
 func (a *api) authenticate(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The deadline covers whatever is read of the body, also what the
+		// server discards after an early answer; it is lifted once the body
+		// is in, so that a followed log can stream for as long as it lasts.
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Now().Add(a.BodyTimeout))
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || strings.TrimSpace(token) == "" {
 			writeError(w, r, a.Log, auth.ErrUnauthenticated)
@@ -103,7 +117,23 @@ func (a *api) authenticate(h handlerFunc) http.Handler {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
-		r.Body = http.MaxBytesReader(w, r.Body, a.MaxBody)
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.MaxBody))
+		var mbe *http.MaxBytesError
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe):
+			writeError(w, r, a.Log, err)
+			return
+		case errors.As(err, &ne) && ne.Timeout():
+			w.Header().Set("Connection", "close")
+			writeError(w, r, a.Log, errorf(http.StatusRequestTimeout, "request_timeout", "the request body did not arrive within %s", a.BodyTimeout))
+			return
+		case err != nil:
+			writeError(w, r, a.Log, errorf(http.StatusBadRequest, "invalid_json", "reading the request body: %v", err))
+			return
+		}
+		rc.SetReadDeadline(time.Time{})
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		if err := guard(h, w, r); err != nil {
 			writeError(w, r, a.Log, err)
 		}
@@ -126,7 +156,14 @@ func decode(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json")
 	}
-	dec := json.NewDecoder(r.Body)
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		return err
+	}
+	if err := checkUTF8(raw); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
@@ -146,6 +183,47 @@ func decode(r *http.Request, v any) error {
 		return errorf(http.StatusBadRequest, "invalid_json", "request body has data after the JSON object")
 	}
 	return nil
+}
+
+// escapedReplacement is U+FFFD written as a JSON escape, in any case.
+var escapedReplacement = regexp.MustCompile(`(?i)\\ufffd`)
+
+// checkUTF8 refuses a JSON body with a string that is not valid UTF-8:
+// raw invalid bytes, or escapes of lone surrogates, which encoding/json
+// would silently store as U+FFFD.
+func checkUTF8(raw []byte) error {
+	bad := errorf(http.StatusBadRequest, "invalid_utf8", "the request body has a string that is not valid UTF-8")
+	if !utf8.Valid(raw) {
+		return bad
+	}
+	// Every U+FFFD the decoder produces must have been in the body, as the
+	// character itself or as its escape; any more are replacements.
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return nil // decode reports it
+	}
+	sent := len(escapedReplacement.FindAll(raw, -1)) + bytes.Count(raw, []byte(string(utf8.RuneError)))
+	if countReplacements(v) > sent {
+		return bad
+	}
+	return nil
+}
+
+func countReplacements(v any) int {
+	n := 0
+	switch v := v.(type) {
+	case string:
+		n = strings.Count(v, string(utf8.RuneError))
+	case []any:
+		for _, e := range v {
+			n += countReplacements(e)
+		}
+	case map[string]any:
+		for k, e := range v {
+			n += strings.Count(k, string(utf8.RuneError)) + countReplacements(e)
+		}
+	}
+	return n
 }
 
 // page reads ?limit= and ?page_token=.
@@ -189,6 +267,9 @@ func (a *api) imageRole(ctx context.Context, id string) (image.Image, store.Role
 func New(d Deps) http.Handler {
 	if d.Now == nil {
 		d.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if d.BodyTimeout == 0 {
+		d.BodyTimeout = 30 * time.Second
 	}
 	if d.LogPoll == 0 {
 		d.LogPoll = 250 * time.Millisecond

@@ -22,13 +22,17 @@ import (
 // Config is every setting of `slipway serve`. DefaultConfig holds the
 // defaults; flags and SLIPWAY_* variables override them.
 type Config struct {
-	Addr            string        // listen address (SLIPWAY_ADDR)
-	DataDir         string        // data directory (SLIPWAY_DATA)
-	EventPublishers []string      // subjects allowed to POST /events; they also push the registry's library/
-	RegistryPullers []string      // service subjects (compute nodes) that pull every repository of the embedded registry
-	AllowFileGit    bool          // admit file:// Git URLs (local development)
-	GitCAFile       string        // extra PEM roots for Git over https (a private CA)
-	MaxBodyBytes    int64         // request body cap
+	Addr            string   // listen address (SLIPWAY_ADDR)
+	DataDir         string   // data directory (SLIPWAY_DATA)
+	EventPublishers []string // subjects allowed to POST /events; they also push the registry's library/
+	RegistryPullers []string // service subjects (compute nodes) that pull every repository of the embedded registry
+	AllowFileGit    bool     // admit file:// Git URLs (local development)
+	GitCAFile       string   // extra PEM roots for Git over https (a private CA)
+	MaxBodyBytes    int64    // request body cap
+	// BodyTimeout is how long an /api/ or /events client has to send its
+	// body, and the grace a registry upload gets before it must keep up
+	// RegistryMinRate.
+	BodyTimeout     time.Duration
 	Sink            string        // K_SINK: where emitted events also go
 	CEOverrides     string        // K_CE_OVERRIDES: extensions set on every emitted event (Knative's SinkBinding)
 	ShutdownTimeout time.Duration // grace period on SIGTERM
@@ -170,6 +174,9 @@ func (c *Config) Validate() error {
 	if c.Role != "all" && (c.Store == "sqlite" || c.Runner == "runc") {
 		return fmt.Errorf("role %s is one function of a cluster deployment: it needs --store firestore and --runner kubernetes", c.Role)
 	}
+	if c.BodyTimeout <= 0 {
+		return errors.New("--body-timeout must be positive")
+	}
 	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 ||
 		c.BuildCPURequest < 0 || c.BuildMemoryRequest < 0 || c.DrainDelay < 0 {
 		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory, CPUs, requests and drain delay, a log cap of at least 1 KiB")
@@ -191,6 +198,7 @@ func DefaultConfig() Config {
 		DataDir:         ".slipway",
 		EventPublishers: []string{"platform"},
 		MaxBodyBytes:    1 << 20,
+		BodyTimeout:     30 * time.Second,
 		ShutdownTimeout: 10 * time.Second,
 		DrainDelay:      5 * time.Second,
 		LogLevel:        "info",
@@ -257,6 +265,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GitCAFile, "git-ca-file", c.GitCAFile, "extra PEM root certificates for Git over https")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body", c.MaxBodyBytes, "request body cap in `BYTES`")
 	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "after SIGTERM, how long readiness answers 503 while requests are still served")
+	fs.DurationVar(&c.BodyTimeout, "body-timeout", c.BodyTimeout, "time a client has to send an API or event request body; also a registry upload's grace before it must keep up 64 KiB/s")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")

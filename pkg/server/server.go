@@ -173,7 +173,7 @@ func (s *Server) open() error {
 	deps := functions.Deps{
 		Store: s.Store, Verifier: users, Events: s.Events, Sealer: box, Log: s.log,
 		Rules: image.Rules{AllowFileURLs: s.cfg.AllowFileGit}, Registry: s.RegistryHost(),
-		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes,
+		Version: s.cfg.Version, Publishers: s.cfg.EventPublishers, MaxBody: s.cfg.MaxBodyBytes, BodyTimeout: s.cfg.BodyTimeout,
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
@@ -216,7 +216,7 @@ func (s *Server) open() error {
 			if err != nil {
 				return err
 			}
-			s.mux.Handle("/v2/", registry.Guard(reg, s.cfg.DataDir, registry.Limits{MaxUpload: s.cfg.RegistryMaxUpload, Gate: s.gate}))
+			s.mux.Handle("/v2/", registry.Guard(minRate(reg, s.cfg.BodyTimeout, RegistryMinRate), s.cfg.DataDir, registry.Limits{MaxUpload: s.cfg.RegistryMaxUpload, Gate: s.gate}))
 			s.mux.Handle("GET /v2/_catalog", catalog)
 			s.mux.Handle(token.Path, s.RegistryTokens)
 		}
@@ -239,7 +239,11 @@ func (s *Server) open() error {
 	s.http = &http.Server{
 		Handler:           instrument(s.mux, reg),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// No ReadTimeout or WriteTimeout: blobs of gigabytes go through
+		// the registry. Bodies have per-route deadlines instead (the API's
+		// in functions, the registry's minRate).
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil
 }
