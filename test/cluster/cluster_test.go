@@ -62,7 +62,7 @@ func TestCluster(t *testing.T) {
 	t.Run("a local build succeeds and is pulled back", func(t *testing.T) {
 		a := a.with(t)
 		id := a.image("team/local", local("FROM "+base+"\nRUN echo hello > /hello\n"))
-		b := a.buildAndWait(id, 3*time.Minute)
+		b := a.buildAndWait(id, 2*time.Minute)
 		a.wantStatus(b, "succeeded", "")
 		a.pull(b)
 		if log := a.log(id, b); !strings.Contains(log, "RUN echo hello") {
@@ -82,7 +82,7 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := a.image("team/git", map[string]any{"type": "git", "git": map[string]any{"url": u + "repo.git", "ref": "main", "dir": "docker"}})
-		b := a.buildAndWait(id, 3*time.Minute)
+		b := a.buildAndWait(id, 2*time.Minute)
 		a.wantStatus(b, "succeeded", "")
 		a.pull(b)
 		if got, _ := b["commit"].(string); got != fx.Third {
@@ -92,7 +92,7 @@ func TestCluster(t *testing.T) {
 		t.Run("a failing git fetch fails with reason git", func(t *testing.T) {
 			a := a.with(t)
 			id := a.image("team/git-missing", map[string]any{"type": "git", "git": map[string]any{"url": u + "missing.git", "ref": "main"}})
-			b := a.buildAndWait(id, 3*time.Minute)
+			b := a.buildAndWait(id, 2*time.Minute)
 			a.wantStatus(b, "failed", "git")
 		})
 	})
@@ -100,14 +100,14 @@ func TestCluster(t *testing.T) {
 	t.Run("an unpullable base fails with reason base_image", func(t *testing.T) {
 		a := a.with(t)
 		id := a.image("team/nobase", local("FROM "+env.cluster.Registry+"/library/missing:none\nRUN true\n"))
-		b := a.buildAndWait(id, 3*time.Minute)
+		b := a.buildAndWait(id, 2*time.Minute)
 		a.wantStatus(b, "failed", "base_image")
 	})
 
 	t.Run("a duplicated completion event changes nothing", func(t *testing.T) {
 		a := a.with(t)
 		id := a.image("team/dup", local("FROM "+base+"\nRUN echo dup > /dup\n"))
-		b := a.buildAndWait(id, 3*time.Minute)
+		b := a.buildAndWait(id, 2*time.Minute)
 		a.wantStatus(b, "succeeded", "")
 		n := int(b["number"].(float64))
 		before := d.router.deliveries()
@@ -137,6 +137,15 @@ func TestCluster(t *testing.T) {
 		b := a.startBuild(id)
 		n := int(b["number"].(float64))
 		a.waitPodRunning(id, n, 2*time.Minute)
+		// A redelivered build.queued finds the pod there and leaves it be.
+		before := len(d.router.deliveries())
+		if !d.router.resendLast("dev.slipway.build.queued") {
+			t.Fatal("no build.queued was delivered")
+		}
+		a.eventually("the redelivery", 30*time.Second, func() bool { return len(d.router.deliveries()) > before })
+		if dl := d.router.deliveries()[before]; dl.Status >= 300 {
+			t.Errorf("the redelivered build.queued answered %d", dl.Status)
+		}
 		code, body := a.do("POST", fmt.Sprintf("/api/v1/images/%s/builds/%d/cancel", id, n), nil)
 		if code != http.StatusAccepted {
 			t.Fatalf("cancel: %d %s", code, body)
@@ -156,7 +165,12 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		b = a.waitBuildPinging(id, n, 2*time.Minute)
-		a.wantStatus(b, "failed", "interrupted")
+		// Failed, saying why: the runner reports it (reason internal), or
+		// the reconciler finds the pod gone (reason interrupted).
+		a.wantStatus(b, "failed", "")
+		if f, _ := b["failure"].(map[string]any); f == nil || !strings.Contains(fmt.Sprint(f["message"]), "gone") && !strings.Contains(fmt.Sprint(f["message"]), "deleted") {
+			t.Errorf("the failure does not say the pod went away: %v", b["failure"])
+		}
 	})
 
 	t.Run("a lost build.queued is recovered by the reconciler", func(t *testing.T) {
@@ -186,14 +200,14 @@ func TestCluster(t *testing.T) {
 			a := a.with(t)
 			restart(map[string]string{"SLIPWAY_BUILD_MEMORY": "200Mi"})
 			id := a.image("team/oom", local("FROM "+base+"\nRUN head -c 400000000 /dev/zero | tr '\\0' a | sort > /dev/null\n"))
-			b := a.buildAndWait(id, 3*time.Minute)
+			b := a.buildAndWait(id, 2*time.Minute)
 			a.wantStatus(b, "failed", "oom")
 		})
 		t.Run("the deadline fails with reason timeout", func(t *testing.T) {
 			a := a.with(t)
 			restart(map[string]string{"SLIPWAY_BUILD_TIMEOUT": "25s"})
 			id := a.image("team/slow", local("FROM "+base+"\nRUN sleep 300\n"))
-			b := a.buildAndWait(id, 3*time.Minute)
+			b := a.buildAndWait(id, 2*time.Minute)
 			a.wantStatus(b, "failed", "timeout")
 		})
 		t.Run("an unschedulable pod fails with a clear reason within its deadline", func(t *testing.T) {
@@ -201,7 +215,7 @@ func TestCluster(t *testing.T) {
 			restart(map[string]string{"SLIPWAY_BUILD_TIMEOUT": "30s", "SLIPWAY_BUILD_MEMORY": "1000Gi"})
 			id := a.image("team/huge", local("FROM "+base+"\nRUN true\n"))
 			start := time.Now()
-			b := a.buildAndWaitPinging(id, 3*time.Minute)
+			b := a.buildAndWaitPinging(id, 2*time.Minute)
 			a.wantStatus(b, "failed", "")
 			msg := fmt.Sprint(b["failure"])
 			if !strings.Contains(strings.ToLower(msg), "schedul") {

@@ -124,6 +124,7 @@ func deploy(t *testing.T, objs []*unstructured.Unstructured) *deployment {
 	d.router = newRouter(d, platform)
 	d.stopped = append(d.stopped, func() { d.router.srv.Close() })
 	d.watchPods()
+	env.onInterrupt = append(env.onInterrupt, d.stop)
 	for _, r := range roleNames {
 		d.startRole("slipway-"+r, nil)
 	}
@@ -147,13 +148,15 @@ func startFirestore(t *testing.T, dir string) string {
 		if err != nil {
 			t.Fatalf("starting the %s Firestore emulator: %v", kind, err)
 		}
-		t.Cleanup(func() {
+		stop := func() {
 			if b, err := os.ReadFile(pidfile); err == nil {
 				var pid int
 				fmt.Sscan(string(b), &pid)
 				syscall.Kill(-pid, syscall.SIGKILL)
 			}
-		})
+		}
+		t.Cleanup(stop)
+		env.onInterrupt = append(env.onInterrupt, stop)
 		host := strings.TrimSpace(string(out))
 		t.Logf("the store: the %s Firestore emulator at %s", kind, host)
 		if kind == "npm" {

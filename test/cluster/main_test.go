@@ -14,8 +14,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +31,8 @@ var env struct {
 	cluster *kubecluster.Cluster
 	// notRun says why the cluster tests did not run; empty when they do.
 	notRun string
+	// onInterrupt stops what the tests started outside the cluster.
+	onInterrupt []func()
 }
 
 func TestMain(m *testing.M) {
@@ -65,6 +69,18 @@ func run(m *testing.M) int {
 		return 1
 	}
 	env.cluster = c
+	// Interrupted (CI's timeout, ^C): tear down all the same.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "test/cluster: interrupted: tearing the cluster down")
+		for _, f := range env.onInterrupt {
+			f()
+		}
+		c.Stop()
+		os.Exit(1)
+	}()
 	fmt.Fprintf(os.Stderr, "test/cluster: cluster up in %.1fs\n", time.Since(start).Seconds())
 	t1 := time.Now()
 	code := m.Run()

@@ -388,6 +388,20 @@ func (r *router) drop(typ string, n int) {
 	r.drops[typ] += n
 }
 
+// resendLast delivers the last delivered event of type typ again, as
+// at-least-once delivery may; false when there was none.
+func (r *router) resendLast(typ string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.log) - 1; i >= 0; i-- {
+		if r.log[i].Type == typ {
+			go r.deliver(r.sent[i].tr, r.sent[i].e)
+			return true
+		}
+	}
+	return false
+}
+
 // resend delivers again, as at-least-once delivery may, every event
 // already delivered whose delivery matches, and returns how many.
 func (r *router) resend(match func(delivery) bool) int {
