@@ -1,6 +1,7 @@
 # The cluster tests (test/cluster): a real single-node Kubernetes on this
 # machine, offline, and Slipway's five roles against it. Included by the root
-# Makefile; `make test` runs test-cluster too. See test/cluster/README.md.
+# Makefile; `make test` runs test-cluster too. See test/cluster's package doc
+# and the root README's deploy section.
 #
 # The Kubernetes binaries come from the tools module tools/k8s and are
 # cached outside the repository (test/cluster/build-k8s.sh: under
