@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/slipway-dev/slipway/pkg/server.Version=$(VERSION)
 export CGO_ENABLED := 0
 
-.PHONY: all build run test test-go test-infra test-conformance fuzz bench vet fmt clean deps
+.PHONY: all build run test test-go test-infra test-conformance test-cluster fuzz bench vet fmt clean deps
 
 all: build
 
@@ -27,7 +27,7 @@ vet:
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')
 
-test: build test-infra test-firestore test-conformance
+test: build test-infra test-firestore test-conformance test-cluster
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 

@@ -1,0 +1,27 @@
+// Command pause is the test cluster's sandbox (pause) container: it holds a
+// pod's namespaces, reaps the zombies it inherits as the pod's PID 1, and
+// exits on SIGINT or SIGTERM. Built statically, it is the only file of the
+// sandbox image that internal/kubecluster pushes for containerd.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sig {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws syscall.WaitStatus
+			if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
