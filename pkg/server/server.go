@@ -97,10 +97,15 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	// Before anything opens the data dir: a second server's start-up
-	// reconcile would settle the first one's running builds.
-	lock, err := lockDataDir(cfg.DataDir)
-	if err != nil {
-		return nil, err
+	// reconcile would settle the first one's running builds. Only the
+	// all-in-one server owns its data dir (SQLite, the registry, runc
+	// state); the cluster roles keep their state in Firestore and pods.
+	var lock *dataDirLock
+	if cfg.Role == "all" {
+		var err error
+		if lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
