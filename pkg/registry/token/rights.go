@@ -30,8 +30,9 @@ type Owners interface {
 //   - every authenticated user pulls library/ (the shared base images);
 //   - Pullers (the platform's service subjects, such as compute nodes) pull
 //     every repository;
-//   - only Publishers (the event publishers) push, and only to library/;
-//   - nobody deletes, and nobody else pushes: builds push with their own
+//   - only Publishers (the event publishers) push, and only to library/,
+//     which they keep: they also delete there (the shared bases are theirs);
+//   - nobody else deletes, and nobody else pushes: builds push with their own
 //     credential (see BuildClaims), each to its own image's repositories.
 type Rights struct {
 	Owners     Owners
@@ -88,9 +89,9 @@ func (r Rights) userActions(ctx context.Context, user, repo string, want []strin
 			if ok {
 				got = append(got, Pull)
 			}
-		case Push:
+		case Push, Delete:
 			if IsLibrary(repo) && slices.Contains(r.Publishers, user) {
-				got = append(got, Push)
+				got = append(got, a)
 			}
 		}
 	}

@@ -110,7 +110,7 @@ func TestRights(t *testing.T) {
 		{"carol", "team/a", nil},
 		{"bob", "other/b", nil},
 		{"mallory", "library/busybox", []string{Pull}},
-		{"platform", "library/busybox", []string{Pull, Push}},
+		{"platform", "library/busybox", []string{Pull, Push, Delete}},
 		{"platform", "team/a", nil},
 		{"node", "other/b", []string{Pull}},
 		{"node", "slipway-cache/team/a", []string{Pull}},
