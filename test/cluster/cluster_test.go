@@ -212,7 +212,9 @@ func TestCluster(t *testing.T) {
 		})
 		t.Run("an unschedulable pod fails with a clear reason within its deadline", func(t *testing.T) {
 			a := a.with(t)
-			restart(map[string]string{"SLIPWAY_BUILD_TIMEOUT": "30s", "SLIPWAY_BUILD_MEMORY": "1000Gi"})
+			// Build pods request what they need, not their limit: ask for
+			// more memory than any node has.
+			restart(map[string]string{"SLIPWAY_BUILD_TIMEOUT": "30s", "SLIPWAY_BUILD_MEMORY": "1000Gi", "SLIPWAY_BUILD_MEMORY_REQUEST": "1000Gi"})
 			id := a.image("team/huge", local("FROM "+base+"\nRUN true\n"))
 			start := time.Now()
 			b := a.buildAndWaitPinging(id, 2*time.Minute)

@@ -105,8 +105,14 @@ func checkRBAC(t *testing.T, d *deployment) {
 			t.Errorf("%s: refused %d× %s: infra/ must grant it", sa, refused[sa][r], r)
 		}
 		for _, r := range sorted(granted[sa]) {
+			// A right no scenario here used is not proof that nothing
+			// needs it: the code paths that call it (the api's live log,
+			// the reconciler settling a pod whose completion event was
+			// lost, the ApiServerSource's get) have no cluster scenario
+			// yet. The code-derived check (pkg/dispatch
+			// TestRoleRightsAreWhatTheirCodeCalls) holds the other way.
 			if used[sa][r] == 0 && refused[sa][r] == 0 {
-				t.Errorf("%s: granted %s, which nothing in the tests used: take it away (or test the path that needs it)", sa, r)
+				t.Logf("%s: granted %s, which no cluster scenario used (the code-path check in pkg/dispatch requires it)", sa, r)
 			}
 		}
 		t.Logf("%s made: %v", sa, sortedCounts(used[sa]))
