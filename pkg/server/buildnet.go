@@ -2,13 +2,11 @@ package server
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"path"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 )
@@ -30,7 +28,7 @@ func (s *Server) listenForBuilds() ([]runc.Forward, error) {
 		return nil, fmt.Errorf("listening for builds: %w", err)
 	}
 	s.buildLn = ln
-	s.buildHTTP = &http.Server{Handler: s.buildHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.buildHTTP = s.newHTTPServer(s.buildHandler())
 	return []runc.Forward{{Port: s.ln.Addr().(*net.TCPAddr).Port, HostPort: ln.Addr().(*net.TCPAddr).Port}}, nil
 }
 

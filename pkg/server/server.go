@@ -241,16 +241,21 @@ func (s *Server) open() error {
 		w.Write([]byte("ok\n"))
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.http = &http.Server{
-		Handler:           instrument(s.mux, reg),
-		ReadHeaderTimeout: 10 * time.Second,
-		// No ReadTimeout or WriteTimeout: blobs of gigabytes go through
-		// the registry. Bodies have per-route deadlines instead (the API's
-		// in functions, the registry's minRate).
-		IdleTimeout: 2 * time.Minute,
-		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	s.http = s.newHTTPServer(instrument(s.mux, reg))
 	return nil
+}
+
+// newHTTPServer is the http.Server of each of the server's listeners (the
+// main one and the builds' one) serving h. No ReadTimeout or WriteTimeout:
+// blobs of gigabytes go through the registry. Bodies have per-route
+// deadlines instead (the API's in functions, the registry's minRate).
+func (s *Server) newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 }
 
 // openStore opens the configured store. On failure it returns a nil
