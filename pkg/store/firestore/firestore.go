@@ -100,12 +100,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	fs "cloud.google.com/go/firestore"
@@ -194,104 +192,45 @@ type (
 	}
 )
 
-// imageRecord is an image as kept in its document's doc field.
-type imageRecord struct {
-	ID            string              `json:"id"`
-	Description   string              `json:"description"`
-	Context       image.Context       `json:"context"`
-	Destinations  []image.Destination `json:"destinations"`
-	Created       image.Stamp         `json:"created"`
-	Modified      image.Stamp         `json:"modified"`
-	Built         *image.Stamp        `json:"built"`
-	DefinitionRev int64               `json:"definition_rev"`
-	BuiltRev      int64               `json:"built_rev"`
-	Reference     string              `json:"reference"`
-	LatestBuild   *buildRecord        `json:"latest_build"`
-}
-
-// buildRecord is a build as kept in JSON, with the field its JSON form omits.
-type buildRecord struct {
-	build.Build
-	Rev int64 `json:"definition_rev"`
-}
-
-func newBuildRecord(b build.Build) buildRecord { return buildRecord{b, b.DefinitionRev} }
-
-func (r buildRecord) build() build.Build {
-	b := r.Build
-	b.DefinitionRev = r.Rev
-	return b
-}
-
-// marshal encodes v as JSON without HTML escaping, which would grow a
-// Dockerfile's "&&" sixfold towards the document size limit.
-func marshal(v any) (string, error) {
-	var sb strings.Builder
-	enc := json.NewEncoder(&sb)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return "", err
-	}
-	return strings.TrimSuffix(sb.String(), "\n"), nil
-}
-
 func encodeImage(img image.Image) (imageDoc, error) {
-	r := imageRecord{
-		ID: img.ID, Description: img.Description, Context: img.Context, Destinations: img.Destinations,
-		Created: img.Created, Modified: img.Modified, Built: img.Built,
-		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, Reference: img.Reference,
-	}
-	if img.LatestBuild != nil {
-		lb := newBuildRecord(*img.LatestBuild)
-		r.LatestBuild = &lb
-	}
-	doc, err := marshal(r)
+	doc, err := store.EncodeImage(img)
 	if err != nil {
-		return imageDoc{}, fmt.Errorf("encoding image %s: %w", img.ID, err)
+		return imageDoc{}, err
 	}
 	return imageDoc{Workspace: img.Workspace, Name: img.Name, Version: img.Version, Usable: img.Reference != "", Doc: doc}, nil
 }
 
 func decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
 	var d imageDoc
-	var r imageRecord
 	if err := snap.DataTo(&d); err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	if err := json.Unmarshal([]byte(d.Doc), &r); err != nil {
+	img, err := store.DecodeImage(d.Doc)
+	if err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	img := image.Image{
-		ID: r.ID, Workspace: d.Workspace, Name: d.Name, Version: d.Version,
-		Description: r.Description, Context: r.Context, Destinations: r.Destinations,
-		Created: r.Created, Modified: r.Modified, Built: r.Built,
-		DefinitionRev: r.DefinitionRev, BuiltRev: r.BuiltRev, Reference: r.Reference,
-	}
-	if r.LatestBuild != nil {
-		lb := r.LatestBuild.build()
-		img.LatestBuild = &lb
-	}
+	img.Workspace, img.Name, img.Version = d.Workspace, d.Name, d.Version
 	return img, nil
 }
 
 func encodeBuild(b build.Build) (buildDoc, error) {
-	doc, err := marshal(newBuildRecord(b))
+	doc, err := store.EncodeBuild(b)
 	if err != nil {
-		return buildDoc{}, fmt.Errorf("encoding build %s: %w", b.ID(), err)
+		return buildDoc{}, err
 	}
 	return buildDoc{Image: b.Image, Number: b.Number, Status: string(b.Status), Doc: doc}, nil
 }
 
 func decodeBuild(snap *fs.DocumentSnapshot) (build.Build, error) {
 	var d buildDoc
-	var r buildRecord
 	if err := snap.DataTo(&d); err != nil {
 		return build.Build{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	if err := json.Unmarshal([]byte(d.Doc), &r); err != nil {
+	b, err := store.DecodeBuild(d.Doc)
+	if err != nil {
 		return build.Build{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	return r.build(), nil
+	return b, nil
 }
 
 // docID maps an id or a name to a document id, one to one. Path escaping

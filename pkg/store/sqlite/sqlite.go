@@ -238,42 +238,12 @@ func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, e
 	return ws, json.Unmarshal([]byte(members), &ws.Members)
 }
 
-// imageDoc is an image as stored in the doc column.
-type imageDoc struct {
-	Description   string              `json:"description"`
-	Context       image.Context       `json:"context"`
-	Destinations  []image.Destination `json:"destinations"`
-	Created       image.Stamp         `json:"created"`
-	Modified      image.Stamp         `json:"modified"`
-	Built         *image.Stamp        `json:"built"`
-	DefinitionRev int64               `json:"definition_rev"`
-	BuiltRev      int64               `json:"built_rev"`
-	Reference     string              `json:"reference"`
-	LatestBuild   *build.Build        `json:"latest_build"`
-}
-
-func encodeImage(img image.Image) (string, error) {
-	b, err := json.Marshal(imageDoc{
-		Description: img.Description, Context: img.Context, Destinations: img.Destinations,
-		Created: img.Created, Modified: img.Modified, Built: img.Built,
-		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, Reference: img.Reference,
-		LatestBuild: img.LatestBuild,
-	})
-	return string(b), err
-}
+func encodeImage(img image.Image) (string, error) { return store.EncodeImage(img) }
 
 func decodeImage(id, ws, name string, version int64, doc string) (image.Image, error) {
-	var d imageDoc
-	if err := json.Unmarshal([]byte(doc), &d); err != nil {
-		return image.Image{}, fmt.Errorf("decoding image %s: %w", id, err)
-	}
-	return image.Image{
-		ID: id, Workspace: ws, Name: name, Version: version,
-		Description: d.Description, Context: d.Context, Destinations: d.Destinations,
-		Created: d.Created, Modified: d.Modified, Built: d.Built,
-		DefinitionRev: d.DefinitionRev, BuiltRev: d.BuiltRev, Reference: d.Reference,
-		LatestBuild: d.LatestBuild,
-	}, nil
+	img, err := store.DecodeImage(doc)
+	img.ID, img.Workspace, img.Name, img.Version = id, ws, name, version
+	return img, err
 }
 
 func usable(img image.Image) int {
@@ -443,7 +413,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if img.LatestBuild != nil {
 			b.Number = img.LatestBuild.Number + 1
 		}
-		doc, err := json.Marshal(buildDoc{b, b.DefinitionRev})
+		doc, err := store.EncodeBuild(b)
 		if err != nil {
 			return err
 		}
@@ -463,20 +433,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 	return b, err
 }
 
-// buildDoc stores the fields of a build that its JSON form leaves out.
-type buildDoc struct {
-	build.Build
-	Rev int64 `json:"definition_rev"`
-}
-
-func decodeBuild(doc string) (build.Build, error) {
-	var d buildDoc
-	if err := json.Unmarshal([]byte(doc), &d); err != nil {
-		return build.Build{}, fmt.Errorf("decoding build: %w", err)
-	}
-	d.Build.DefinitionRev = d.Rev
-	return d.Build, nil
-}
+func decodeBuild(doc string) (build.Build, error) { return store.DecodeBuild(doc) }
 
 func getBuild(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
@@ -565,7 +522,7 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if err := change(&b); err != nil {
 			return err
 		}
-		doc, err := json.Marshal(buildDoc{b, b.DefinitionRev})
+		doc, err := store.EncodeBuild(b)
 		if err != nil {
 			return err
 		}
