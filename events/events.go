@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -88,6 +89,25 @@ func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 		}
 	}
 	return ws, nil
+}
+
+// WorkspaceOrder is where a workspace event stands in the platform's
+// order (see store.Order): its `sequence` extension (any CloudEvents type,
+// read as its canonical string) and its `time`. An event with neither, or
+// with an empty sequence, cannot be placed: ErrMalformed.
+func WorkspaceOrder(e cloudevents.Event) (store.Order, error) {
+	o := store.Order{Time: e.Time()}
+	if v, ok := e.Extensions()["sequence"]; ok {
+		seq, err := types.Format(v)
+		if err != nil || seq == "" {
+			return o, fmt.Errorf("%w: the sequence extension must be a non-empty string", ErrMalformed)
+		}
+		o.Sequence = seq
+	}
+	if o.IsZero() {
+		return o, fmt.Errorf("%w: a workspace event needs a time or a sequence extension, to be applied in the platform's order", ErrMalformed)
+	}
+	return o, nil
 }
 
 // ReadRequest reads a CloudEvent from an HTTP request in binary or

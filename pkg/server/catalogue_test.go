@@ -319,6 +319,7 @@ func TestWorkspaceEvents(t *testing.T) {
 	send := func(id, typ, data string) int {
 		req, _ := http.NewRequest("POST", e.baseURL+"/events", strings.NewReader(data))
 		for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": id, "Ce-Source": "/platform", "Ce-Type": typ,
+			"Ce-Time":      time.Now().UTC().Format(time.RFC3339Nano),
 			"Content-Type": "application/json", "Authorization": "Bearer " + e.token("platform")} {
 			req.Header.Set(k, v)
 		}

@@ -346,7 +346,8 @@ const Demo = "demo"
 func (s *Server) demo() error {
 	ctx := context.Background()
 	ws := store.Workspace{ID: Demo, Owner: Demo, Members: []string{}}
-	if err := s.Store.ApplyWorkspace(ctx, "slipway-demo/"+Demo, ws, false); err != nil && !errors.Is(err, store.ErrDuplicate) {
+	err := s.Store.ApplyWorkspace(ctx, "slipway-demo/"+Demo, store.Order{Time: time.Now()}, ws, false)
+	if err != nil && !errors.Is(err, store.ErrDuplicate) && !errors.Is(err, store.ErrStale) {
 		return err
 	}
 	if s.cfg.Registry == "" {

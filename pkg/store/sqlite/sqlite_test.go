@@ -30,7 +30,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := s.ApplyWorkspace(ctx, "k1", store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
+	if err := s.ApplyWorkspace(ctx, "k1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
 		t.Fatal(err)
 	}
 	img := storetest.NewImage("img1", "ws1", "team/a")
@@ -47,7 +47,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if err != nil || got.Name != "team/a" || got.Version != 1 {
 		t.Fatalf("after reopen: %+v, %v", got, err)
 	}
-	if err := s.ApplyWorkspace(ctx, "k1", store.Workspace{ID: "ws1", Owner: "x"}, false); err != store.ErrDuplicate {
+	if err := s.ApplyWorkspace(ctx, "k1", store.Order{}, store.Workspace{ID: "ws1", Owner: "x"}, false); err != store.ErrDuplicate {
 		t.Fatalf("processed event forgotten across reopen: %v", err)
 	}
 }
