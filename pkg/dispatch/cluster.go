@@ -8,6 +8,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/slipway-dev/slipway/events"
@@ -97,6 +98,9 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	}
 	if err != nil {
 		c.settle(ctx, r, func(b *build.Build) error {
+			if bpe, ok := errors.AsType[*basePullError](err); ok {
+				return b.Fail(build.ReasonBaseImage, bpe.Error(), c.o.Now())
+			}
 			return b.Fail(build.ReasonInternal, "the build pod could not be created: "+err.Error(), c.o.Now())
 		})
 	}
@@ -104,8 +108,8 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 }
 
 // prepare is the cluster's build spec: Kaniko pushes to every destination
-// itself, so the docker config carries the base and destination registries'
-// credentials.
+// itself, so the docker config carries the destination registries'
+// credentials, and pull tokens for private bases (basePulls).
 func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.ContextSource, error) {
 	img, err := c.o.Store.GetImage(ctx, b.Image)
 	if err != nil {
@@ -118,10 +122,11 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 		spec.Destinations = append(spec.Destinations, d.Reference)
 		registries = append(registries, registryOf(d.Reference))
 	}
+	var bases []name.Reference
 	switch img.Context.Type {
 	case image.ContextLocal:
 		src.Dockerfile = img.Context.Dockerfile
-		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
+		bases = image.BaseImages(img.Context.Dockerfile)
 	case image.ContextGit:
 		g := *img.Context.Git
 		src.Git = &g
@@ -134,6 +139,15 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 		}
 	}
 	if spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries); err != nil {
+		return spec, src, err
+	}
+	// Private bases: pull tokens, never the credential (a destination's
+	// entry, which pulls too, is kept where a registry is both).
+	pulls, err := basePulls(ctx, c.o, img.Workspace, bases, nopNotes{})
+	if err != nil {
+		return spec, src, err
+	}
+	if spec.DockerConfig, err = mergeAuths(spec.DockerConfig, pulls); err != nil {
 		return spec, src, err
 	}
 	spec.DockerConfig, err = withBuildCredential(ctx, c.o, spec.DockerConfig, img, b, src.Dockerfile)

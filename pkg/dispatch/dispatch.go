@@ -28,6 +28,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/pullauth"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
 
@@ -89,6 +90,10 @@ type Options struct {
 	// Gate, when set, is held while a build runs, so that the registry
 	// is not collected under its pushes.
 	Gate Gate
+	// PullAuth trades the workspace's credentials of private base
+	// registries for the pull tokens a build gets instead; nil is
+	// pullauth.TokenFlow{}.
+	PullAuth pullauth.Exchanger
 }
 
 // ref identifies a build.
@@ -412,7 +417,12 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
-	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
+	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImages(dockerfile), log)
+	if bpe, ok := errors.AsType[*basePullError](err); ok {
+		log.Notef("%v", bpe)
+		return d.fail(build.ReasonBaseImage, "%v", bpe)
+	}
+	if err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
 	if spec.DockerConfig, err = withBuildCredential(ctx, d.o, spec.DockerConfig, img, b, dockerfile); err != nil {
@@ -486,9 +496,9 @@ func gitAuth(ctx context.Context, o Options, ws string, g image.Git) (*gitctx.Au
 	return &gitctx.Auth{Username: c.Username, Token: token}, nil
 }
 
-// dockerConfig holds the workspace's credentials for the registries the
-// build pulls base images from, and no others: the build's own steps can
-// read it, so it carries only what the build needs.
+// dockerConfig holds the workspace's credentials for registries, and no
+// others: the cluster's build pods push to external destinations with
+// them. Bases get pull tokens instead (basePulls).
 func dockerConfig(ctx context.Context, o Options, ws string, registries []string) ([]byte, error) {
 	cs, err := o.Store.ListCredentials(ctx, ws)
 	if err != nil {

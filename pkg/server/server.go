@@ -418,6 +418,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 			return nil, err
 		}
 	}
+	for _, p := range s.cfg.buildReach {
+		forwards = append(forwards, runc.Forward{Port: p, HostPort: p})
+	}
 	runcDir := filepath.Join(s.cfg.DataDir, "runc")
 	runner, err := runc.New(runc.Options{
 		Executor: s.cfg.executor(),
