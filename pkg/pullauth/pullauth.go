@@ -12,7 +12,8 @@
 //
 // A registry that takes the password itself (HTTP basic auth) has no token
 // to give: its credential is not handed to the build either, and the build
-// fails with ErrNoTokenAuth's message before it runs.
+// fails with ErrNoTokenAuth's message before it runs. A registry that asks
+// for no authentication gets nothing, as it needs nothing.
 package pullauth
 
 import (
@@ -52,7 +53,8 @@ type Token struct {
 }
 
 // Exchanger trades a registry credential for a token that pulls repos of
-// its registry and nothing else.
+// its registry and nothing else; a Token without Bearer when the registry
+// asks for no authentication at all (then the build needs nothing).
 type Exchanger interface {
 	PullToken(ctx context.Context, cred Credential, repos []string) (Token, error)
 }
@@ -91,14 +93,13 @@ func (f TokenFlow) PullToken(ctx context.Context, cred Credential, repos []strin
 	if err != nil {
 		return Token{}, fmt.Errorf("asking %s for its authentication: %w", reg.RegistryStr(), err)
 	}
+	if challenge.Scheme == "" {
+		return Token{}, nil // anonymous: nothing to hand over
+	}
 	if !strings.EqualFold(challenge.Scheme, "bearer") {
-		how := "HTTP basic auth"
-		if challenge.Scheme == "" {
-			how = "no authentication"
-		}
-		return Token{}, fmt.Errorf("%w: %s answers with %s, so a build could pull from it only with the long-lived password, which Slipway does not hand to a build; "+
+		return Token{}, fmt.Errorf("%w: %s answers with HTTP basic auth, so a build could pull from it only with the long-lived password, which Slipway does not hand to a build; "+
 			"pull the base from a registry that does the token flow, or push it to the internal registry (library/ or one of the workspace's images)",
-			ErrNoTokenAuth, reg.RegistryStr(), how)
+			ErrNoTokenAuth, reg.RegistryStr())
 	}
 	scopes := make([]string, len(repos))
 	for i, r := range repos {
@@ -131,7 +132,8 @@ type Grant struct {
 // registry some base names and creds holds a credential for (the first one
 // there), a token from x for exactly those bases' repositories. Bases of
 // other registries get nothing (they are public, or the internal registry's
-// own). It returns nil and no grants when no base needs a token; an error
+// own), and so do registries that ask for no authentication. It returns
+// nil and no grants when no base needs a token; an error
 // (wrapping ErrNoTokenAuth for a registry without the token flow) when a
 // registry gives none.
 func DockerConfig(ctx context.Context, x Exchanger, creds []Credential, bases []name.Reference) ([]byte, []Grant, error) {
@@ -154,17 +156,25 @@ func DockerConfig(ctx context.Context, x Exchanger, creds []Credential, bases []
 		return nil, nil, nil
 	}
 	auths := map[string]map[string]string{}
-	for i, g := range grants {
+	var given []Grant
+	for _, g := range grants {
 		c := creds[slices.IndexFunc(creds, func(c Credential) bool { return strings.EqualFold(c.Registry, g.Registry) })]
 		tok, err := x.PullToken(ctx, c, g.Repos)
 		if err != nil {
 			return nil, nil, err
 		}
+		if tok.Bearer == "" {
+			continue // the registry is anonymous
+		}
 		auths[configKey(g.Registry)] = map[string]string{"registrytoken": tok.Bearer}
-		grants[i].ExpiresIn = tok.ExpiresIn
+		g.ExpiresIn = tok.ExpiresIn
+		given = append(given, g)
+	}
+	if len(given) == 0 {
+		return nil, nil, nil
 	}
 	cfg, err := json.Marshal(map[string]any{"auths": auths})
-	return cfg, grants, err
+	return cfg, given, err
 }
 
 // configKey is the docker config's key of registry host: Docker Hub's is
