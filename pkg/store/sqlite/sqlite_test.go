@@ -74,3 +74,45 @@ func TestRefusesNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWorkspacesFromBeforeOrders: a database whose workspaces were stored
+// before they kept their last event's order migrates; such a workspace has
+// the zero order, so the next ordered event applies.
+func TestWorkspacesFromBeforeOrders(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "slipway.db")
+	s, err := sqlite.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Back to schema 2: the workspaces table as it was.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"ALTER TABLE workspaces DROP COLUMN deleted", "ALTER TABLE workspaces DROP COLUMN seq", "ALTER TABLE workspaces DROP COLUMN time",
+		`INSERT INTO workspaces (id, owner, members) VALUES ('ws1', 'alice', '["bob"]')`, "PRAGMA user_version = 2"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	s, err = sqlite.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if ws, err := s.GetWorkspace(ctx, "ws1"); err != nil || ws.Owner != "alice" || len(ws.Members) != 1 {
+		t.Fatalf("after the migration: %+v, %v", ws, err)
+	}
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || !o.IsZero() {
+		t.Fatalf("order after the migration: %+v, %v", o, err)
+	}
+	if err := s.ApplyWorkspace(ctx, "k2", store.Order{Sequence: "1"}, store.Workspace{ID: "ws1", Owner: "carol"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if ws, _ := s.GetWorkspace(ctx, "ws1"); ws.Owner != "carol" {
+		t.Fatalf("the first ordered event did not apply: %+v", ws)
+	}
+}
