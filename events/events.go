@@ -93,9 +93,11 @@ func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 
 // WorkspaceOrder is where a workspace event stands in the platform's
 // order (see store.Order): its `sequence` extension (any CloudEvents type,
-// read as its canonical string) and its `time`. An event with neither, or
-// with an empty sequence, cannot be placed: ErrMalformed.
-func WorkspaceOrder(e cloudevents.Event) (store.Order, error) {
+// read as its canonical string) and its `time`. An event with neither (both
+// are optional in CloudEvents) is placed at received, the time Slipway got
+// it: senders that stamp nothing are applied in arrival order, as before
+// orders existed. An empty sequence is ErrMalformed.
+func WorkspaceOrder(e cloudevents.Event, received time.Time) (store.Order, error) {
 	o := store.Order{Time: e.Time()}
 	if v, ok := e.Extensions()["sequence"]; ok {
 		seq, err := types.Format(v)
@@ -105,7 +107,7 @@ func WorkspaceOrder(e cloudevents.Event) (store.Order, error) {
 		o.Sequence = seq
 	}
 	if o.IsZero() {
-		return o, fmt.Errorf("%w: a workspace event needs a time or a sequence extension, to be applied in the platform's order", ErrMalformed)
+		o.Time = received
 	}
 	return o, nil
 }

@@ -184,6 +184,7 @@ func TestPanickingHandlerIsRecovered(t *testing.T) {
 func TestWorkspaceOrder(t *testing.T) {
 	data := `{"id":"ws1","owner":"alice"}`
 	at := time.Date(2026, 12, 1, 9, 0, 0, 123456789, time.UTC)
+	received := at.Add(time.Hour)
 	structured := func(extra string) string {
 		return `{"specversion":"1.0","id":"1","source":"/platform","type":"` + WorkspaceUpdated + `"` + extra + `,"datacontenttype":"application/json","data":` + data + `}`
 	}
@@ -198,9 +199,9 @@ func TestWorkspaceOrder(t *testing.T) {
 		{name: "binary sequence", headers: map[string]string{"Ce-Sequence": "0042"}, body: data, want: store.Order{Sequence: "0042"}},
 		{name: "structured both", body: structured(`,"time":"` + at.Format(time.RFC3339Nano) + `","sequence":"7"`), want: store.Order{Sequence: "7", Time: at}},
 		{name: "structured integer sequence", body: structured(`,"sequence":7`), want: store.Order{Sequence: "7"}},
-		{name: "neither", body: structured(``), bad: true},
+		{name: "neither", body: structured(``), want: store.Order{Time: received}},
 		{name: "empty sequence", body: structured(`,"sequence":""`), bad: true},
-		{name: "binary neither", headers: map[string]string{}, body: data, bad: true},
+		{name: "binary neither", headers: map[string]string{}, body: data, want: store.Order{Time: received}},
 	} {
 		r := httptest.NewRequest("POST", "/events", strings.NewReader(c.body))
 		if c.headers != nil {
@@ -220,7 +221,7 @@ func TestWorkspaceOrder(t *testing.T) {
 			}
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		got, err := WorkspaceOrder(e)
+		got, err := WorkspaceOrder(e, received)
 		if c.bad {
 			if !errors.Is(err, ErrMalformed) {
 				t.Errorf("%s: WorkspaceOrder = %+v, %v; want ErrMalformed", c.name, got, err)

@@ -41,7 +41,7 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 		}
-		order, err := events.WorkspaceOrder(e)
+		order, err := events.WorkspaceOrder(e, a.Now())
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 		}

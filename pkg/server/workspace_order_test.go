@@ -143,14 +143,19 @@ func TestWorkspaceEventsInPlatformOrder(t *testing.T) {
 		e.canList("ws3", "erin", 200)
 	})
 
-	t.Run("UnorderedEventsAreRefused", func(t *testing.T) {
-		// Neither a time nor a sequence: it cannot be placed, so it is
-		// refused, and changes nothing.
-		e.mustSend(wsEvent{id: "n1", typ: events.WorkspaceUpdated, data: ws("mallory")}, 400)
-		e.mustSend(wsEvent{id: "n2", typ: events.WorkspaceCreated, data: events.Workspace{ID: "ws9", Owner: "mallory"}}, 400)
-		e.mustSend(wsEvent{id: "n3", typ: events.WorkspaceDeleted, data: events.Workspace{ID: "ws1"}}, 400)
-		e.canList("ws1", "dave", 200)
-		e.canList("ws1", "mallory", 404)
+	t.Run("UnorderedEventsApplyInArrivalOrder", func(t *testing.T) {
+		// Neither a time nor a sequence (both optional in CloudEvents):
+		// placed at the time Slipway received it, so such events apply in
+		// arrival order, and one still never undoes a newer stamped event.
+		e.mustSend(wsEvent{id: "n0", typ: events.WorkspaceCreated, data: events.Workspace{ID: "ws9", Owner: "mallory"}}, 204)
+		e.canList("ws9", "mallory", 200)
+		e.mustSend(wsEvent{id: "n1", typ: events.WorkspaceUpdated, data: events.Workspace{ID: "ws9", Owner: "mallory", Members: []string{"oscar"}}}, 204)
+		e.canList("ws9", "oscar", 200)
+		e.mustSend(wsEvent{id: "n2", typ: events.WorkspaceDeleted, data: events.Workspace{ID: "ws9"}}, 204)
+		e.canList("ws9", "mallory", 404)
+		// A stamped update from before the unstamped deletion arrived
+		// does not bring the workspace back.
+		e.mustSend(wsEvent{id: "n3", typ: events.WorkspaceUpdated, at: time.Now().Add(-time.Minute), data: events.Workspace{ID: "ws9", Owner: "mallory"}}, 204)
 		e.canList("ws9", "mallory", 404)
 		// The error is the contract's JSON shape.
 		res, body := e.c.JSON("POST", "/events", e.token("platform"), map[string]any{
