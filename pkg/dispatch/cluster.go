@@ -13,6 +13,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/store"
@@ -197,12 +198,12 @@ func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
 			b.SetCommit(o.Commit)
 		}
 	}
-	if f := build.Classify(o, c.o.Limits, string(log)); f != nil {
+	img, ierr := c.o.Store.GetImage(ctx, imageID)
+	if f := build.Classify(o, c.o.Limits, string(log), failedStep(img, b, log)); f != nil {
 		c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Fail(f.Reason, f.Message, c.o.Now()) })
 		return nil
 	}
-	img, err := c.o.Store.GetImage(ctx, imageID)
-	if err != nil {
+	if ierr != nil {
 		return nil
 	}
 	reference := c.o.Registry + "/" + img.Name + "@" + o.Digest
@@ -277,4 +278,14 @@ func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// failedStep reads a pod's whole log against the Dockerfile of b, when the
+// image still holds it (a local context), for where the executor failed.
+func failedStep(img image.Image, b build.Build, log []byte) *steps.Failure {
+	var plan *steps.Plan
+	if df, ok := img.DockerfileAt(b.DefinitionRev); ok {
+		plan, _ = steps.ParsePlan(df)
+	}
+	return steps.Parse(log, plan).Failure()
 }

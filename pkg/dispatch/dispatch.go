@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
@@ -365,7 +367,7 @@ func (d *Dispatcher) executeWithin(ctx context.Context, b build.Build, log *logW
 	defer cancel()
 	end := d.executeGuarded(limited, b, log)
 	if ctx.Err() == nil && errors.Is(limited.Err(), context.DeadlineExceeded) {
-		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "")
+		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "", nil)
 		log.Notef("%s", f.Message)
 		return d.fail(f.Reason, "%s", f.Message)
 	}
@@ -428,14 +430,20 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	if spec.DockerConfig, err = withBuildCredential(ctx, d.o, spec.DockerConfig, img, b, dockerfile); err != nil {
 		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
 	}
+	// The steps parser reads the executor's whole output as it comes, so
+	// that the failure names the instruction that failed, whatever the log
+	// cap and the tail keep.
+	plan, _ := steps.ParsePlan(dockerfile) // nil when it does not parse: the log alone then
+	parser := steps.NewParser(plan)
 	started := time.Now()
-	outcome, err := d.o.Runner.Run(ctx, spec, log)
+	outcome, err := d.o.Runner.Run(ctx, spec, io.MultiWriter(log, parser))
 	if err != nil {
 		log.Notef("the runner failed: %v", err)
 		return d.fail(build.ReasonInternal, "the build could not run: %v", err)
 	}
 	log.Notef("the executor ended after %.1f s with exit code %d", time.Since(started).Seconds(), outcome.ExitCode)
-	if f := build.Classify(outcome, d.o.Limits, log.Tail()); f != nil {
+	parser.Flush()
+	if f := build.Classify(outcome, d.o.Limits, log.Tail(), parser.Failure()); f != nil {
 		return d.fail(f.Reason, "%s", f.Message)
 	}
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
