@@ -82,6 +82,12 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
 
   const atBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 24;
 
+  // showLogEnds scrolls the failed step's excerpt of the log to its end,
+  // where the command's last words are.
+  function showLogEnds(r) {
+    for (const pre of r.stepsEl.querySelectorAll(".step-log")) pre.scrollTop = pre.scrollHeight;
+  }
+
   function setView(r, view) {
     r.view = view;
     r.stepsBtn.setAttribute("aria-pressed", String(view === "steps"));
@@ -90,6 +96,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
     r.stepsNote.hidden = view !== "steps" || !r.stepsNote.textContent;
     r.pre.hidden = view !== "log";
     if (view === "log" && r.stick) r.pre.scrollTop = r.pre.scrollHeight;
+    if (view === "steps") showLogEnds(r);
   }
 
   const STEP_ICON = {
@@ -150,6 +157,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
           detail.hidden = !now;
           btn.setAttribute("aria-expanded", String(now));
           li.classList.toggle("is-open", now);
+          if (now) showLogEnds(r);
         });
         detail.querySelector('[data-action="open-log"]').addEventListener("click", () => { setView(r, "log"); r.logBtn.focus(); });
         li.append(btn, detail);
@@ -157,6 +165,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
       items.push(li);
     });
     clear(r.stepsEl).append(...items);
+    showLogEnds(r);
     if (!data.steps.length) r.stepsEl.append(h("li", { class: "muted small step-empty" }, isActive(r.build) ? "No steps yet: the build is starting." : "This build's log names no steps."));
     r.stepsNote.textContent = data.lines ? "" : "The Dockerfile of this build is not known here (a Git context, or edited since): the steps are the ones its log names, without lines.";
     r.stepsNote.hidden = r.view !== "steps" || !r.stepsNote.textContent;
