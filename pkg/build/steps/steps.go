@@ -274,8 +274,11 @@ func (p *Parser) Steps(b Build) []Step {
 					s.DurationSeconds = seconds(b.FinishedAt.Sub(at))
 				}
 			}
-		case i < last:
-			s.Status = Skipped
+		case i < last || b.State == "succeeded":
+			// The executor runs every instruction in order: one it did not
+			// announce before the last it did (or in a succeeded build) ran
+			// where the log does not show it, cut by the log's cap.
+			s.Status = Done
 		case b.active():
 			s.Status = Pending
 		default:

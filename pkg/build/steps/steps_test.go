@@ -118,6 +118,34 @@ func TestMultiStage(t *testing.T) {
 	}
 }
 
+// A log cut by the cap (its middle, or its end) loses announcements: the
+// instructions it does not show still ran, without times.
+func TestCutLog(t *testing.T) {
+	log := string(readLog(t, "multi"))
+	from := strings.Index(log, `msg="ENV A=b"`)
+	to := strings.Index(log, `msg="RUN cat g"`)
+	from, to = strings.LastIndexByte(log[:from], '\n')+1, strings.LastIndexByte(log[:to], '\n')+1
+	cut := log[:from] + "\n[slipway: the log is cut here]\n" + log[to:]
+	steps := Parse([]byte(cut), plan(t, "multi")).Steps(ended("succeeded", ""))
+	if len(steps) != 10 {
+		t.Fatalf("%d steps%s", len(steps), show(steps))
+	}
+	for i, s := range steps {
+		if s.Status != Done {
+			t.Errorf("step %d %q: %s", i, s.Instruction, s.Status)
+		}
+		if hidden := i >= 3 && i <= 5; hidden != (s.StartedAt == nil) {
+			t.Errorf("step %d %q started at %v", i, s.Instruction, s.StartedAt)
+		}
+	}
+	head := Parse([]byte(log[:from]), plan(t, "multi")).Steps(ended("succeeded", ""))
+	for i, s := range head {
+		if s.Status != Done {
+			t.Errorf("a log cut at its end, step %d %q: %s", i, s.Instruction, s.Status)
+		}
+	}
+}
+
 func TestCached(t *testing.T) {
 	steps := Parse(readLog(t, "multi-cached"), plan(t, "multi")).Steps(ended("succeeded", ""))
 	for _, s := range steps {
