@@ -1,6 +1,7 @@
 package steps
 
 import (
+	"bytes"
 	"regexp"
 	"sort"
 	"strconv"
@@ -85,7 +86,7 @@ func (p *Parser) Write(b []byte) (int, error) {
 	defer p.mu.Unlock()
 	n := len(b)
 	for len(b) > 0 {
-		i := strings.IndexByte(string(b), '\n')
+		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
 			p.keep(b)
 			break
@@ -139,7 +140,7 @@ var (
 func (p *Parser) line(l string) {
 	l = strings.TrimRight(l, "\r")
 	at, level, msg, ok := logrusLine(l)
-	if !ok {
+	if !ok && len(l) > 5 && l[4] == '[' {
 		if m := colourRE.FindStringSubmatch(l); m != nil {
 			// --log-format=color: seconds since the executor started.
 			secs, _ := strconv.Atoi(m[2])

@@ -309,3 +309,18 @@ func FuzzParse(f *testing.F) {
 		p.Failure()
 	})
 }
+
+// BenchmarkParse reads a 4 MiB log (the default cap): a real log with a
+// RUN's output of short lines in its middle.
+func BenchmarkParse(b *testing.B) {
+	log, _ := os.ReadFile(filepath.Join("testdata", "multi.log"))
+	at := strings.Index(string(log), "hi\n")
+	big := append(append(append([]byte{}, log[:at]...), strings.Repeat("some output of a RUN, line after line\n", (4<<20)/38)...), log[at:]...)
+	pl, _ := ParsePlan(dockerfiles["multi"])
+	b.SetBytes(int64(len(big)))
+	for b.Loop() {
+		if n := len(Parse(big, pl).Steps(ended("succeeded", ""))); n != 10 {
+			b.Fatal(n)
+		}
+	}
+}
