@@ -189,6 +189,9 @@ func (s *Server) open() error {
 		}
 		deps.Content = s.content
 	}
+	if role == "all" || role == "api" {
+		deps.Pushes = s.publisher(box)
+	}
 	switch {
 	case role == "all":
 		if s.builds, err = s.newDispatcher(box); err != nil {
@@ -324,6 +327,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		RegistryTokens: s.registryTokens(),
 		Gate:           s.pushGate(),
+		Pushes:         s.publisher(box),
 	}
 }
 
