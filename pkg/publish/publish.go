@@ -142,7 +142,7 @@ func (p *Publisher) PushAgain(ctx context.Context, img image.Image, b build.Buil
 // that it ran out of time.
 func explain(ctx context.Context, err error) string {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return "the push did not finish within the time allowed (the build's time limit): " + err.Error()
+		return "the push did not finish within the time limit: " + err.Error()
 	}
 	return err.Error()
 }
