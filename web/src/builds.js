@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { BUILD_STATUS, clear, clock, duration, h, icon, isActive, timeEl } from "./dom.js";
 import { busyButton } from "./ui.js";
+import { pushList } from "./pushes.js";
 
 export function createBuildList(section, ctx, imageId, { onChange } = {}) {
   const list = h("ul", { class: "build-list", "aria-label": "Builds, newest first" });
@@ -34,12 +35,13 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
       const refresh = h("button", { type: "button", class: "btn btn-small", "data-action": "refresh-log" }, icon("refresh", { size: 16 }), "Refresh");
       const cancel = h("button", { type: "button", class: "btn btn-small btn-danger-outline", "data-action": "cancel-build", hidden: true }, "Cancel build");
       const failure = h("p", { class: "build-failure", hidden: true });
+      const pushes = h("div", { class: "build-pushes" });
       const panel = h("div", { class: "build-panel", id: logId, hidden: true },
-        failure,
+        failure, pushes,
         h("div", { class: "log-toolbar" }, logStatus, h("span", { class: "spacer" }), cancel, refresh),
         pre);
       const li = h("li", { class: "build-row", "data-build": String(b.number) }, toggle, panel);
-      r = { li, toggle, panel, pre, logStatus, refresh, cancel, failure, build: b, offset: 0, loaded: false, follow: null, expanded: false };
+      r = { li, toggle, panel, pre, logStatus, refresh, cancel, failure, pushes, build: b, offset: 0, loaded: false, follow: null, expanded: false };
       toggle.addEventListener("click", () => setExpanded(r, !r.expanded));
       refresh.addEventListener("click", () => busyButton(refresh, "Refreshing…", () => readMore(r)));
       cancel.addEventListener("click", () => cancelBuild(r));
@@ -63,6 +65,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
     } else {
       r.failure.hidden = true;
     }
+    r.pushes.replaceChildren(...[pushList(ctx, imageId, b, (updated) => row(updated))].filter(Boolean));
     return r.li;
   }
 
