@@ -250,14 +250,17 @@ func (a *api) pushAgain(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusConflict, "no_such_destination", "%s is not one of the external destinations build %d pushed to and the image still has", body.Reference, n)
 	}
 	p := a.Pushes.PushAgain(r.Context(), img, b, dest)
-	b, err = a.Store.UpdateBuild(context.WithoutCancel(r.Context()), img.ID, n, func(b *build.Build) error { return b.RecordPush(p) })
+	ctx := store.Announce(context.WithoutCancel(r.Context()), events.Pushed(a.Now))
+	b, err = a.Store.UpdateBuild(ctx, img.ID, n, func(b *build.Build) error { return b.RecordPush(p) })
 	switch {
 	case errors.Is(err, build.ErrTransition), errors.Is(err, build.ErrNoDestination):
 		return errorf(http.StatusConflict, "no_such_destination", "build %d changed while it was pushed", n)
 	case err != nil:
 		return err
 	}
-	writeJSON(w, http.StatusOK, b.View(a.Now()))
+	view := b.View(a.Now())
+	a.Events.Publish(events.BuildPushed, b.ID(), view)
+	writeJSON(w, http.StatusOK, view)
 	return nil
 }
 

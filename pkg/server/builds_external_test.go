@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/distribution/distribution/v3/configuration"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the access controller
 	"github.com/distribution/distribution/v3/registry/handlers"
@@ -186,7 +188,15 @@ func TestGitContexts(t *testing.T) {
 func TestPushAgain(t *testing.T) {
 	const user, password, wrong = "pusher", "s3cret-registry-password", "not-the-password-at-all"
 	ext := privateRegistry(t, user, password)
-	e := buildEnv(t, nil)
+	announced := make(chan cloudevents.Event, 64)
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ev, err := cloudevents.NewEventFromHTTPRequest(r); err == nil && ev.Type() == events.BuildPushed {
+			announced <- *ev
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sink.Close()
+	e := buildEnv(t, func(c *server.Config) { c.Sink = sink.URL })
 	e.announce(events.WorkspaceCreated, "ws2", "carol")
 	cred := func(pw string) {
 		want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/ext", "alice",
@@ -236,6 +246,21 @@ func TestPushAgain(t *testing.T) {
 	}
 	if stored := e.getBuild(img.ID, 1); stored.Pushes[1].Status != "pushed" || *stored.Digest != *b.Digest {
 		t.Fatalf("the build record after push again: %+v", stored)
+	}
+	// Each push again is announced (build.pushed, the build as data).
+	for seen := 0; seen < 2; seen++ {
+		select {
+		case ev := <-announced:
+			var data buildJSON
+			if err := ev.DataAs(&data); err != nil || len(data.Pushes) != 2 {
+				t.Fatalf("build.pushed event: %s %v", ev.Data(), err)
+			}
+			if want := []string{"failed", "pushed"}[seen]; data.Pushes[1].Status != want {
+				t.Fatalf("build.pushed event %d: push %s, want %s", seen+1, data.Pushes[1].Status, want)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%d build.pushed events at the sink, want 2", seen)
+		}
 	}
 	ref, _ := name.ParseReference(dest)
 	pushed, err := remote.Image(ref, remote.WithAuth(&authn.Basic{Username: user, Password: password}))

@@ -173,6 +173,7 @@ func (s *Server) open() error {
 		return err
 	}
 	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.ViaOutbox(events.BuildPushed)
 	s.Events.ViaOutbox(events.ImageTypes...)
 	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
