@@ -101,8 +101,8 @@ func TestPublishEachDestinationOnItsOwn(t *testing.T) {
 		{Reference: ext + "/team/a:v1", Credential: "ext"},
 		{Reference: ext + "/team/a:v2", Credential: "bad"},
 		{Reference: other + "/team/a:v1", Credential: "ext"}, // ext's credential, another host
-		{Reference: internal + "/other/c:stolen"},           // another workspace's repository
-		{Reference: internal + "/team/b:copy"},              // one of its own
+		{Reference: internal + "/other/c:stolen"},            // another workspace's repository
+		{Reference: internal + "/team/b:copy"},               // one of its own
 		{Reference: hang.Addr().String() + "/team/a:v1"},
 	}
 	b := build.Build{Image: "a", Number: 1}
