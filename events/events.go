@@ -44,10 +44,13 @@ const (
 	BuildSucceeded = "dev.slipway.build.succeeded"
 	BuildFailed    = "dev.slipway.build.failed"
 	BuildCancelled = "dev.slipway.build.cancelled"
+	// BuildPushed: a succeeded build was pushed again to a destination
+	// (its pushes changed); data is the build.
+	BuildPushed = "dev.slipway.build.pushed"
 )
 
 // Emitted lists every type Slipway emits.
-var Emitted = []string{ImageCreated, ImageUpdated, ImageDeleted, BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled}
+var Emitted = []string{ImageCreated, ImageUpdated, ImageDeleted, BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled, BuildPushed}
 
 // Workspace is the data of the platform's workspace events.
 type Workspace struct {
@@ -167,6 +170,18 @@ func Lifecycle(now func() time.Time) store.Announcement {
 			return nil
 		}
 		return []store.Event{{Type: typ, Subject: b.ID(), Data: b.View(now())}}
+	}
+}
+
+// Pushed is the store.Announcement of a push again: build.pushed, with the
+// build's view at now as data.
+func Pushed(now func() time.Time) store.Announcement {
+	return func(changed any) []store.Event {
+		b, ok := changed.(build.Build)
+		if !ok {
+			return nil
+		}
+		return []store.Event{{Type: BuildPushed, Subject: b.ID(), Data: b.View(now())}}
 	}
 }
 

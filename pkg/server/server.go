@@ -173,6 +173,7 @@ func (s *Server) open() error {
 		return err
 	}
 	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.ViaOutbox(events.BuildPushed)
 	s.Events.ViaOutbox(events.ImageTypes...)
 	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
@@ -188,6 +189,9 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Content = s.content
+	}
+	if role == "all" || role == "api" {
+		deps.Pushes = s.publisher(box)
 	}
 	switch {
 	case role == "all":
@@ -324,6 +328,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		RegistryTokens: s.registryTokens(),
 		Gate:           s.pushGate(),
+		Pushes:         s.publisher(box),
 	}
 }
 

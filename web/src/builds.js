@@ -5,6 +5,7 @@
 import { api } from "./api.js";
 import { BUILD_STATUS, clear, clock, duration, h, icon, isActive, timeEl } from "./dom.js";
 import { busyButton } from "./ui.js";
+import { pushList } from "./pushes.js";
 
 export function createBuildList(section, ctx, imageId, { onChange } = {}) {
   const list = h("ul", { class: "build-list", "aria-label": "Builds, newest first" });
@@ -42,12 +43,13 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
       const failure = h("p", { class: "build-failure", hidden: true });
       stepsEl.id = `${logId}-steps`;
       pre.id = `${logId}-raw`;
+      const pushes = h("div", { class: "build-pushes" });
       const panel = h("div", { class: "build-panel", id: logId, hidden: true },
-        failure,
+        failure, pushes,
         h("div", { class: "log-toolbar" }, h("span", { class: "segmented", role: "group", "aria-label": "View" }, stepsBtn, logBtn), logStatus, h("span", { class: "spacer" }), cancel, refresh),
         stepsEl, stepsNote, pre);
       const li = h("li", { class: "build-row", "data-build": String(b.number) }, toggle, panel);
-      r = { li, toggle, panel, pre, stepsEl, stepsNote, stepsBtn, logBtn, logStatus, refresh, cancel, failure, build: b, offset: 0, loaded: false, follow: null, expanded: false,
+      r = { li, toggle, panel, pre, stepsEl, stepsNote, stepsBtn, logBtn, logStatus, refresh, cancel, failure, pushes, build: b, offset: 0, loaded: false, follow: null, expanded: false,
         view: "steps", stick: true, steps: null, stepsTimer: null, opened: new Map() };
       toggle.addEventListener("click", () => setExpanded(r, !r.expanded));
       refresh.addEventListener("click", () => busyButton(refresh, "Refreshing…", () => Promise.all([readMore(r), loadSteps(r)])));
@@ -77,6 +79,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
     } else {
       r.failure.hidden = true;
     }
+    r.pushes.replaceChildren(...[pushList(ctx, imageId, b, (updated) => row(updated))].filter(Boolean));
     return r.li;
   }
 
