@@ -118,12 +118,13 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 		spec.Destinations = append(spec.Destinations, d.Reference)
 		registries = append(registries, registryOf(d.Reference))
 	}
-	switch img.Context.Type {
+	def := buildContext(img, b)
+	switch def.Type {
 	case image.ContextLocal:
-		src.Dockerfile = img.Context.Dockerfile
-		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
+		src.Dockerfile = def.Dockerfile
+		registries = append(registries, image.BaseRegistries(def.Dockerfile)...)
 	case image.ContextGit:
-		g := *img.Context.Git
+		g := *def.Git
 		src.Git = &g
 		auth, err := gitAuth(ctx, c.o, img.Workspace, g)
 		if err != nil {
@@ -196,7 +197,7 @@ func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
 	for _, d := range img.Destinations {
 		pushes = append(pushes, build.Push{Reference: d.Reference, Status: "pushed"})
 	}
-	c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) })
+	c.settle(ctx, r, c.o.built(img, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) }))
 	return nil
 }
 

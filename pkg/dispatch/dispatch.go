@@ -77,6 +77,12 @@ type Options struct {
 	Limits           build.Limits // per build
 	LogCap           int64        // bytes of log kept per build
 	Cache            bool         // Kaniko's layer cache in the internal registry
+	// Reproducible runs Kaniko with --reproducible: no timestamps in the
+	// image, so equal inputs give an equal digest.
+	Reproducible bool
+	// ExecutorVersion identifies the executor in each build's inputs
+	// digest (Kaniko's version, or the build pods' executor image).
+	ExecutorVersion string
 	Log              *slog.Logger
 	Now              func() time.Time
 	// RunnerError, when set, fails every build with this message: the
@@ -384,13 +390,13 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(build.ReasonInternal, "reading the image: %v", err)
 	}
 	var auth *gitctx.Auth
-	if g := img.Context.Git; g != nil {
+	if g := buildContext(img, b).Git; g != nil {
 		if auth, err = gitAuth(ctx, d.o, img.Workspace, *g); err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err)
 		}
 	}
-	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
+	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: buildContext(img, b), Auth: auth, Log: log})
 	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
 		return d.fail(f.Reason, "%s", f.Message)
 	}
@@ -435,11 +441,37 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	}
 	pushes, failed := d.push(ctx, img, reference, source, log)
 	if failed != "" {
-		return func(b *build.Build) error {
+		return d.o.built(img, func(b *build.Build) error {
 			return b.FailPush(outcome.Digest, reference, pushes, failed, d.o.Now())
-		}
+		})
 	}
-	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }
+	return d.o.built(img, func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) })
+}
+
+// buildContext is what build b of img builds: the definition it was
+// created with, or, for a build stored before builds kept theirs, the
+// image's current context.
+func buildContext(img image.Image, b build.Build) image.Context {
+	if b.Definition != nil {
+		return image.ContextOf(*b.Definition)
+	}
+	return img.Context
+}
+
+// built wraps the ending of a build that produced an image: after end, the
+// build records its inputs digest and whether it reproduced the digest img
+// already had (the last successful build's, read before this one ran: one
+// build of an image is active at a time).
+func (o Options) built(img image.Image, end func(*build.Build) error) func(*build.Build) error {
+	_, previous, _ := strings.Cut(img.Reference, "@")
+	return func(b *build.Build) error {
+		if err := end(b); err != nil {
+			return err
+		}
+		b.NoteUnchanged(previous)
+		b.RecordInputs(b.Inputs(o.ExecutorVersion))
+		return nil
+	}
 }
 
 // baseSpec is what every runner gets for build b of img: its ID, limits,
@@ -452,6 +484,7 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	if o.InsecureRegistry {
 		spec.InsecureRegistries = []string{o.Registry}
 	}
+	spec.Reproducible = o.Reproducible
 	if o.Cache {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
