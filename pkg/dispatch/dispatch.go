@@ -83,8 +83,8 @@ type Options struct {
 	// ExecutorVersion identifies the executor in each build's inputs
 	// digest (Kaniko's version, or the build pods' executor image).
 	ExecutorVersion string
-	Log              *slog.Logger
-	Now              func() time.Time
+	Log             *slog.Logger
+	Now             func() time.Time
 	// RunnerError, when set, fails every build with this message: the
 	// runner could not be set up (runc or the executor is missing).
 	RunnerError string

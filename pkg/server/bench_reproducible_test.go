@@ -1,8 +1,8 @@
 package server_test
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
@@ -46,7 +46,7 @@ func BenchmarkReproducible(b *testing.B) {
 	rng := rand.NewChaCha8([32]byte{1})
 	rng.Read(blob)
 	cases := []struct{ name, dockerfile string }{
-		{"small", benchDockerfile},                   // the build benchmarks' Dockerfile
+		{"small", benchDockerfile},                     // the build benchmarks' Dockerfile
 		{"test", "FROM %s\nRUN echo hello > /hello\n"}, // the build tests' Dockerfile
 		{"64mib-run", "FROM %s\nRUN yes slipway | head -c 67108864 > /blob\n"},
 		{"64mib-copy", "FROM %s\nCOPY blob /blob\n"},
@@ -67,7 +67,7 @@ func BenchmarkReproducible(b *testing.B) {
 				ID: fmt.Sprintf("repro-%d", n), ContextDir: dir, Dockerfile: "Dockerfile", Reproducible: reproducible,
 				Destinations: []string{host + "/library/repro-" + c.name + ":latest"}, InsecureRegistries: []string{host},
 				DockerConfig: dockerConfig,
-				Limits: build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 5 * time.Minute},
+				Limits:       build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 5 * time.Minute},
 			}, &log)
 			if err != nil || o.ExitCode != 0 || o.Digest == "" {
 				b.Fatalf("%s build: %+v %v\n%s", c.name, o, err, log.String())
