@@ -77,9 +77,22 @@ func Diff(a, b Definition, from, to string) (string, error) {
 		return "", nil
 	}
 	return difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-		A: difflib.SplitLines(at), B: difflib.SplitLines(bt),
+		A: lines(at), B: lines(bt),
 		FromFile: from, ToFile: to, Context: 3,
 	})
+}
+
+// lines splits text into lines that each end in a newline (the last one
+// given one when it lacks it), as a unified diff shows them; difflib's
+// SplitLines would add an empty line after a text's final newline.
+func lines(text string) []string {
+	ls := strings.SplitAfter(text, "\n")
+	if ls[len(ls)-1] == "" {
+		ls = ls[:len(ls)-1]
+	} else {
+		ls[len(ls)-1] += "\n"
+	}
+	return ls
 }
 
 // Base is a base image a build pulled: the reference its FROM line named

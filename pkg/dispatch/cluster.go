@@ -48,6 +48,7 @@ func NewCluster(o Options, pods Pods, get PodGetter) *Cluster {
 	if o.Now == nil {
 		o.Now = func() time.Time { return time.Now().UTC() }
 	}
+	o.metrics = newMetrics(o.Registerer)
 	return &Cluster{o: o, pods: pods, get: get, Grace: time.Minute}
 }
 
@@ -147,6 +148,7 @@ func (c *Cluster) OnCancelled(ctx context.Context, e cloudevents.Event) error {
 	if err != nil {
 		return err
 	}
+	c.o.observeCancelled(e)
 	return c.pods.Cancel(ctx, r.id())
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -95,6 +96,10 @@ type Options struct {
 	// Gate, when set, is held while a build runs, so that the registry
 	// is not collected under its pushes.
 	Gate Gate
+	// Registerer gets the build metrics (see metrics); none when nil.
+	Registerer prometheus.Registerer
+
+	metrics *metrics // made by New and NewCluster from Registerer
 }
 
 // ref identifies a build.
@@ -125,8 +130,11 @@ func New(o Options) *Dispatcher {
 	if o.Now == nil {
 		o.Now = func() time.Time { return time.Now().UTC() }
 	}
+	o.metrics = newMetrics(o.Registerer)
 	ctx, stop := context.WithCancel(context.Background())
-	return &Dispatcher{o: o, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1), ctx: ctx, stop: stop}
+	d := &Dispatcher{o: o, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1), ctx: ctx, stop: stop}
+	d.registerQueue(o.Registerer)
+	return d
 }
 
 // Subscribe registers the dispatcher's handlers for build events.
@@ -190,6 +198,15 @@ func (d *Dispatcher) onQueued(_ context.Context, e cloudevents.Event) error {
 	return nil
 }
 
+// observeCancelled counts a cancellation, which the API settles (the
+// build.cancelled event's data is the build).
+func (o Options) observeCancelled(e cloudevents.Event) {
+	var b build.Build
+	if err := json.Unmarshal(e.Data(), &b); err == nil {
+		o.metrics.observe(b)
+	}
+}
+
 // enqueue adds r unless it is queued or running already (events arrive at
 // least once, and the reconciler re-queues what it finds).
 func (d *Dispatcher) enqueue(r ref) {
@@ -210,6 +227,7 @@ func (d *Dispatcher) onCancelled(_ context.Context, e cloudevents.Event) error {
 	if err != nil {
 		return nil
 	}
+	d.o.observeCancelled(e)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queue = slices.DeleteFunc(d.queue, func(q ref) bool { return q == r })
@@ -318,6 +336,7 @@ func settle(ctx context.Context, o Options, r ref, end func(*build.Build) error)
 		o.Log.Error("settling build", "build", r.id(), "error", err)
 		return
 	}
+	o.metrics.observe(b)
 	typ := map[build.Status]string{build.Succeeded: events.BuildSucceeded, build.Failed: events.BuildFailed, build.Cancelled: events.BuildCancelled}[b.Status]
 	o.Events.Publish(typ, b.ID(), b.View(o.Now()))
 	o.Log.Info("build ended", "build", b.ID(), "status", b.Status, "reason", failureReason(b))

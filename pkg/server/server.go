@@ -62,6 +62,7 @@ type Server struct {
 	// an external registry.
 	RegistryTokens *token.Authority
 	builds         *dispatch.Dispatcher
+	metrics        *prometheus.Registry // what /metrics serves
 	ready          atomic.Bool
 	mux            *http.ServeMux
 	http           *http.Server
@@ -168,6 +169,7 @@ func (s *Server) open() error {
 	// written with the change they announce; local handlers get them from
 	// Publish.
 	reg := prometheus.NewRegistry()
+	s.metrics = reg
 	if s.relay, err = outbox.New(outbox.Options{
 		Outbox: s.Store, Sink: s.cfg.Sink, Overrides: s.cfg.CEOverrides, Log: s.log, Registerer: reg,
 	}); err != nil {
@@ -326,6 +328,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		ExecutorVersion: s.cfg.KanikoImage, // the cluster's; newDispatcher asks the local executor
 		RegistryTokens:  s.registryTokens(),
 		Gate:            s.pushGate(),
+		Registerer:      s.metrics,
 	}
 }
 
