@@ -182,10 +182,11 @@ func TestClusterBuildLifecycle(t *testing.T) {
 	if h.events.count(events.BuildSucceeded) != 1 {
 		t.Fatalf("%d succeeded events for one build", h.events.count(events.BuildSucceeded))
 	}
-	// Build 1 was queued before the destination was added: the image has a
-	// reference now, and stays modified until a build of the new definition.
+	// Build 1 was queued before the destination was added: destinations
+	// are not part of the build definition, so the image is built, with a
+	// reference.
 	img, _ := h.s.GetImage(ctx, "img1")
-	if img.Status() != image.StatusModified || img.Reference != *b.Reference || img.Built == nil {
+	if img.Status() != image.StatusBuilt || img.Reference != *b.Reference || img.Built == nil {
 		t.Fatalf("image after the build: %s %s", img.Status(), img.Reference)
 	}
 	if log, _ := h.s.ReadLog(ctx, "img1", 1, 0); string(log) != "fake logs" {

@@ -67,10 +67,10 @@ func BenchmarkReproducible(b *testing.B) {
 				ID: fmt.Sprintf("repro-%d", n), ContextDir: dir, Dockerfile: "Dockerfile", Reproducible: reproducible,
 				Destinations: []string{host + "/library/repro-" + c.name + ":latest"}, InsecureRegistries: []string{host},
 				DockerConfig: dockerConfig,
-				Limits:       build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 5 * time.Minute},
+				Limits:       build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 10 * time.Minute},
 			}, &log)
 			if err != nil || o.ExitCode != 0 || o.Digest == "" {
-				b.Fatalf("%s build: %+v %v\n%s", c.name, o, err, log.String())
+				b.Fatalf("%s build (reproducible %t) after %v: %+v %v\n%s", c.name, reproducible, time.Since(t0), o, err, log.String())
 			}
 			return time.Since(t0), o.Digest
 		}
