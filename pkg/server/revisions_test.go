@@ -247,3 +247,33 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A build builds the definition it was created with: an edit saved while
+// it waits in the queue is the next build's, and leaves the image
+// modified after it.
+func TestQueuedBuildBuildsItsOwnDefinition(t *testing.T) {
+	e := buildEnv(t, func(c *server.Config) { c.BuildSlots = 1 })
+	blocker := e.newImage(localImage("team/blocker", "FROM "+e.base()+"\nRUN sleep 4\n"))
+	first := "FROM " + e.base() + "\nRUN echo first > /which\n"
+	img := e.newImage(localImage("team/queued", first))
+	nb := e.startBuild(blocker.ID)
+	e.waitFor(blocker.ID, nb, time.Minute, running)
+	n := e.startBuild(img.ID)
+	if got := e.patch(img.ID, localContext("FROM "+e.base()+"\nRUN echo second > /which\n")); got.Status != "not_built" {
+		t.Fatalf("edited while queued: %+v", got)
+	}
+	if b := e.getBuild(img.ID, n); b.Status != "queued" {
+		t.Fatalf("the build was not queued during the edit: %s", b.Status)
+	}
+	e.waitFor(img.ID, n, 2*time.Minute, ended)
+	b := e.revision(img.ID, n)
+	if b.Status != "succeeded" || b.Definition == nil || b.Definition.Dockerfile != first {
+		t.Fatalf("build: %+v", b)
+	}
+	if got := files(t, e.pull("alice", *b.Reference))["/which"]; got != "first\n" {
+		t.Fatalf("the build built %q, not its own definition", got)
+	}
+	if st := e.imageState(img.ID); st.Status != "modified" {
+		t.Fatalf("after building the older definition: %s", st.Status)
+	}
+}
