@@ -30,6 +30,8 @@ const reproduciblePairs = 7
 // Run it with a fixed count:
 //
 //	go test -run '^$' -bench Reproducible -benchtime 1x ./pkg/server/
+//
+// (or one Dockerfile: -bench Reproducible/64mib-copy).
 func BenchmarkReproducible(b *testing.B) {
 	e := benchBuildEnv(b, nil)
 	host := e.srv.RegistryHost()
@@ -57,51 +59,53 @@ func BenchmarkReproducible(b *testing.B) {
 	}
 	n := 0
 	for _, c := range cases {
-		dir := filepath.Join(work, c.name)
-		os.MkdirAll(dir, 0o700)
-		os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf(c.dockerfile, e.base())), 0o600)
-		if c.name == "64mib-copy" {
-			os.WriteFile(filepath.Join(dir, "blob"), blob, 0o600)
-		}
-		run := func(reproducible bool) (time.Duration, string) {
-			n++
-			var log bytes.Buffer
-			t0 := time.Now()
-			o, err := r.Run(context.Background(), build.Spec{
-				ID: fmt.Sprintf("repro-%d", n), ContextDir: dir, Dockerfile: "Dockerfile", Reproducible: reproducible,
-				Destinations: []string{host + "/library/repro-" + c.name + ":latest"}, InsecureRegistries: []string{host},
-				DockerConfig: dockerConfig,
-				Limits:       build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 3 * time.Minute},
-			}, &log)
-			if err != nil || o.ExitCode != 0 || o.Digest == "" {
-				b.Fatalf("%s build (reproducible %t) after %v: %+v %v\n%s", c.name, reproducible, time.Since(t0), o, err, log.String())
+		b.Run(c.name, func(b *testing.B) {
+			dir := filepath.Join(work, c.name)
+			os.MkdirAll(dir, 0o700)
+			os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf(c.dockerfile, e.base())), 0o600)
+			if c.name == "64mib-copy" {
+				os.WriteFile(filepath.Join(dir, "blob"), blob, 0o600)
 			}
-			return time.Since(t0), o.Digest
-		}
-		run(false) // warm the base image's blobs and the page cache
-		var ratios []float64
-		var on, off []time.Duration
-		digests := map[string]bool{}
-		for i := range reproduciblePairs {
-			var with, without time.Duration
-			var d string
-			if i%2 == 0 {
-				without, _ = run(false)
-				with, d = run(true)
-			} else {
-				with, d = run(true)
-				without, _ = run(false)
+			run := func(reproducible bool) (time.Duration, string) {
+				n++
+				var log bytes.Buffer
+				t0 := time.Now()
+				o, err := r.Run(context.Background(), build.Spec{
+					ID: fmt.Sprintf("repro-%d", n), ContextDir: dir, Dockerfile: "Dockerfile", Reproducible: reproducible,
+					Destinations: []string{host + "/library/repro-" + c.name + ":latest"}, InsecureRegistries: []string{host},
+					DockerConfig: dockerConfig,
+					Limits:       build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: 3 * time.Minute},
+				}, &log)
+				if err != nil || o.ExitCode != 0 || o.Digest == "" {
+					b.Fatalf("%s build (reproducible %t) after %v: %+v %v\n%s", c.name, reproducible, time.Since(t0), o, err, log.String())
+				}
+				return time.Since(t0), o.Digest
 			}
-			digests[d] = true
-			on, off = append(on, with), append(off, without)
-			ratios = append(ratios, with.Seconds()/without.Seconds())
-		}
-		slices.Sort(ratios)
-		slices.Sort(on)
-		slices.Sort(off)
-		b.Logf("%s: median with %v, without %v, ratio %.3f (min %.3f, max %.3f); reproducible digests: %d distinct",
-			c.name, on[len(on)/2], off[len(off)/2], ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1], len(digests))
-		b.ReportMetric(ratios[len(ratios)/2], c.name+"-ratio")
-		b.ReportMetric(float64(len(digests)), c.name+"-digests")
+			run(false) // warm the base image's blobs and the page cache
+			var ratios []float64
+			var on, off []time.Duration
+			digests := map[string]bool{}
+			for i := range reproduciblePairs {
+				var with, without time.Duration
+				var d string
+				if i%2 == 0 {
+					without, _ = run(false)
+					with, d = run(true)
+				} else {
+					with, d = run(true)
+					without, _ = run(false)
+				}
+				digests[d] = true
+				on, off = append(on, with), append(off, without)
+				ratios = append(ratios, with.Seconds()/without.Seconds())
+			}
+			slices.Sort(ratios)
+			slices.Sort(on)
+			slices.Sort(off)
+			b.Logf("%s: median with %v, without %v, ratio %.3f (min %.3f, max %.3f); reproducible digests: %d distinct",
+				c.name, on[len(on)/2], off[len(off)/2], ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1], len(digests))
+			b.ReportMetric(ratios[len(ratios)/2], "ratio")
+			b.ReportMetric(float64(len(digests)), "digests")
+		})
 	}
 }
