@@ -31,6 +31,7 @@ func (a *api) createBuild(w http.ResponseWriter, r *http.Request) error {
 	if role != store.RoleOwner {
 		return errForbidden
 	}
+	// The store records the image's current definition on the build.
 	b := build.New(img.ID, img.DefinitionRev, subject(r.Context()), build.TriggerManual, a.Now())
 	// The queued event goes to the outbox with the build (the sink's
 	// copy); Publish gives it to the local handlers.
@@ -87,6 +88,74 @@ func (a *api) getBuild(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, b.View(a.Now()))
 	return nil
+}
+
+// DiffView is a unified diff between two build definitions.
+type DiffView struct {
+	// From and To say what was compared: "build N" or "current".
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Identical says that the two definitions are equal (Diff is "").
+	Identical bool `json:"identical"`
+	// Diff is the unified diff from From to To, with three lines of
+	// context.
+	Diff string `json:"diff"`
+}
+
+// diffBuild answers the unified diff from build {n}'s definition to the
+// image's current definition (?against=current, the default) or to build
+// {against}'s.
+func (a *api) diffBuild(w http.ResponseWriter, r *http.Request) error {
+	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	n, err := buildNumber(r)
+	if err != nil {
+		return err
+	}
+	against := r.URL.Query().Get("against")
+	if against == "" {
+		against = "current"
+	}
+	m := 0
+	if against != "current" {
+		if m, err = strconv.Atoi(against); err != nil || m < 1 {
+			return errorf(http.StatusBadRequest, "invalid_argument", "against must be \"current\" or a build number (1, 2, ...)")
+		}
+	}
+	from, err := a.buildDefinition(r.Context(), img.ID, n)
+	if err != nil {
+		return err
+	}
+	view := DiffView{From: "build " + strconv.Itoa(n), To: "current"}
+	to := img.Definition()
+	if m > 0 {
+		if to, err = a.buildDefinition(r.Context(), img.ID, m); err != nil {
+			return err
+		}
+		view.To = "build " + strconv.Itoa(m)
+	}
+	if view.Diff, err = build.Diff(from, to, view.From, view.To); err != nil {
+		return err
+	}
+	view.Identical = view.Diff == ""
+	writeJSON(w, http.StatusOK, view)
+	return nil
+}
+
+// buildDefinition is the definition build n of an image built; 409
+// no_definition for a build stored before builds kept theirs.
+func (a *api) buildDefinition(ctx context.Context, imageID string, n int) (build.Definition, error) {
+	b, err := a.Store.GetBuild(ctx, imageID, n)
+	if err != nil {
+		return build.Definition{}, err
+	}
+	if b.Definition == nil {
+		return build.Definition{}, errorf(http.StatusConflict, "no_definition",
+			"build %d was made before builds kept their definitions: there is nothing to compare", n)
+	}
+	return *b.Definition, nil
 }
 
 func (a *api) cancelBuild(w http.ResponseWriter, r *http.Request) error {

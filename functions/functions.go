@@ -302,6 +302,7 @@ func New(d Deps) http.Handler {
 	route("GET /api/v1/images/{id}/builds/{n}", a.getBuild)
 	route("GET /api/v1/images/{id}/builds/{n}/log", a.getLog)
 	route("GET /api/v1/images/{id}/builds/{n}/steps", a.getSteps)
+	route("GET /api/v1/images/{id}/builds/{n}/diff", a.diffBuild)
 	route("POST /api/v1/images/{id}/builds/{n}/cancel", a.cancelBuild)
 	route("POST /api/v1/images/{id}/builds/{n}/pushes", a.pushAgain)
 	route("PUT /api/v1/workspaces/{ws}/credentials/{name}", a.putCredential)

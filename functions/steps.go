@@ -24,7 +24,7 @@ func (a *api) getSteps(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var plan *steps.Plan
-	if df, ok := img.DockerfileAt(b.DefinitionRev); ok {
+	if df, ok := b.Dockerfile(); ok {
 		plan, _ = steps.ParsePlan(df) // saved Dockerfiles parse; nil reads the log alone
 	}
 	log, err := a.Store.ReadLog(r.Context(), b.Image, b.Number, 0)

@@ -95,6 +95,16 @@ type Build struct {
 	Commit      *string    `json:"commit"`
 	Pushes      []Push     `json:"pushes"`
 	Failure     *Failure   `json:"failure"`
+	// Definition is the image's build definition when the build was
+	// created: what it builds. Nil on builds stored before definitions were
+	// kept.
+	Definition *Definition `json:"definition"`
+	// InputsDigest is the digest of the build's Inputs, recorded when it
+	// succeeds.
+	InputsDigest *string `json:"inputs_digest"`
+	// Unchanged says that the succeeded build produced the digest the
+	// image already had: nothing changed, the image's reference stays.
+	Unchanged bool `json:"unchanged"`
 	// DefinitionRev is the image definition revision this build builds.
 	DefinitionRev int64 `json:"-"`
 }
@@ -216,6 +226,12 @@ func (b *Build) RecordPush(p Push) error {
 		return nil
 	}
 	return ErrNoDestination
+}
+
+// NoteUnchanged marks a succeeded build as unchanged when its digest is
+// previous, the digest of the image's last successful build.
+func (b *Build) NoteUnchanged(previous string) {
+	b.Unchanged = b.Status == Succeeded && b.Digest != nil && previous != "" && *b.Digest == previous
 }
 
 func (b *Build) finish(s Status, now time.Time) {

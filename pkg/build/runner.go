@@ -29,6 +29,9 @@ type Spec struct {
 	CacheRepo string
 	// Limits bound the build's resources and duration.
 	Limits Limits
+	// Reproducible strips timestamps from the image (Kaniko's
+	// --reproducible), so that equal inputs give an equal digest.
+	Reproducible bool
 }
 
 // Limits bound one build's resources.
@@ -88,7 +91,8 @@ type Runner interface {
 //   - --insecure-registry and --skip-tls-verify-registry for each of
 //     spec.InsecureRegistries: Kaniko applies both to pulls (the base image)
 //     and pushes;
-//   - --cache=true and --cache-repo spec.CacheRepo when that is set.
+//   - --cache=true and --cache-repo spec.CacheRepo when that is set;
+//   - --reproducible when spec.Reproducible is set.
 //
 // The executor's own path, when the runner needs it first, is not included.
 func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string {
@@ -111,6 +115,9 @@ func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string
 	}
 	if spec.CacheRepo != "" {
 		args = append(args, "--cache=true", "--cache-repo", spec.CacheRepo)
+	}
+	if spec.Reproducible {
+		args = append(args, "--reproducible")
 	}
 	return args
 }

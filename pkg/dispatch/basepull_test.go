@@ -35,6 +35,15 @@ func (h *clusterHarness) fromBase(t *testing.T, registry, base, user, password s
 	if err := h.s.UpdateImage(ctx, img, version); err != nil {
 		t.Fatal(err)
 	}
+	// The harness's build 1 was queued before this edit, and a build
+	// builds the definition it was queued with: make it the edited one.
+	if _, err := h.s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error {
+		d := img.Definition()
+		b.Definition, b.DefinitionRev = &d, img.DefinitionRev
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestClusterPrivateBaseGetsAPullToken: a build pod's docker config holds

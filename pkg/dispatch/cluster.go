@@ -55,6 +55,7 @@ const DefaultPushBound = 4 * time.Minute
 // NewCluster returns the cluster roles' handlers.
 func NewCluster(o Options, pods Pods, get PodGetter) *Cluster {
 	o = o.withDefaults()
+	o.metrics = newMetrics(o.Registerer)
 	return &Cluster{o: o, pods: pods, get: get, Grace: time.Minute, PushBound: DefaultPushBound}
 }
 
@@ -125,12 +126,13 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	spec := baseSpec(c.o, img, b)
 	var src kube.ContextSource
 	var bases []name.Reference
-	switch img.Context.Type {
+	def := buildContext(img, b)
+	switch def.Type {
 	case image.ContextLocal:
-		src.Dockerfile = img.Context.Dockerfile
-		bases = image.BaseImages(img.Context.Dockerfile)
+		src.Dockerfile = def.Dockerfile
+		bases = image.BaseImages(def.Dockerfile)
 	case image.ContextGit:
-		g := *img.Context.Git
+		g := *def.Git
 		src.Git = &g
 		auth, err := gitAuth(ctx, c.o, img.Workspace, g)
 		if err != nil {
@@ -158,6 +160,7 @@ func (c *Cluster) OnCancelled(ctx context.Context, e cloudevents.Event) error {
 	if err != nil {
 		return err
 	}
+	c.o.observeCancelled(e)
 	return c.pods.Cancel(ctx, r.id())
 }
 
@@ -247,7 +250,7 @@ func (c *Cluster) publish(ctx context.Context, r ref, b build.Build, img image.I
 		}
 	}
 	reference := c.o.Registry + "/" + img.Name + "@" + o.Digest
-	c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) })
+	c.settle(ctx, r, c.o.built(img, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) }))
 	return nil
 }
 
@@ -327,7 +330,7 @@ func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
 // image still holds it (a local context), for where the executor failed.
 func failedStep(img image.Image, b build.Build, log []byte) *steps.Failure {
 	var plan *steps.Plan
-	if df, ok := img.DockerfileAt(b.DefinitionRev); ok {
+	if df, ok := b.Dockerfile(); ok {
 		plan, _ = steps.ParsePlan(df)
 	}
 	return steps.Parse(log, plan).Failure()

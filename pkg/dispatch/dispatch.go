@@ -14,10 +14,12 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -82,8 +84,14 @@ type Options struct {
 	Limits           build.Limits // per build
 	LogCap           int64        // bytes of log kept per build
 	Cache            bool         // Kaniko's layer cache in the internal registry
-	Log              *slog.Logger
-	Now              func() time.Time
+	// Reproducible runs Kaniko with --reproducible: no timestamps in the
+	// image, so equal inputs give an equal digest.
+	Reproducible bool
+	// ExecutorVersion identifies the executor in each build's inputs
+	// digest (Kaniko's version, or the build pods' executor image).
+	ExecutorVersion string
+	Log             *slog.Logger
+	Now             func() time.Time
 	// RunnerError, when set, fails every build with this message: the
 	// runner could not be set up (runc or the executor is missing).
 	RunnerError string
@@ -102,6 +110,10 @@ type Options struct {
 	// publish.Publisher of these options' store, secrets, registry and
 	// registry tokens.
 	Pushes Pusher
+	// Registerer gets the build metrics (see metrics); none when nil.
+	Registerer prometheus.Registerer
+
+	metrics *metrics // made by New and NewCluster from Registerer
 }
 
 // withDefaults fills in what o leaves unset.
@@ -145,8 +157,11 @@ func New(o Options) *Dispatcher {
 		o.Slots = 1
 	}
 	o = o.withDefaults()
+	o.metrics = newMetrics(o.Registerer)
 	ctx, stop := context.WithCancel(context.Background())
-	return &Dispatcher{o: o, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1), ctx: ctx, stop: stop}
+	d := &Dispatcher{o: o, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1), ctx: ctx, stop: stop}
+	d.registerQueue(o.Registerer)
+	return d
 }
 
 // Subscribe registers the dispatcher's handlers for build events.
@@ -210,6 +225,15 @@ func (d *Dispatcher) onQueued(_ context.Context, e cloudevents.Event) error {
 	return nil
 }
 
+// observeCancelled counts a cancellation, which the API settles (the
+// build.cancelled event's data is the build).
+func (o Options) observeCancelled(e cloudevents.Event) {
+	var b build.Build
+	if err := json.Unmarshal(e.Data(), &b); err == nil {
+		o.metrics.observe(b)
+	}
+}
+
 // enqueue adds r unless it is queued or running already (events arrive at
 // least once, and the reconciler re-queues what it finds).
 func (d *Dispatcher) enqueue(r ref) {
@@ -230,6 +254,7 @@ func (d *Dispatcher) onCancelled(_ context.Context, e cloudevents.Event) error {
 	if err != nil {
 		return nil
 	}
+	d.o.observeCancelled(e)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queue = slices.DeleteFunc(d.queue, func(q ref) bool { return q == r })
@@ -338,6 +363,7 @@ func settle(ctx context.Context, o Options, r ref, end func(*build.Build) error)
 		o.Log.Error("settling build", "build", r.id(), "error", err)
 		return
 	}
+	o.metrics.observe(b)
 	typ := map[build.Status]string{build.Succeeded: events.BuildSucceeded, build.Failed: events.BuildFailed, build.Cancelled: events.BuildCancelled}[b.Status]
 	o.Events.Publish(typ, b.ID(), b.View(o.Now()))
 	o.Log.Info("build ended", "build", b.ID(), "status", b.Status, "reason", failureReason(b))
@@ -414,13 +440,13 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(build.ReasonInternal, "reading the image: %v", err), false
 	}
 	var auth *gitctx.Auth
-	if g := img.Context.Git; g != nil {
+	if g := buildContext(img, b).Git; g != nil {
 		if auth, err = gitAuth(ctx, d.o, img.Workspace, *g); err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err), false
 		}
 	}
-	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
+	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: buildContext(img, b), Auth: auth, Log: log})
 	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
 		return d.fail(f.Reason, "%s", f.Message), false
 	}
@@ -472,7 +498,33 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
 	pushes := append([]build.Push{{Reference: internalTag(d.o, img), Status: build.PushPushed}},
 		d.o.Pushes.Publish(ctx, img, b, outcome.Digest, img.Destinations, log)...)
-	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }, true
+	return d.o.built(img, func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }), true
+}
+
+// buildContext is what build b of img builds: the definition it was
+// created with, or, for a build stored before builds kept theirs, the
+// image's current context.
+func buildContext(img image.Image, b build.Build) image.Context {
+	if b.Definition != nil {
+		return image.ContextOf(*b.Definition)
+	}
+	return img.Context
+}
+
+// built wraps the ending of a build that produced an image: after end, the
+// build records its inputs digest and whether it reproduced the digest img
+// already had (the last successful build's, read before this one ran: one
+// build of an image is active at a time).
+func (o Options) built(img image.Image, end func(*build.Build) error) func(*build.Build) error {
+	_, previous, _ := strings.Cut(img.Reference, "@")
+	return func(b *build.Build) error {
+		if err := end(b); err != nil {
+			return err
+		}
+		b.NoteUnchanged(previous)
+		b.RecordInputs(b.Inputs(o.ExecutorVersion))
+		return nil
+	}
 }
 
 // baseSpec is what every runner gets for build b of img: its ID, limits,
@@ -485,6 +537,7 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	if o.InsecureRegistry {
 		spec.InsecureRegistries = []string{o.Registry}
 	}
+	spec.Reproducible = o.Reproducible
 	if o.Cache {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}

@@ -55,6 +55,9 @@ type Destination struct {
 type Stamp struct {
 	By string    `json:"by"`
 	At time.Time `json:"at"`
+	// Build is the number of the build, on history's built stamp: the last
+	// successful build (0, left out, on stamps stored before it was kept).
+	Build int `json:"build,omitempty"`
 }
 
 // Image is a stored image definition with its bookkeeping.
@@ -72,11 +75,16 @@ type Image struct {
 
 	// Version increases on every change and is the image's ETag.
 	Version int64
-	// DefinitionRev increases whenever what a build produces changes
-	// (name, context, destinations); a build records the revision it built.
+	// DefinitionRev increases whenever the build definition changes (see
+	// Definition); a build records the revision it built, which orders
+	// builds for RecordSuccess.
 	DefinitionRev int64
 	// BuiltRev is the DefinitionRev of the last successful build, 0 if none.
 	BuiltRev int64
+	// BuiltDefinition is the Digest of the last successful build's
+	// definition, "" if none: the image is built while its current
+	// definition has this digest.
+	BuiltDefinition string
 	// Reference is the internal registry reference, by digest, of the last
 	// successful build; empty if none.
 	Reference string
@@ -85,58 +93,48 @@ type Image struct {
 	LatestBuild *build.Build
 }
 
-// Status derives the contract's status from the definition and build revisions.
+// Definition is the image's build definition: what a build of it builds.
+func (img *Image) Definition() build.Definition {
+	d := build.Definition{Type: img.Context.Type, Dockerfile: img.Context.Dockerfile}
+	if g := img.Context.Git; g != nil {
+		d.Git = &build.GitDefinition{URL: g.URL, Ref: g.Ref, Dir: g.Dir, Credential: g.Credential}
+	}
+	return d
+}
+
+// ContextOf is the context a build definition builds.
+func ContextOf(d build.Definition) Context {
+	c := Context{Type: d.Type, Dockerfile: d.Dockerfile}
+	if g := d.Git; g != nil {
+		c.Git = &Git{URL: g.URL, Ref: g.Ref, Dir: g.Dir, Credential: g.Credential}
+	}
+	return c
+}
+
+// Status derives the contract's status from content: built exactly when
+// the current definition equals the last successful build's.
 func (img *Image) Status() Status {
 	switch {
-	case img.BuiltRev == 0:
+	case img.BuiltDefinition == "":
 		return StatusNotBuilt
-	case img.BuiltRev == img.DefinitionRev:
+	case img.BuiltDefinition == img.Definition().Digest():
 		return StatusBuilt
 	default:
 		return StatusModified
 	}
 }
 
-// Edit applies a change by user at time now, bumping the version and, when
-// the change alters what a build produces, the definition revision.
+// Edit applies a change by user at time now. The version increases on
+// every change; the definition revision and history's modified stamp only
+// when the build definition changes (not the name, the description or the
+// destinations).
 func (img *Image) Edit(next Image, user string, now time.Time) {
-	definitionChanged := next.Name != img.Name || !sameContext(next.Context, img.Context) ||
-		!sameDestinations(next.Destinations, img.Destinations)
+	definitionChanged := next.Definition().Digest() != img.Definition().Digest()
 	img.Name, img.Description = next.Name, next.Description
 	img.Context, img.Destinations = next.Context, next.Destinations
-	img.Modified = Stamp{By: user, At: now}
 	img.Version++
 	if definitionChanged {
 		img.DefinitionRev++
+		img.Modified = Stamp{By: user, At: now}
 	}
-}
-
-func sameContext(a, b Context) bool {
-	if a.Type != b.Type || a.Dockerfile != b.Dockerfile || (a.Git == nil) != (b.Git == nil) {
-		return false
-	}
-	return a.Git == nil || *a.Git == *b.Git
-}
-
-func sameDestinations(a, b []Destination) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// DockerfileAt returns the Dockerfile of img's definition at revision rev
-// (a build's DefinitionRev) when img still holds it: a local context whose
-// definition has not changed since. A git context's Dockerfile is in its
-// repository, not here: ok is false then, as for an older revision.
-func (img Image) DockerfileAt(rev int64) (dockerfile string, ok bool) {
-	if img.Context.Type != ContextLocal || rev != img.DefinitionRev {
-		return "", false
-	}
-	return img.Context.Dockerfile, true
 }

@@ -146,26 +146,62 @@ func TestValidateDestinations(t *testing.T) {
 	}
 }
 
-func TestStatusFollowsRevisions(t *testing.T) {
-	now := time.Now()
-	img := Image{Name: "a", Context: Context{Type: ContextLocal, Dockerfile: "FROM a"}, Version: 1, DefinitionRev: 1}
+func TestStatusFollowsContent(t *testing.T) {
+	created, later := time.Now(), time.Now().Add(time.Hour)
+	img := Image{Name: "a", Context: Context{Type: ContextLocal, Dockerfile: "FROM a"}, Version: 1, DefinitionRev: 1,
+		Modified: Stamp{By: "alice", At: created}}
 	if img.Status() != StatusNotBuilt {
 		t.Fatalf("new image: %s", img.Status())
 	}
-	img.BuiltRev = 1
+	img.BuiltRev, img.BuiltDefinition = 1, img.Definition().Digest()
 	if img.Status() != StatusBuilt {
 		t.Fatalf("built: %s", img.Status())
 	}
-	next := img
-	next.Description = "only the description"
-	img.Edit(next, "bob", now)
-	if img.Status() != StatusBuilt || img.Version != 2 || img.Modified.By != "bob" {
-		t.Fatalf("a description edit changed the status: %s, version %d", img.Status(), img.Version)
+	for _, c := range []struct {
+		what string
+		edit func(*Image)
+	}{
+		{"description", func(n *Image) { n.Description = "only the description" }},
+		{"name", func(n *Image) { n.Name = "b" }},
+		{"destinations", func(n *Image) { n.Destinations = []Destination{{Reference: "r.example/x"}} }},
+	} {
+		next := img
+		c.edit(&next)
+		was := img.Version
+		img.Edit(next, "bob", later)
+		if img.Status() != StatusBuilt || img.Version != was+1 || img.Modified.By != "alice" || img.DefinitionRev != 1 {
+			t.Fatalf("a %s edit: status %s, version %d, modified %+v, rev %d; want built, %d, alice's, 1",
+				c.what, img.Status(), img.Version, img.Modified, img.DefinitionRev, was+1)
+		}
 	}
+	next := img
 	next.Context.Dockerfile = "FROM b"
-	img.Edit(next, "bob", now)
-	if img.Status() != StatusModified || img.DefinitionRev != 2 {
-		t.Fatalf("a Dockerfile edit: %s, rev %d", img.Status(), img.DefinitionRev)
+	img.Edit(next, "bob", later)
+	if img.Status() != StatusModified || img.DefinitionRev != 2 || img.Modified != (Stamp{By: "bob", At: later}) {
+		t.Fatalf("a Dockerfile edit: %s, rev %d, modified %+v", img.Status(), img.DefinitionRev, img.Modified)
+	}
+	next.Context.Dockerfile = "FROM a"
+	img.Edit(next, "carol", later)
+	if img.Status() != StatusBuilt || img.DefinitionRev != 3 || img.Modified.By != "carol" {
+		t.Fatalf("an edit back to the built Dockerfile: %s, rev %d, modified %+v", img.Status(), img.DefinitionRev, img.Modified)
+	}
+	git := img
+	git.Context = Context{Type: ContextGit, Git: &Git{URL: "https://git.example/r.git", Ref: "main"}}
+	img.Edit(git, "bob", later)
+	for _, change := range []func(*Git){
+		func(g *Git) { g.Ref = "dev" }, func(g *Git) { g.Dir = "docker" },
+		func(g *Git) { g.URL = "https://git.example/s.git" }, func(g *Git) { g.Credential = "token" },
+	} {
+		built := img
+		built.BuiltDefinition = img.Definition().Digest()
+		next := built
+		g := *built.Context.Git
+		change(&g)
+		next.Context.Git = &g
+		built.Edit(next, "bob", later)
+		if built.Status() != StatusModified {
+			t.Fatalf("a git change to %+v: %s", g, built.Status())
+		}
 	}
 }
 

@@ -56,10 +56,13 @@ type Config struct {
 	// DefaultCPURequest (250m) and DefaultMemoryRequest (512Mi).
 	BuildCPURequest    float64
 	BuildMemoryRequest int64
-	BuildPids          int64         // process limit of one build
-	BuildLogCap        int64         // bytes of log kept per build
-	BuildCache         bool          // Kaniko's layer cache in the internal registry
-	ReconcileInterval  time.Duration // how often stuck builds are looked for
+	BuildPids          int64 // process limit of one build
+	BuildLogCap        int64 // bytes of log kept per build
+	BuildCache         bool  // Kaniko's layer cache in the internal registry
+	// BuildReproducible runs Kaniko with --reproducible (no timestamps in
+	// the image: an unchanged definition rebuilds to the same digest).
+	BuildReproducible bool
+	ReconcileInterval time.Duration // how often stuck builds are looked for
 
 	// A Git context's fetch runs in a child process bounded by these.
 	GitMaxFiles int64         // entries (files, directories, links) checked out
@@ -217,6 +220,7 @@ func DefaultConfig() Config {
 		BuildPids:         4096,
 		BuildLogCap:       4 << 20,
 		BuildCache:        false,
+		BuildReproducible: true,
 		ReconcileInterval: 30 * time.Second,
 
 		GitMaxFiles: buildcontext.DefaultFiles,
@@ -310,6 +314,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")
 	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build")
 	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry")
+	fs.BoolVar(&c.BuildReproducible, "build-reproducible", c.BuildReproducible, "reproducible builds (Kaniko's --reproducible): an unchanged definition rebuilds to the same digest")
 	fs.Int64Var(&c.GitMaxFiles, "git-max-files", c.GitMaxFiles, "entries (files, directories, links) a Git context may check out")
 	fs.Func("git-max-bytes", "bytes a Git context may check out, and of any one file its fetch writes, or a quantity such as 1Gi (default 1Gi)", func(v string) error {
 		q, err := resource.ParseQuantity(v)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -61,6 +62,7 @@ type Server struct {
 	// an external registry.
 	RegistryTokens *token.Authority
 	builds         *dispatch.Dispatcher
+	metrics        *prometheus.Registry // what /metrics serves
 	ready          atomic.Bool
 	mux            *http.ServeMux
 	http           *http.Server
@@ -167,6 +169,7 @@ func (s *Server) open() error {
 	// written with the change they announce; local handlers get them from
 	// Publish.
 	reg := prometheus.NewRegistry()
+	s.metrics = reg
 	if s.relay, err = outbox.New(outbox.Options{
 		Outbox: s.Store, Sink: s.cfg.Sink, Overrides: s.cfg.CEOverrides, Log: s.log, Registerer: reg,
 	}); err != nil {
@@ -325,10 +328,12 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Store: s.Store, Events: s.Events, Secrets: box,
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
-		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
-		RegistryTokens: s.registryTokens(),
-		Gate:           s.pushGate(),
-		Pushes:         s.publisher(box),
+		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Reproducible: s.cfg.BuildReproducible, Log: s.log,
+		ExecutorVersion: s.cfg.KanikoImage, // the cluster's; newDispatcher asks the local executor
+		RegistryTokens:  s.registryTokens(),
+		Gate:            s.pushGate(),
+		Registerer:      s.metrics,
+		Pushes:          s.publisher(box),
 	}
 }
 
@@ -441,9 +446,23 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 	}
 	o := s.dispatchOptions(box)
 	o.Runner, o.Contexts, o.RunnerError = r, contexts, runnerError
+	o.ExecutorVersion = executorVersion(s.cfg.executor())
 	d := dispatch.New(o)
 	d.Subscribe(s.Events)
 	return d, nil
+}
+
+// executorVersion is what the Kaniko executor at path says of its version
+// (`executor version`, stamped by the Makefile), the identity of local
+// builds' executor in their inputs digests; "unknown" when it cannot say.
+func executorVersion(path string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "version").Output()
+	if v := strings.TrimSpace(string(out)); err == nil && v != "" {
+		return v
+	}
+	return "unknown"
 }
 
 // RegistryHost is the internal registry's HOST:PORT: this server's address,

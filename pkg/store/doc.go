@@ -23,8 +23,11 @@ type imageDoc struct {
 	Built         *image.Stamp        `json:"built"`
 	DefinitionRev int64               `json:"definition_rev"`
 	BuiltRev      int64               `json:"built_rev"`
-	Reference     string              `json:"reference"`
-	LatestBuild   *buildDoc           `json:"latest_build"`
+	// BuiltDefinition is absent from documents stored before builds kept
+	// their definitions; DecodeImage derives it (see legacyBuiltDefinition).
+	BuiltDefinition string    `json:"built_definition,omitempty"`
+	Reference       string    `json:"reference"`
+	LatestBuild     *buildDoc `json:"latest_build"`
 }
 
 // buildDoc is the stored document of a build: its JSON form and the field
@@ -60,7 +63,8 @@ func EncodeImage(img image.Image) (string, error) {
 	d := imageDoc{
 		ID: img.ID, Description: img.Description, Context: img.Context, Destinations: img.Destinations,
 		Created: img.Created, Modified: img.Modified, Built: img.Built,
-		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, Reference: img.Reference,
+		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, BuiltDefinition: img.BuiltDefinition,
+		Reference: img.Reference,
 	}
 	if img.LatestBuild != nil {
 		lb := newBuildDoc(*img.LatestBuild)
@@ -84,7 +88,11 @@ func DecodeImage(doc string) (image.Image, error) {
 	img := image.Image{
 		ID: d.ID, Description: d.Description, Context: d.Context, Destinations: d.Destinations,
 		Created: d.Created, Modified: d.Modified, Built: d.Built,
-		DefinitionRev: d.DefinitionRev, BuiltRev: d.BuiltRev, Reference: d.Reference,
+		DefinitionRev: d.DefinitionRev, BuiltRev: d.BuiltRev, BuiltDefinition: d.BuiltDefinition,
+		Reference: d.Reference,
+	}
+	if img.BuiltDefinition == "" {
+		img.BuiltDefinition = legacyBuiltDefinition(img)
 	}
 	if d.LatestBuild != nil {
 		lb := d.LatestBuild.build()
@@ -92,6 +100,27 @@ func DecodeImage(doc string) (image.Image, error) {
 	}
 	return img, nil
 }
+
+// legacyBuiltDefinition is the built definition of an image stored before
+// builds kept their definitions, from the revision counters it had then: the
+// current definition's digest when the last successful build was of the
+// current revision (built), "" before any success (not built), and otherwise
+// a value no definition has (modified until the next successful build: what
+// was built is not known).
+func legacyBuiltDefinition(img image.Image) string {
+	switch {
+	case img.BuiltRev == 0:
+		return ""
+	case img.BuiltRev == img.DefinitionRev:
+		return img.Definition().Digest()
+	default:
+		return UnknownDefinition
+	}
+}
+
+// UnknownDefinition stands for the definition of a build stored before
+// builds kept theirs, when it is not the image's current one.
+const UnknownDefinition = "unknown"
 
 // EncodeBuild is b's stored document.
 func EncodeBuild(b build.Build) (string, error) {

@@ -127,7 +127,8 @@ type Store interface {
 	DeleteImage(ctx context.Context, id string) error
 
 	// CreateBuild numbers b (one more than the image's newest build), stores
-	// it queued, and records it as the image's latest build; ErrBuildActive
+	// it queued with the image's current definition (StampDefinition), and
+	// records it as the image's latest build; ErrBuildActive
 	// while another build of the image is queued or running. The events of
 	// ctx's Announcement go to the outbox in the same transaction, as for
 	// UpdateBuild.
@@ -140,7 +141,8 @@ type Store interface {
 	ListActiveBuilds(ctx context.Context) ([]build.Build, error)
 	// UpdateBuild reads a build, applies change and writes it back in one
 	// transaction. When change leaves the build succeeded and it was not
-	// before, the image records the result: BuiltRev, Built and Reference.
+	// before, the image records the result (RecordSuccess): BuiltRev,
+	// BuiltDefinition, Built and Reference.
 	// An error from change aborts and is returned.
 	UpdateBuild(ctx context.Context, imageID string, number int, change func(*build.Build) error) (build.Build, error)
 
@@ -172,9 +174,27 @@ func RecordSuccess(img *image.Image, b build.Build) {
 	if b.DefinitionRev < img.BuiltRev || b.FinishedAt == nil || b.Reference == nil {
 		return
 	}
+	switch {
+	case b.Definition != nil:
+		img.BuiltDefinition = b.Definition.Digest()
+	case b.DefinitionRev == img.DefinitionRev:
+		// Created before builds kept their definitions, of the current one.
+		img.BuiltDefinition = img.Definition().Digest()
+	default:
+		img.BuiltDefinition = UnknownDefinition
+	}
 	img.BuiltRev = b.DefinitionRev
-	img.Built = &image.Stamp{By: b.RequestedBy, At: *b.FinishedAt}
+	img.Built = &image.Stamp{By: b.RequestedBy, At: *b.FinishedAt, Build: b.Number}
 	img.Reference = *b.Reference
+}
+
+// StampDefinition records on the new build b what it builds: the stored
+// image img's current definition and its revision. Every backend calls it
+// in CreateBuild's transaction, so that a build keeps the definition the
+// image had when it was created, whoever created it.
+func StampDefinition(b *build.Build, img image.Image) {
+	d := img.Definition()
+	b.Definition, b.DefinitionRev = &d, img.DefinitionRev
 }
 
 // KeepBuildResults copies into img the fields that builds own from the
@@ -182,6 +202,7 @@ func RecordSuccess(img *image.Image, b build.Build) {
 // result recorded since the caller read it.
 func KeepBuildResults(img *image.Image, cur image.Image) {
 	img.Built, img.BuiltRev, img.Reference, img.LatestBuild = cur.Built, cur.BuiltRev, cur.Reference, cur.LatestBuild
+	img.BuiltDefinition = cur.BuiltDefinition
 }
 
 // SortOldestFirst orders builds by queue time, as the build queue serves them.

@@ -26,6 +26,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/internal/servertest"
+	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
 )
 
 // Status colours as the page's stylesheet sets them (computed RGB).
@@ -629,6 +630,90 @@ func TestBrowser(t *testing.T) {
 		tb.waitFor(`document.querySelector('`+tile(builtName)+`[data-status="modified"]')`, "the orange tile", 10*time.Second)
 		if c := tb.tileColor(builtName); c != orange {
 			t.Errorf("modified tile's icon is %s, want orange %s", c, orange)
+		}
+	})
+
+	t.Run("the editor shows the changes since the last successful build", func(t *testing.T) {
+		if builtID == "" {
+			t.Fatal("needs the image built and edited by the previous subtests")
+		}
+		tb := openTab(t, browser, s, "bob", "ws1", false, time.Minute)
+		tb.openImage(builtID, builtName)
+		// The saved edit, against build #1's definition, as a unified diff.
+		tb.waitFor(`document.querySelector('[data-testid="diff"] pre.diff')`, "the diff", 10*time.Second)
+		var lines []struct {
+			Kind string `json:"kind"`
+			Text string `json:"text"`
+		}
+		tb.eval(`[...document.querySelectorAll('[data-testid="diff"] .diff-line')].map(l => ({ kind: l.className.replace("diff-line diff-", ""), text: l.textContent.replace(/\n$/, "") }))`, &lines)
+		if len(lines) < 4 || lines[0].Text != "--- build 1" || lines[1].Text != "+++ current" || lines[2].Kind != "hunk" {
+			t.Fatalf("the diff's lines: %+v", lines)
+		}
+		added := 0
+		for _, l := range lines {
+			if l.Kind == "add" {
+				added++
+				if l.Text != "+RUN echo changed-after-the-build" {
+					t.Errorf("added line %q", l.Text)
+				}
+			}
+			if l.Kind == "del" {
+				t.Errorf("a line was removed: %q", l.Text)
+			}
+		}
+		if added != 1 {
+			t.Errorf("%d added lines, want 1: %+v", added, lines)
+		}
+		var colour string
+		tb.eval(`getComputedStyle(document.querySelector('[data-testid="diff"] .diff-add')).backgroundColor`, &colour)
+		if colour != "rgb(230, 244, 234)" {
+			t.Errorf("an added line's background is %s", colour)
+		}
+		// Edited back to the built text (by the API, as another client):
+		// Built again, and no changes.
+		code, etag, img := s.call("GET", "/api/v1/images/"+builtID, "alice", nil)
+		df := img["context"].(map[string]any)["dockerfile"].(string)
+		back := strings.Replace(df, "RUN echo changed-after-the-build", "", 1)
+		if code, _, _ = s.call("PATCH", "/api/v1/images/"+builtID, "alice", map[string]any{"context": map[string]any{"type": "local", "dockerfile": back}}, "If-Match", etag); code != http.StatusOK {
+			t.Fatalf("PATCH back: %d", code)
+		}
+		if _, _, img = s.call("GET", "/api/v1/images/"+builtID, "alice", nil); img["status"] != "built" {
+			t.Fatalf("edited back: %v (the build's definition was %q, saved %q)", img["status"], df, back)
+		}
+		tb.goTo("/")
+		tb.openImage(builtID, builtName)
+		tb.waitFor(`document.querySelector('[data-testid="diff-none"]')`, "no changes", 10*time.Second)
+		if got := tb.text(`[data-testid="status-label"]`); got != "Built" {
+			t.Errorf("status %q after the edit back", got)
+		}
+	})
+
+	t.Run("a build of a git context shows its commit", func(t *testing.T) {
+		requireBuilds(t)
+		root := t.TempDir()
+		repo := gittest.NewRepo(t, filepath.Join(root, "ctx.git"))
+		commit := repo.Commit(map[string]string{"Dockerfile": "FROM " + s.Base() + "\nRUN echo from-git > /g\n"}, "the context")
+		url := strings.TrimSuffix(gittest.ServeGit(t, root), "/") + "/ctx.git"
+		code, _, img := s.call("POST", "/api/v1/workspaces/ws1/images", "alice", map[string]any{
+			"name": "team/from-git-built", "description": "", "context": map[string]any{"type": "git", "git": map[string]any{"url": url}},
+		})
+		if code != http.StatusCreated {
+			t.Fatalf("create: %d %v", code, img)
+		}
+		id := img["id"].(string)
+		if code, _, b := s.call("POST", "/api/v1/images/"+id+"/builds", "alice", nil); code != http.StatusAccepted {
+			t.Fatalf("POST builds: %d %v", code, b)
+		}
+		tb := openTab(t, browser, s, "alice", "ws1", false, 4*time.Minute)
+		tb.openImage(id, "team/from-git-built")
+		tb.waitFor(`document.querySelector('.build-row[data-build="1"] .build-status[data-status="succeeded"]')`, "build #1 succeeded", 3*time.Minute)
+		tb.click(`[data-action="refresh-builds"]`)
+		tb.waitFor(`document.querySelector('.build-row[data-build="1"] [data-testid="build-commit"]')`, "the commit in build #1's row", 10*time.Second)
+		var shown, title string
+		tb.eval(`document.querySelector('.build-row[data-build="1"] [data-testid="build-commit"]').innerText`, &shown)
+		tb.eval(`document.querySelector('.build-row[data-build="1"] [data-testid="build-commit"]').title`, &title)
+		if shown != commit[:12] || title != "Commit "+commit {
+			t.Errorf("build row's commit %q (%q), want %q", shown, title, commit)
 		}
 	})
 

@@ -122,6 +122,7 @@ export const api = {
   startBuild: (id) => request(`/api/v1/images/${enc(id)}/builds`, { method: "POST" }),
   listBuilds: (id, quiet) => request(`/api/v1/images/${enc(id)}/builds?limit=50`, { quiet }),
   getBuild: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}`, { quiet: true }),
+  diffBuild: (id, n, against = "current") => request(`/api/v1/images/${enc(id)}/builds/${n}/diff?against=${enc(against)}`, { quiet: true }),
   cancelBuild: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}/cancel`, { method: "POST" }),
   steps: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}/steps`, { quiet: true }),
   pushAgain: (id, n, reference) => request(`/api/v1/images/${enc(id)}/builds/${n}/pushes`, { method: "POST", body: { reference } }),

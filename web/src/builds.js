@@ -64,7 +64,9 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
     r.build = b;
     clear(r.toggle).append(
       h("span", { class: "chev" }, icon("chevron", { size: 18 })),
-      h("span", { class: "build-num" }, `#${b.number}`),
+      h("span", { class: "build-num" }, `#${b.number}`,
+        b.commit ? h("code", { class: "build-commit", title: `Commit ${b.commit}`, "data-testid": "build-commit" }, b.commit.slice(0, 12)) : null,
+        b.unchanged ? h("span", { class: "build-unchanged muted small", title: "Same digest as the image already had: nothing changed" }, "no change") : null),
       h("span", { class: "build-start" }, b.started_at ? timeEl(b.started_at, true) : h("span", { class: "muted" }, `queued ${clock(b.queued_at)}`)),
       statusBadge(b),
       h("span", { class: "build-dur" }, b.duration_seconds != null ? duration(b.duration_seconds) : "–"));

@@ -94,6 +94,11 @@ export function renderImage(main, ctx, id) {
   const destError = h("p", { class: "field-error", hidden: true, id: "dest-error" });
   const addDest = h("button", { type: "button", class: "btn btn-small", "data-action": "add-destination" }, icon("plus", { size: 16 }), "Add destination");
 
+  // ---- Changes since the last successful build ----
+  const diffBody = h("div", { class: "diff-body", "data-testid": "diff" });
+  const diffCard = h("section", { class: "card card-diff", "aria-labelledby": "diff-title", hidden: isNew },
+    h("h2", { id: "diff-title" }, "Changes since the last successful build"), diffBody);
+
   // ---- Side ----
   const statusCard = h("div", { class: "status-card", "data-testid": "status" });
   const historyList = h("dl", { class: "history" });
@@ -123,6 +128,7 @@ export function renderImage(main, ctx, id) {
             ctxLocal, h("label", { for: "ctx-local" }, icon("folder", { size: 18 }), "Local folder"),
             ctxGit, h("label", { for: "ctx-git" }, icon("git", { size: 18 }), "Git repository")),
           localPane, gitPane),
+        diffCard,
         h("section", { class: "card", "aria-labelledby": "dest-title" },
           h("div", { class: "card-head" }, h("h2", { id: "dest-title" }, "Destinations"), addDest),
           h("p", { class: "muted small" }, "Every build is pushed to the workspace's registry and to each destination, with the named registry credential."),
@@ -293,6 +299,41 @@ export function renderImage(main, ctx, id) {
     const row = (label, stamp, none) => [h("dt", null, label), h("dd", null, stamp ? [h("span", { class: "who" }, stamp.by), " · ", timeEl(stamp.at)] : h("span", { class: "muted" }, none))];
     clear(historyList).append(...row("Created", hist.created), ...row("Modified", hist.modified), ...row("Built", hist.built, "Not built yet"));
     updateBuildState();
+    showDiff(img);
+  }
+
+  // showDiff shows the saved definition's changes since the last successful
+  // build, as a unified diff.
+  let diffSeq = 0;
+  async function showDiff(img) {
+    const seq = ++diffSeq;
+    const n = img.history?.built?.build;
+    if (!img.history?.built) {
+      clear(diffBody).append(h("p", { class: "muted" }, "Not built yet: there is no successful build to compare with."));
+      return;
+    }
+    if (!n) {
+      clear(diffBody).append(h("p", { class: "muted" }, "The last successful build was made before builds kept their definitions."));
+      return;
+    }
+    try {
+      const { data } = await api.diffBuild(id, n);
+      if (!st.alive || seq !== diffSeq) return;
+      if (data.identical) {
+        clear(diffBody).append(h("p", { class: "muted", "data-testid": "diff-none" }, `No changes: the saved definition is the one build #${n} built.`));
+        return;
+      }
+      const lines = data.diff.replace(/\n$/, "").split("\n").map((l) => {
+        const kind = l.startsWith("+++") || l.startsWith("---") ? "file" : l.startsWith("@@") ? "hunk" : l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : "ctx";
+        return h("span", { class: `diff-line diff-${kind}` }, l + "\n");
+      });
+      clear(diffBody).append(
+        h("p", { class: "muted small" }, `The saved definition against build #${n}'s (unsaved edits are not included).`),
+        h("pre", { class: "diff", tabindex: "0", "aria-label": `Changes since build ${n}` }, ...lines));
+    } catch (err) {
+      if (!st.alive || seq !== diffSeq) return;
+      clear(diffBody).append(h("p", { class: "field-error" }, `Could not load the changes: ${err.message}`));
+    }
   }
 
   function updateBuildState() {

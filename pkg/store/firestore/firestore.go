@@ -497,7 +497,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 }
 
 // UpdateImage implements store.Store. The fields that builds own (Built,
-// BuiltRev, Reference, LatestBuild) and the workspace are kept as stored.
+// BuiltRev, BuiltDefinition, Reference, LatestBuild) and the workspace are kept as stored.
 func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
 	ref := s.imageRef(img.ID)
 	return s.run(ctx, store.ErrNameTaken, func(tx *fs.Transaction) error {
@@ -517,7 +517,7 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		}
 		next := img
 		next.Workspace = cur.Workspace
-		next.Built, next.BuiltRev, next.Reference, next.LatestBuild = cur.Built, cur.BuiltRev, cur.Reference, cur.LatestBuild
+		store.KeepBuildResults(&next, cur)
 		d, err := encodeImage(next)
 		if err != nil {
 			return err
@@ -641,6 +641,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if img.LatestBuild != nil {
 			b.Number = img.LatestBuild.Number + 1
 		}
+		store.StampDefinition(&b, img)
 		if b.Status.Active() {
 			if snaps[1].Exists() {
 				return store.ErrBuildActive

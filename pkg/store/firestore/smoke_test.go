@@ -143,7 +143,8 @@ func TestSmokeImages(t *testing.T) {
 	stale.Version = 3
 	wantErr(t, "stale update", s.UpdateImage(ctx, stale, 1), store.ErrConflict)
 	wantErr(t, "update of a missing image", s.UpdateImage(ctx, storetest.NewImage("nope", "ws1", "team/z"), 1), store.ErrNotFound)
-	if got, _ := s.GetImage(ctx, "img1"); got.Version != 2 || got.Description != "changed" || got.Modified.By != "bob" {
+	// A description edit keeps history's modified stamp (see image.Edit).
+	if got, _ := s.GetImage(ctx, "img1"); got.Version != 2 || got.Description != "changed" || got.Modified.By != "alice" {
 		t.Fatalf("after update: %+v", got)
 	}
 
@@ -159,7 +160,7 @@ func TestSmokeImages(t *testing.T) {
 	mine = got
 	mine.Edit(next, "alice", t0)
 	check(t, "rename", s.UpdateImage(ctx, mine, got.Version))
-	if got, _ := s.GetImage(ctx, "img1"); got.Name != "team/c" || got.DefinitionRev != 2 {
+	if got, _ := s.GetImage(ctx, "img1"); got.Name != "team/c" || got.Version != 3 || got.DefinitionRev != 1 { // a rename is no definition change
 		t.Fatalf("after rename: %+v", got)
 	}
 	if exists(t, raw, "names/team%2Fpytorch") || !exists(t, raw, "names/team%2Fc") {

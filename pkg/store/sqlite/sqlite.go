@@ -393,7 +393,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 }
 
 // UpdateImage implements store.Store. The fields builds own (Built,
-// BuiltRev, Reference, LatestBuild) are kept as stored: a build may have
+// BuiltRev, BuiltDefinition, Reference, LatestBuild) are kept as stored: a build may have
 // ended since the caller read the image, without changing its version.
 func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
@@ -455,6 +455,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if img.LatestBuild != nil {
 			b.Number = img.LatestBuild.Number + 1
 		}
+		store.StampDefinition(&b, img)
 		doc, err := store.EncodeBuild(b)
 		if err != nil {
 			return err

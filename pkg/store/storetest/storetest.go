@@ -41,6 +41,7 @@ func Run(t *testing.T, open Opener) {
 		{"ListPaginatesAndFilters", listImages},
 		{"BuildsAreNumberedOneActiveAtATime", buildNumbering},
 		{"BuildSuccessRecordsOnImage", buildSuccess},
+		{"BuildsKeepTheirDefinitions", buildDefinitions},
 		{"BuildListNewestFirst", buildList},
 		{"LogsAppendAndReadFromOffset", logs},
 		{"Credentials", credentials},
@@ -329,7 +330,9 @@ func updateChecksVersion(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	got, _ := s.GetImage(ctx, "img1")
-	if got.Version != 2 || got.Description != "changed" || got.Modified.By != "bob" || got.DefinitionRev != 1 {
+	// A description edit is no change of the definition: history's
+	// modified stamp stays the creator's.
+	if got.Version != 2 || got.Description != "changed" || got.Modified.By != "alice" || got.DefinitionRev != 1 {
 		t.Fatalf("after update: %+v", got)
 	}
 	stale := got
@@ -383,7 +386,7 @@ func renames(t *testing.T, s store.Store) {
 	if err := s.UpdateImage(ctx, a, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.GetImage(ctx, "img1"); got.Name != "team/c" || got.DefinitionRev != 2 {
+	if got, _ := s.GetImage(ctx, "img1"); got.Name != "team/c" || got.Version != 2 || got.DefinitionRev != 1 {
 		t.Fatalf("after rename: %+v", got)
 	}
 	// The old name is free.
@@ -495,6 +498,55 @@ func buildNumbering(t *testing.T, s store.Store) {
 	wantErr(t, "build of a missing image", err, store.ErrNotFound)
 	_, err = s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error { return b.Cancel("alice", t0) })
 	wantErr(t, "cancel a cancelled build", err, build.ErrTransition)
+}
+
+func buildDefinitions(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	// The store records the stored image's definition on the build, whatever
+	// the caller passed.
+	first := build.New("img1", 0, "alice", build.TriggerManual, t0)
+	b1, err := s.CreateBuild(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := img.Definition()
+	if b1.Definition == nil || *b1.Definition != want || b1.DefinitionRev != img.DefinitionRev {
+		t.Fatalf("created build: definition %+v rev %d, want %+v rev %d", b1.Definition, b1.DefinitionRev, want, img.DefinitionRev)
+	}
+	succeed(t, s, b1)
+	stored, _ := s.GetBuild(ctx, "img1", 1)
+	if stored.Definition == nil || *stored.Definition != want {
+		t.Fatalf("stored build's definition: %+v", stored.Definition)
+	}
+	got, _ := s.GetImage(ctx, "img1")
+	if got.BuiltDefinition != want.Digest() || got.Built == nil || got.Built.Build != 1 || got.Status() != image.StatusBuilt {
+		t.Fatalf("image after success: built definition %q, built %+v, status %s", got.BuiltDefinition, got.Built, got.Status())
+	}
+	// Edit, then edit back: modified, then built again, with the build's
+	// result kept through both updates.
+	edit := func(dockerfile string, wantStatus image.Status) {
+		t.Helper()
+		cur, _ := s.GetImage(ctx, "img1")
+		next := cur
+		next.Context.Dockerfile = dockerfile
+		cur.Edit(next, "bob", t0.Add(time.Hour))
+		if err := s.UpdateImage(ctx, cur, cur.Version-1); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.GetImage(ctx, "img1"); got.Status() != wantStatus || got.BuiltDefinition != want.Digest() {
+			t.Fatalf("after saving %q: status %s (built definition %q)", dockerfile, got.Status(), got.BuiltDefinition)
+		}
+	}
+	edit("FROM busybox\nRUN true\n", image.StatusModified)
+	b2 := mustBuild(t, s, "img1", 0)
+	if b2.Definition == nil || b2.Definition.Dockerfile != "FROM busybox\nRUN true\n" {
+		t.Fatalf("second build's definition: %+v", b2.Definition)
+	}
+	if _, err := s.UpdateBuild(ctx, "img1", b2.Number, func(b *build.Build) error { return b.Cancel("alice", t0) }); err != nil {
+		t.Fatal(err)
+	}
+	edit(img.Context.Dockerfile, image.StatusBuilt)
 }
 
 func buildSuccess(t *testing.T, s store.Store) {
