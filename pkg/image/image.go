@@ -4,6 +4,8 @@
 package image
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -65,6 +67,16 @@ type Image struct {
 	Description  string
 	Context      Context
 	Destinations []Destination
+	// BuildArgs are the values of the Dockerfile's ARGs that every build
+	// passes the executor (--build-arg NAME=VALUE): plain values, shown by
+	// the API, never for secrets.
+	BuildArgs map[string]string
+	// Secrets name the workspace credentials of kind secret that a build
+	// mounts for RUN --mount=type=secret,id=NAME (at /run/secrets/NAME).
+	Secrets []string
+	// Target, when set, is the Dockerfile stage a build builds and pushes
+	// (the executor's --target); "" is the last stage.
+	Target string
 
 	Created  Stamp
 	Modified Stamp
@@ -73,7 +85,8 @@ type Image struct {
 	// Version increases on every change and is the image's ETag.
 	Version int64
 	// DefinitionRev increases whenever what a build produces changes
-	// (name, context, destinations); a build records the revision it built.
+	// (name, context, destinations, build arguments, secrets' names,
+	// target); a build records the revision it built.
 	DefinitionRev int64
 	// BuiltRev is the DefinitionRev of the last successful build, 0 if none.
 	BuiltRev int64
@@ -101,9 +114,10 @@ func (img *Image) Status() Status {
 // the change alters what a build produces, the definition revision.
 func (img *Image) Edit(next Image, user string, now time.Time) {
 	definitionChanged := next.Name != img.Name || !sameContext(next.Context, img.Context) ||
-		!sameDestinations(next.Destinations, img.Destinations)
+		!sameDestinations(next.Destinations, img.Destinations) || !sameInputs(next.Inputs(), img.Inputs())
 	img.Name, img.Description = next.Name, next.Description
 	img.Context, img.Destinations = next.Context, next.Destinations
+	img.BuildArgs, img.Secrets, img.Target = next.BuildArgs, next.Secrets, next.Target
 	img.Modified = Stamp{By: user, At: now}
 	img.Version++
 	if definitionChanged {
@@ -128,4 +142,21 @@ func sameDestinations(a, b []Destination) bool {
 		}
 	}
 	return true
+}
+
+// Inputs are what a build passes the executor beside its context: the
+// build arguments, the secrets' names and the target stage.
+type Inputs struct {
+	BuildArgs map[string]string
+	Secrets   []string
+	Target    string
+}
+
+// Inputs returns img's build inputs.
+func (img *Image) Inputs() Inputs {
+	return Inputs{BuildArgs: img.BuildArgs, Secrets: img.Secrets, Target: img.Target}
+}
+
+func sameInputs(a, b Inputs) bool {
+	return a.Target == b.Target && maps.Equal(a.BuildArgs, b.BuildArgs) && slices.Equal(a.Secrets, b.Secrets)
 }

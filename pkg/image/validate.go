@@ -347,7 +347,17 @@ func Validate(img Image, rules Rules) error {
 			return invalid("context.git.credential", "%v", err.(*InvalidError).Message)
 		}
 	}
-	return ValidateDestinations(img.Destinations)
+	if err := ValidateDestinations(img.Destinations); err != nil {
+		return err
+	}
+	if err := ValidateInputs(img.Inputs()); err != nil {
+		return err
+	}
+	// A git context's Dockerfile is checked when a build has fetched it.
+	if img.Context.Type == ContextLocal {
+		return CheckDockerfile(img.Context.Dockerfile, img.Inputs())
+	}
+	return nil
 }
 
 // BaseImages lists the images a Dockerfile's FROM instructions pull, as
