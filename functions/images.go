@@ -25,6 +25,9 @@ type ImageView struct {
 	Context      image.Context       `json:"context"`
 	History      HistoryView         `json:"history"`
 	Destinations []image.Destination `json:"destinations"`
+	BuildArgs    map[string]string   `json:"build_args"`
+	Secrets      []string            `json:"secrets"`
+	Target       *string             `json:"target"`
 	Reference    *string             `json:"reference"`
 	LatestBuild  *build.View         `json:"latest_build"`
 }
@@ -56,6 +59,16 @@ func (a *api) viewImage(img image.Image, now time.Time) ImageView {
 	if v.Destinations == nil {
 		v.Destinations = []image.Destination{}
 	}
+	v.BuildArgs, v.Secrets = img.BuildArgs, img.Secrets
+	if v.BuildArgs == nil {
+		v.BuildArgs = map[string]string{}
+	}
+	if v.Secrets == nil {
+		v.Secrets = []string{}
+	}
+	if img.Target != "" {
+		v.Target = &img.Target
+	}
 	if img.Reference != "" {
 		ref := img.Reference
 		if _, digest, ok := strings.Cut(ref, "@"); ok && a.Content != nil && strings.HasPrefix(ref, a.Registry+"/") {
@@ -76,6 +89,10 @@ type imageBody struct {
 	Description  *string              `json:"description"`
 	Context      *image.Context       `json:"context"`
 	Destinations *[]image.Destination `json:"destinations"`
+	BuildArgs    *map[string]string   `json:"build_args"`
+	Secrets      *[]string            `json:"secrets"`
+	// Target is a stage name; null or "" is the last stage.
+	Target *string `json:"target"`
 }
 
 func (b imageBody) applyTo(img *image.Image) {
@@ -90,6 +107,21 @@ func (b imageBody) applyTo(img *image.Image) {
 	}
 	if b.Destinations != nil {
 		img.Destinations = *b.Destinations
+	}
+	if b.BuildArgs != nil {
+		img.BuildArgs = *b.BuildArgs
+		if len(img.BuildArgs) == 0 {
+			img.BuildArgs = nil
+		}
+	}
+	if b.Secrets != nil {
+		img.Secrets = *b.Secrets
+		if len(img.Secrets) == 0 {
+			img.Secrets = nil
+		}
+	}
+	if b.Target != nil {
+		img.Target = *b.Target
 	}
 }
 

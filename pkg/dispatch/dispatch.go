@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -412,6 +413,26 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
+	// What SAVE checks of a local Dockerfile, checked again on the one
+	// fetched (a git context's is seen here first): the executor would
+	// drop or mis-build what this refuses.
+	if err := image.CheckDockerfile(dockerfile, img.Inputs()); err != nil {
+		reason := build.ReasonDockerfile
+		if errors.Is(err, image.ErrParserPanic) {
+			reason = build.ReasonInternal
+		}
+		log.Notef("the Dockerfile cannot be built: %s", dockerfileProblem(err))
+		return d.fail(reason, "%s", dockerfileProblem(err))
+	}
+	secrets, problem, err := buildSecrets(ctx, d.o, img)
+	switch {
+	case err != nil:
+		return d.fail(build.ReasonInternal, "opening the build's secrets: %v", err)
+	case problem != "":
+		log.Notef("%s", problem)
+		return d.fail(build.ReasonDockerfile, "%s", problem)
+	}
+	spec.Secrets = secrets
 	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
@@ -455,7 +476,48 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	if o.Cache {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
+	for _, k := range slices.Sorted(maps.Keys(img.BuildArgs)) {
+		spec.BuildArgs = append(spec.BuildArgs, k+"="+img.BuildArgs[k])
+	}
+	spec.Target = img.Target
 	return spec
+}
+
+// buildSecrets opens the workspace's secret credentials that img names,
+// by name: a build mounts them. One missing, or of another kind, fails the
+// build before anything runs, with problem saying why.
+func buildSecrets(ctx context.Context, o Options, img image.Image) (secrets map[string][]byte, problem string, err error) {
+	if len(img.Secrets) == 0 {
+		return nil, "", nil
+	}
+	out := make(map[string][]byte, len(img.Secrets))
+	for _, n := range img.Secrets {
+		c, err := o.Store.GetCredential(ctx, img.Workspace, n)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Sprintf("the image's secret %q does not exist in this workspace: store it as a credential of kind secret", n), nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		if err := c.CheckSecret(); err != nil {
+			return nil, fmt.Sprintf("not mounting the image's secret %q: %v", n, err), nil
+		}
+		v, err := o.Secrets.Open(c.Secret)
+		if err != nil {
+			return nil, "", err
+		}
+		out[n] = []byte(v)
+	}
+	return out, "", nil
+}
+
+// dockerfileProblem is a CheckDockerfile error as a build's failure
+// message: "Dockerfile line N: ...".
+func dockerfileProblem(err error) string {
+	if inv, ok := errors.AsType[*image.InvalidError](err); ok && inv.Line > 0 {
+		return fmt.Sprintf("Dockerfile line %d: %s", inv.Line, inv.Message)
+	}
+	return err.Error()
 }
 
 func internalTag(o Options, img image.Image) string { return o.Registry + "/" + img.Name + ":latest" }

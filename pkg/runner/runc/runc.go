@@ -172,7 +172,7 @@ func New(opts Options) (*Runner, error) {
 
 // Run runs spec's build and returns when its executor has ended, writing
 // the executor's output to log with the credentials of spec.DockerConfig
-// replaced by "[redacted]". The build is stopped within seconds when ctx is
+// and the values of spec.Secrets replaced by "[redacted]". The build is stopped within seconds when ctx is
 // done (Outcome.Cancelled) or spec.Limits.Timeout has elapsed
 // (Outcome.TimedOut). Its container and bundle are always deleted before
 // Run returns. Run fails when a bundle for spec.ID exists already: the
@@ -187,6 +187,9 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 	secrets, err := secret.DockerConfigSecrets(spec.DockerConfig)
 	if err != nil {
 		return build.Outcome{}, fmt.Errorf("runc: build %s: %w", spec.ID, err)
+	}
+	for _, v := range spec.Secrets {
+		secrets = append(secrets, v)
 	}
 	if ctx.Err() != nil {
 		return build.Outcome{Cancelled: true}, nil
