@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -162,12 +163,18 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 
 func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	ws := r.PathValue("ws")
-	if _, _, err := a.workspaceRole(r.Context(), ws); err != nil {
+	_, role, err := a.workspaceRole(r.Context(), ws)
+	if err != nil {
 		return err
 	}
 	var body imageBody
 	if err := decode(r, &body); err != nil {
 		return err
+	}
+	// What an image's secrets name is mounted into its builds: the
+	// owner's to choose.
+	if body.Secrets != nil && len(*body.Secrets) > 0 && role != store.RoleOwner {
+		return errorf(http.StatusForbidden, "forbidden", "only the workspace's owner may name secrets for an image's builds")
 	}
 	now, user := a.Now(), subject(r.Context())
 	img := image.Image{
@@ -227,7 +234,7 @@ func ifMatch(r *http.Request, version int64) error {
 }
 
 func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
-	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -243,6 +250,9 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	next := img
 	body.applyTo(&next)
+	if !slices.Equal(next.Secrets, img.Secrets) && role != store.RoleOwner {
+		return errorf(http.StatusForbidden, "forbidden", "only the workspace's owner may change an image's secrets")
+	}
 	if err := image.Validate(next, a.Rules); err != nil {
 		return err
 	}

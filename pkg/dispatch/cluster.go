@@ -95,6 +95,10 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	if err == nil {
 		err = c.pods.Create(ctx, spec, src)
 	}
+	if d, ok := errors.AsType[*definitionError](err); ok {
+		c.settle(ctx, r, func(b *build.Build) error { return b.Fail(build.ReasonDockerfile, d.msg, c.o.Now()) })
+		return nil
+	}
 	if err != nil {
 		c.settle(ctx, r, func(b *build.Build) error {
 			return b.Fail(build.ReasonInternal, "the build pod could not be created: "+err.Error(), c.o.Now())
@@ -102,6 +106,12 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	}
 	return nil
 }
+
+// definitionError is a build that cannot run as defined: its Dockerfile
+// or a secret it names (reason dockerfile).
+type definitionError struct{ msg string }
+
+func (e *definitionError) Error() string { return e.msg }
 
 // prepare is the cluster's build spec: Kaniko pushes to every destination
 // itself, so the docker config carries the base and destination registries'
@@ -120,6 +130,12 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	}
 	switch img.Context.Type {
 	case image.ContextLocal:
+		// SAVE checked it; a definition saved before a check existed
+		// is checked here. A git context's Dockerfile is fetched by the
+		// pod itself, so only SAVE's checks of its inputs apply there.
+		if err := image.CheckDockerfile(img.Context.Dockerfile, img.Inputs()); err != nil {
+			return spec, src, &definitionError{dockerfileProblem(err)}
+		}
 		src.Dockerfile = img.Context.Dockerfile
 		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
 	case image.ContextGit:
@@ -133,6 +149,14 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 			src.GitToken = auth.Token
 		}
 	}
+	secrets, problem, err := buildSecrets(ctx, c.o, img)
+	switch {
+	case err != nil:
+		return spec, src, err
+	case problem != "":
+		return spec, src, &definitionError{problem}
+	}
+	spec.Secrets = secrets
 	if spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries); err != nil {
 		return spec, src, err
 	}
