@@ -332,3 +332,50 @@ func TestBuildInputsMakeModified(t *testing.T) {
 		}
 	}
 }
+
+// TestGitDockerfileCheckedAtBuild: a git context's Dockerfile is seen
+// first by the build, which checks it as SAVE checks a local one before the
+// executor runs: what the executor would drop or mis-build, an unset ARG
+// in FROM, a target that is no stage, each fails with reason dockerfile
+// and the line; a good one builds its target with its secret.
+func TestGitDockerfileCheckedAtBuild(t *testing.T) {
+	e := buildEnv(t, nil)
+	base := e.base()
+	url := gitRepo(t, map[string]string{
+		"heredoc/Dockerfile": "FROM " + base + "\nRUN <<EOF\necho hi > /f\nEOF\n",
+		"unset/Dockerfile":   "ARG image\n\nFROM ${image}\nRUN true\n",
+		"stages/Dockerfile": "FROM " + base + " AS one\nRUN --mount=type=secret,id=tok test -s /run/secrets/tok && echo one > /one\n" +
+			"FROM " + base + " AS two\nRUN echo two > /two\n",
+	}, nil)
+	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/tok", "alice", map[string]any{"kind": "secret", "value": "git-build-secret-1"}, nil), 204, "")
+	for _, c := range []struct {
+		dir, target string
+		msg         string // "" for success
+	}{
+		{"heredoc", "", "Dockerfile line 2: RUN with a heredoc"},
+		{"unset", "", "Dockerfile line 3: FROM ${image}: the base image is empty: ARG image is unset"},
+		{"stages", "three", `target: "three" is not a stage of the Dockerfile; its stages are one, two`},
+		{"stages", "one", ""},
+	} {
+		def := map[string]any{"name": "team/git-" + c.dir + c.target, "context": map[string]any{"type": "git", "git": map[string]any{"url": url, "dir": c.dir}},
+			"target": c.target, "secrets": []string{"tok"}}
+		img := e.newImage(def)
+		b := e.waitFor(img.ID, e.startBuild(img.ID), 2*time.Minute, ended)
+		if c.msg == "" {
+			if b.Status != "succeeded" {
+				t.Fatalf("%s: %+v\n%s", c.dir, b, e.buildLog(img.ID, b.Number))
+			}
+			tree := files(t, e.pull("alice", *b.Reference))
+			if _, two := tree["/two"]; tree["/one"] != "one\n" || two {
+				t.Fatalf("%s: not the target stage one", c.dir)
+			}
+			continue
+		}
+		if b.Status != "failed" || b.Failure == nil || b.Failure.Reason != "dockerfile" || !strings.Contains(b.Failure.Message, c.msg) {
+			t.Fatalf("%s %s: %+v %+v, want reason dockerfile with %q", c.dir, c.target, b, b.Failure, c.msg)
+		}
+		if log := e.buildLog(img.ID, b.Number); !strings.Contains(log, c.msg) || strings.Contains(log, "Retrieving image manifest") {
+			t.Fatalf("%s: the log does not say why, or the executor ran:\n%s", c.dir, log)
+		}
+	}
+}
