@@ -299,8 +299,10 @@ RUN echo final > /final
 // names is gone.
 func TestBuildInputsMakeModified(t *testing.T) {
 	e := buildEnv(t, nil)
-	def := localImage("team/args", "FROM "+e.base()+" AS one\nARG X=a\nRUN echo $X > /x\nFROM one AS two\nRUN --mount=type=secret,id=gone true\n")
-	def["build_args"] = map[string]string{"X": "b"}
+	// The base comes from a build argument: the build's registry token
+	// may pull it.
+	def := localImage("team/args", "ARG BASE\nFROM $BASE AS one\nARG X=a\nRUN echo $X > /x\nFROM one AS two\nRUN --mount=type=secret,id=gone true\n")
+	def["build_args"] = map[string]string{"X": "b", "BASE": e.base()}
 	def["target"] = "one"
 	def["secrets"] = []string{"gone"}
 	img := e.newImage(def)
@@ -316,7 +318,7 @@ func TestBuildInputsMakeModified(t *testing.T) {
 	if got := files(t, e.pull("alice", *b.Reference))["/x"]; got != "b\n" {
 		t.Fatalf("/x = %q", got)
 	}
-	for _, change := range []map[string]any{{"build_args": map[string]string{"X": "c"}}, {"target": "two"}} {
+	for _, change := range []map[string]any{{"build_args": map[string]string{"X": "c", "BASE": e.base()}}, {"target": "two"}} {
 		var got image
 		res := e.call("GET", "/api/v1/images/"+img.ID, "alice", nil, &got)
 		if got.Status != "built" {
