@@ -3,7 +3,8 @@
 //
 // A build's container has a fresh, private rootfs (Kaniko unpacks the base
 // image into its /) under Options.StateDir/<build ID>, the build context
-// bind-mounted read-only at /workspace, its own PID, mount, IPC, UTS and
+// bind-mounted read-only at /workspace, the build's secrets (Spec.Secrets)
+// bind-mounted read-only at /run/secrets, its own PID, mount, IPC, UTS and
 // network namespaces and its own cgroup. The executor runs as root, as
 // Kaniko requires, without a user namespace, with Docker's default
 // capabilities less NET_RAW and NET_BIND_SERVICE, under Docker's default
