@@ -49,6 +49,18 @@ func (a *api) checkBindings(ctx context.Context, img image.Image) error {
 			return bindingError(fmt.Sprintf("destinations[%d].credential", i), err)
 		}
 	}
+	for i, name := range img.Secrets {
+		c, err := a.Store.GetCredential(ctx, img.Workspace, name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := c.CheckSecret(); err != nil {
+			return bindingError(fmt.Sprintf("secrets[%d]", i), err)
+		}
+	}
 	if g := img.Context.Git; img.Context.Type == image.ContextGit && g != nil && g.Credential != "" {
 		c, err := a.Store.GetCredential(ctx, img.Workspace, g.Credential)
 		if errors.Is(err, store.ErrNotFound) {

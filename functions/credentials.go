@@ -8,8 +8,10 @@ import (
 )
 
 // credentialBody is a credential as PUT: a registry's username and password,
-// or a Git host's username and token. Each names the one host it is sent to:
-// the registry, or (for git) host.
+// a Git host's username and token, or a build secret's value. A registry or
+// git credential names the one host it is sent to: the registry, or (for
+// git) host; a secret is sent nowhere, only mounted for the builds of the
+// images that name it.
 type credentialBody struct {
 	Kind     string `json:"kind"`
 	Registry string `json:"registry"`
@@ -17,13 +19,35 @@ type credentialBody struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
 	Token    string `json:"token"`
+	Value    string `json:"value"`
 }
+
+// Limits of a build secret's value: at least as long as the log redactor
+// replaces (pkg/secret), at most what a build mounts.
+const (
+	minSecretValue = 6
+	maxSecretValue = 64 << 10
+)
 
 func (c credentialBody) validate() error {
 	bad := func(format string, args ...any) error {
 		return errorf(http.StatusBadRequest, "invalid_argument", format, args...)
 	}
+	if c.Kind != "secret" && c.Value != "" {
+		return bad("value is a secret credential's; a %s credential has none", c.Kind)
+	}
 	switch c.Kind {
+	case "secret":
+		if c.Registry != "" || c.Host != "" || c.Username != "" || c.Password != "" || c.Token != "" {
+			return bad("a secret credential has a value only")
+		}
+		if len(c.Value) < minSecretValue {
+			return bad("a secret credential needs a value of at least %d bytes (shorter ones could not be told apart from other text in the build log, so would not be redacted from it)", minSecretValue)
+		}
+		if len(c.Value) > maxSecretValue {
+			return bad("a secret's value is at most %d bytes", maxSecretValue)
+		}
+		return nil
 	case "registry":
 		if c.Registry == "" || c.Password == "" {
 			return bad("a registry credential needs registry and password")
@@ -45,7 +69,7 @@ func (c credentialBody) validate() error {
 			return bad("host: %v", err)
 		}
 	default:
-		return bad("kind must be \"registry\" or \"git\"")
+		return bad("kind must be \"registry\", \"git\" or \"secret\"")
 	}
 	if len(c.Username) > 256 || len(c.Password) > 8192 || len(c.Token) > 8192 || len(c.Registry) > 256 || len(c.Host) > 256 {
 		return bad("credential fields are too long")
@@ -82,7 +106,7 @@ func (a *api) putCredential(w http.ResponseWriter, r *http.Request) error {
 	if err := body.validate(); err != nil {
 		return err
 	}
-	secret := body.Password + body.Token
+	secret := body.Password + body.Token + body.Value
 	sealed, err := a.Sealer.Seal(secret)
 	if err != nil {
 		return err

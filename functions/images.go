@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,9 @@ type ImageView struct {
 	Context      image.Context       `json:"context"`
 	History      HistoryView         `json:"history"`
 	Destinations []image.Destination `json:"destinations"`
+	BuildArgs    map[string]string   `json:"build_args"`
+	Secrets      []string            `json:"secrets"`
+	Target       *string             `json:"target"`
 	Reference    *string             `json:"reference"`
 	LatestBuild  *build.View         `json:"latest_build"`
 }
@@ -56,6 +60,16 @@ func (a *api) viewImage(img image.Image, now time.Time) ImageView {
 	if v.Destinations == nil {
 		v.Destinations = []image.Destination{}
 	}
+	v.BuildArgs, v.Secrets = img.BuildArgs, img.Secrets
+	if v.BuildArgs == nil {
+		v.BuildArgs = map[string]string{}
+	}
+	if v.Secrets == nil {
+		v.Secrets = []string{}
+	}
+	if img.Target != "" {
+		v.Target = &img.Target
+	}
 	if img.Reference != "" {
 		ref := img.Reference
 		if _, digest, ok := strings.Cut(ref, "@"); ok && a.Content != nil && strings.HasPrefix(ref, a.Registry+"/") {
@@ -76,6 +90,10 @@ type imageBody struct {
 	Description  *string              `json:"description"`
 	Context      *image.Context       `json:"context"`
 	Destinations *[]image.Destination `json:"destinations"`
+	BuildArgs    *map[string]string   `json:"build_args"`
+	Secrets      *[]string            `json:"secrets"`
+	// Target is a stage name; null or "" is the last stage.
+	Target *string `json:"target"`
 }
 
 func (b imageBody) applyTo(img *image.Image) {
@@ -90,6 +108,21 @@ func (b imageBody) applyTo(img *image.Image) {
 	}
 	if b.Destinations != nil {
 		img.Destinations = *b.Destinations
+	}
+	if b.BuildArgs != nil {
+		img.BuildArgs = *b.BuildArgs
+		if len(img.BuildArgs) == 0 {
+			img.BuildArgs = nil
+		}
+	}
+	if b.Secrets != nil {
+		img.Secrets = *b.Secrets
+		if len(img.Secrets) == 0 {
+			img.Secrets = nil
+		}
+	}
+	if b.Target != nil {
+		img.Target = *b.Target
 	}
 }
 
@@ -130,12 +163,18 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 
 func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	ws := r.PathValue("ws")
-	if _, _, err := a.workspaceRole(r.Context(), ws); err != nil {
+	_, role, err := a.workspaceRole(r.Context(), ws)
+	if err != nil {
 		return err
 	}
 	var body imageBody
 	if err := decode(r, &body); err != nil {
 		return err
+	}
+	// What an image's secrets name is mounted into its builds: the
+	// owner's to choose.
+	if body.Secrets != nil && len(*body.Secrets) > 0 && role != store.RoleOwner {
+		return errorf(http.StatusForbidden, "forbidden", "only the workspace's owner may name secrets for an image's builds")
 	}
 	now, user := a.Now(), subject(r.Context())
 	img := image.Image{
@@ -195,7 +234,7 @@ func ifMatch(r *http.Request, version int64) error {
 }
 
 func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
-	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -211,6 +250,9 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	next := img
 	body.applyTo(&next)
+	if !slices.Equal(next.Secrets, img.Secrets) && role != store.RoleOwner {
+		return errorf(http.StatusForbidden, "forbidden", "only the workspace's owner may change an image's secrets")
+	}
 	if err := image.Validate(next, a.Rules); err != nil {
 		return err
 	}

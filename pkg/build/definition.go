@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -16,12 +17,17 @@ import (
 // It is the image's context in the same JSON shape: the Dockerfile text of a
 // local context, or a git context's repository URL, ref, dir and the name of
 // its credential. The image's name, description and destinations are not
-// part of it: they do not change what is built. (Build arguments and a
-// target, when images have them, belong here: they change what is built.)
+// part of it: they do not change what is built. Build arguments, the names
+// of the secrets a build mounts and the target stage are: they do. (Empty
+// ones are left out of the JSON, so a definition without them keeps the
+// digest it had before images had them.)
 type Definition struct {
-	Type       string         `json:"type"`
-	Dockerfile string         `json:"dockerfile,omitempty"`
-	Git        *GitDefinition `json:"git,omitempty"`
+	Type       string            `json:"type"`
+	Dockerfile string            `json:"dockerfile,omitempty"`
+	Git        *GitDefinition    `json:"git,omitempty"`
+	BuildArgs  map[string]string `json:"build_args,omitempty"`
+	Secrets    []string          `json:"secrets,omitempty"`
+	Target     string            `json:"target,omitempty"`
 }
 
 // GitDefinition is a git context's part of a Definition.
@@ -50,21 +56,36 @@ func digestOf(v any) string {
 
 // Text is the definition as the lines a diff compares: a local context's
 // Dockerfile as it is, a git context as "git URL", "ref REF", "dir DIR" and
-// "credential NAME" lines (the empty ones left out).
+// "credential NAME" lines (the empty ones left out); then, when there are
+// any, "--build-arg K=V" lines by name, "--secret NAME" lines and a
+// "--target STAGE" line.
 func (d Definition) Text() string {
-	if d.Git == nil {
-		return d.Dockerfile
-	}
 	var sb strings.Builder
 	line := func(key, v string) {
 		if v != "" {
 			fmt.Fprintf(&sb, "%s %s\n", key, v)
 		}
 	}
-	line("git", d.Git.URL)
-	line("ref", d.Git.Ref)
-	line("dir", d.Git.Dir)
-	line("credential", d.Git.Credential)
+	if d.Git == nil {
+		sb.WriteString(d.Dockerfile)
+		if len(d.BuildArgs)+len(d.Secrets) > 0 || d.Target != "" {
+			if d.Dockerfile != "" && !strings.HasSuffix(d.Dockerfile, "\n") {
+				sb.WriteString("\n")
+			}
+		}
+	} else {
+		line("git", d.Git.URL)
+		line("ref", d.Git.Ref)
+		line("dir", d.Git.Dir)
+		line("credential", d.Git.Credential)
+	}
+	for _, k := range slices.Sorted(maps.Keys(d.BuildArgs)) {
+		line("--build-arg", k+"="+d.BuildArgs[k])
+	}
+	for _, n := range d.Secrets {
+		line("--secret", n)
+	}
+	line("--target", d.Target)
 	return sb.String()
 }
 
@@ -114,9 +135,6 @@ type Inputs struct {
 	Commit string `json:"commit,omitempty"`
 	// Bases are the digests the FROM lines resolved to, when known.
 	Bases []Base `json:"bases,omitempty"`
-	// BuildArgs are the build arguments passed to the executor, when the
-	// image has any.
-	BuildArgs map[string]string `json:"build_args,omitempty"`
 	// Executor identifies the executor that ran the build (its version).
 	Executor string `json:"executor"`
 }
@@ -136,7 +154,8 @@ func (in Inputs) Digest() string {
 
 // Inputs collects build b's inputs from its record: its definition, its
 // commit, and executor, the identity of the executor that ran it. Callers
-// that know the build's base digests or build arguments add them.
+// that know the build's base digests add them (its build arguments are in
+// its definition).
 func (b *Build) Inputs(executor string) Inputs {
 	in := Inputs{Executor: executor}
 	if b.Definition != nil {

@@ -42,6 +42,11 @@ func TestDiff(t *testing.T) {
 	if got, err := Diff(a, a, "x", "y"); got != "" || err != nil {
 		t.Fatalf("diff of equal definitions: %q %v", got, err)
 	}
+	args := Definition{Type: "local", Dockerfile: "FROM a", BuildArgs: map[string]string{"V": "1"}, Target: "t"}
+	argsDiff, _ := Diff(args, Definition{Type: "local", Dockerfile: "FROM a", BuildArgs: map[string]string{"V": "2"}, Target: "t"}, "build 1", "build 2")
+	if strings.Contains(argsDiff, "-FROM a") || !strings.Contains(argsDiff, "---build-arg V=1\n+--build-arg V=2\n") {
+		t.Fatalf("build argument diff:\n%s", argsDiff)
+	}
 	git := Definition{Type: "git", Git: &GitDefinition{URL: "u", Ref: "main"}}
 	got, _ = Diff(git, Definition{Type: "git", Git: &GitDefinition{URL: "u", Ref: "dev"}}, "build 1", "build 2")
 	if !strings.Contains(got, "-ref main\n+ref dev\n") {
@@ -51,9 +56,8 @@ func TestDiff(t *testing.T) {
 
 func TestInputsDigest(t *testing.T) {
 	base := Inputs{
-		Definition: Definition{Type: "local", Dockerfile: "FROM a\n"}, Executor: "Kaniko version :  v1.25.6",
-		Bases:     []Base{{Ref: "a", Digest: "sha256:1"}, {Ref: "b", Digest: "sha256:2"}},
-		BuildArgs: map[string]string{"X": "1", "Y": "2"},
+		Definition: Definition{Type: "local", Dockerfile: "FROM a\n", BuildArgs: map[string]string{"X": "1", "Y": "2"}}, Executor: "Kaniko version :  v1.25.6",
+		Bases: []Base{{Ref: "a", Digest: "sha256:1"}, {Ref: "b", Digest: "sha256:2"}},
 	}
 	reordered := base
 	reordered.Bases = []Base{base.Bases[1], base.Bases[0]}
@@ -67,7 +71,8 @@ func TestInputsDigest(t *testing.T) {
 		"definition": func(in *Inputs) { in.Definition.Dockerfile = "FROM b\n" },
 		"commit":     func(in *Inputs) { in.Commit = "abc" },
 		"base":       func(in *Inputs) { in.Bases = []Base{{Ref: "a", Digest: "sha256:3"}, base.Bases[1]} },
-		"build args": func(in *Inputs) { in.BuildArgs = map[string]string{"X": "1", "Y": "3"} },
+		"build args": func(in *Inputs) { in.Definition.BuildArgs = map[string]string{"X": "1", "Y": "3"} },
+		"target":     func(in *Inputs) { in.Definition.Target = "t" },
 		"executor":   func(in *Inputs) { in.Executor = "Kaniko version :  v1.25.7" },
 	} {
 		in := base
@@ -80,7 +85,7 @@ func TestInputsDigest(t *testing.T) {
 	commit := "abc"
 	b := Build{Definition: &base.Definition, Commit: &commit}
 	in := b.Inputs("v1")
-	if in.Definition != base.Definition || in.Commit != "abc" || in.Executor != "v1" {
+	if in.Definition.Digest() != base.Definition.Digest() || in.Commit != "abc" || in.Executor != "v1" {
 		t.Fatalf("inputs of a build: %+v", in)
 	}
 	b.RecordInputs(in)

@@ -27,6 +27,16 @@ type Spec struct {
 	InsecureRegistries []string
 	// CacheRepo, when set, enables Kaniko's layer cache in that repository.
 	CacheRepo string
+	// BuildArgs are the Dockerfile's build arguments, NAME=VALUE, in a
+	// stable order: plain values, passed as --build-arg.
+	BuildArgs []string
+	// Target, when set, is the stage built and pushed (--target).
+	Target string
+	// Secrets are the build's secrets by id: runners mount each read-only
+	// at /run/secrets/ID (image.SecretsDir) for the build's RUN steps,
+	// outside every snapshot, keep them only for the build's lifetime and
+	// redact them from the log.
+	Secrets map[string][]byte
 	// Limits bound the build's resources and duration.
 	Limits Limits
 	// Reproducible strips timestamps from the image (Kaniko's
@@ -93,6 +103,8 @@ type Runner interface {
 //     and pushes;
 //   - --cache=true and --cache-repo spec.CacheRepo when that is set;
 //   - --reproducible when spec.Reproducible is set.
+//   - --build-arg for each of spec.BuildArgs, and --target spec.Target
+//     when that is set.
 //
 // The executor's own path, when the runner needs it first, is not included.
 func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string {
@@ -118,6 +130,12 @@ func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string
 	}
 	if spec.Reproducible {
 		args = append(args, "--reproducible")
+	}
+	for _, a := range spec.BuildArgs {
+		args = append(args, "--build-arg", a)
+	}
+	if spec.Target != "" {
+		args = append(args, "--target", spec.Target)
 	}
 	return args
 }

@@ -103,6 +103,10 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	if err == nil {
 		err = c.pods.Create(ctx, spec, src)
 	}
+	if d, ok := errors.AsType[*definitionError](err); ok {
+		c.settle(ctx, r, func(b *build.Build) error { return b.Fail(build.ReasonDockerfile, d.msg, c.o.Now()) })
+		return nil
+	}
 	if err != nil {
 		c.settle(ctx, r, func(b *build.Build) error {
 			if bpe, ok := errors.AsType[*basePullError](err); ok {
@@ -113,6 +117,12 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	}
 	return nil
 }
+
+// definitionError is a build that cannot run as defined: its Dockerfile
+// or a secret it names (reason dockerfile).
+type definitionError struct{ msg string }
+
+func (e *definitionError) Error() string { return e.msg }
 
 // prepare is the cluster's build spec: Kaniko pushes to the internal
 // registry alone, with the build's own credential; the docker config holds
@@ -126,11 +136,18 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	spec := baseSpec(c.o, img, b)
 	var src kube.ContextSource
 	var bases []name.Reference
-	def := buildContext(img, b)
+	img = asBuilt(img, b)
+	def := img.Context
 	switch def.Type {
 	case image.ContextLocal:
+		// SAVE checked it; a definition saved before a check existed
+		// is checked here. A git context's Dockerfile is fetched by the
+		// pod itself, so only SAVE's checks of its inputs apply there.
+		if err := image.CheckDockerfile(def.Dockerfile, img.Inputs()); err != nil {
+			return spec, src, &definitionError{dockerfileProblem(err)}
+		}
 		src.Dockerfile = def.Dockerfile
-		bases = image.BaseImages(def.Dockerfile)
+		bases = image.BaseImagesWith(def.Dockerfile, img.BuildArgs)
 	case image.ContextGit:
 		g := *def.Git
 		src.Git = &g
@@ -142,6 +159,14 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 			src.GitToken = auth.Token
 		}
 	}
+	secrets, problem, err := buildSecrets(ctx, c.o, img)
+	switch {
+	case err != nil:
+		return spec, src, err
+	case problem != "":
+		return spec, src, &definitionError{problem}
+	}
+	spec.Secrets = secrets
 	// Private bases: pull tokens, never the credential.
 	pulls, err := basePulls(ctx, c.o, img.Workspace, bases, nopNotes{})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -439,14 +440,15 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	if err != nil {
 		return d.fail(build.ReasonInternal, "reading the image: %v", err), false
 	}
+	img = asBuilt(img, b)
 	var auth *gitctx.Auth
-	if g := buildContext(img, b).Git; g != nil {
+	if g := img.Context.Git; g != nil {
 		if auth, err = gitAuth(ctx, d.o, img.Workspace, *g); err != nil {
 			log.Notef("%v", err)
 			return d.fail(build.ReasonGit, "%v", err), false
 		}
 	}
-	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: buildContext(img, b), Auth: auth, Log: log})
+	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
 	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
 		return d.fail(f.Reason, "%s", f.Message), false
 	}
@@ -468,7 +470,27 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
-	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImages(dockerfile), log)
+	// What SAVE checks of a local Dockerfile, checked again on the one
+	// fetched (a git context's is seen here first): the executor would
+	// drop or mis-build what this refuses.
+	if err := image.CheckDockerfile(dockerfile, img.Inputs()); err != nil {
+		reason := build.ReasonDockerfile
+		if errors.Is(err, image.ErrParserPanic) {
+			reason = build.ReasonInternal
+		}
+		log.Notef("the Dockerfile cannot be built: %s", dockerfileProblem(err))
+		return d.fail(reason, "%s", dockerfileProblem(err)), false
+	}
+	secrets, problem, err := buildSecrets(ctx, d.o, img)
+	switch {
+	case err != nil:
+		return d.fail(build.ReasonInternal, "opening the build's secrets: %v", err), false
+	case problem != "":
+		log.Notef("%s", problem)
+		return d.fail(build.ReasonDockerfile, "%s", problem), false
+	}
+	spec.Secrets = secrets
+	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImagesWith(dockerfile, img.BuildArgs), log)
 	if bpe, ok := errors.AsType[*basePullError](err); ok {
 		log.Notef("%v", bpe)
 		return d.fail(build.ReasonBaseImage, "%v", bpe), false
@@ -501,14 +523,14 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	return d.o.built(img, func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }), true
 }
 
-// buildContext is what build b of img builds: the definition it was
-// created with, or, for a build stored before builds kept theirs, the
-// image's current context.
-func buildContext(img image.Image, b build.Build) image.Context {
+// asBuilt is img as build b builds it: the definition b was created with
+// (its context, build arguments, secrets and target), or, for a build
+// stored before builds kept theirs, img as it is.
+func asBuilt(img image.Image, b build.Build) image.Image {
 	if b.Definition != nil {
-		return image.ContextOf(*b.Definition)
+		return img.AsBuilt(*b.Definition)
 	}
-	return img.Context
+	return img
 }
 
 // built wraps the ending of a build that produced an image: after end, the
@@ -541,7 +563,48 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	if o.Cache {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
+	for _, k := range slices.Sorted(maps.Keys(img.BuildArgs)) {
+		spec.BuildArgs = append(spec.BuildArgs, k+"="+img.BuildArgs[k])
+	}
+	spec.Target = img.Target
 	return spec
+}
+
+// buildSecrets opens the workspace's secret credentials that img names,
+// by name: a build mounts them. One missing, or of another kind, fails the
+// build before anything runs, with problem saying why.
+func buildSecrets(ctx context.Context, o Options, img image.Image) (secrets map[string][]byte, problem string, err error) {
+	if len(img.Secrets) == 0 {
+		return nil, "", nil
+	}
+	out := make(map[string][]byte, len(img.Secrets))
+	for _, n := range img.Secrets {
+		c, err := o.Store.GetCredential(ctx, img.Workspace, n)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Sprintf("the image's secret %q does not exist in this workspace: store it as a credential of kind secret", n), nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		if err := c.CheckSecret(); err != nil {
+			return nil, fmt.Sprintf("not mounting the image's secret %q: %v", n, err), nil
+		}
+		v, err := o.Secrets.Open(c.Secret)
+		if err != nil {
+			return nil, "", err
+		}
+		out[n] = []byte(v)
+	}
+	return out, "", nil
+}
+
+// dockerfileProblem is a CheckDockerfile error as a build's failure
+// message: "Dockerfile line N: ...".
+func dockerfileProblem(err error) string {
+	if inv, ok := errors.AsType[*image.InvalidError](err); ok && inv.Line > 0 {
+		return fmt.Sprintf("Dockerfile line %d: %s", inv.Line, inv.Message)
+	}
+	return err.Error()
 }
 
 func internalTag(o Options, img image.Image) string { return o.Registry + "/" + img.Name + ":latest" }

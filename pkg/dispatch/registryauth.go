@@ -33,7 +33,7 @@ func withBuildCredential(ctx context.Context, o Options, cfg []byte, img image.I
 		return cfg, nil
 	}
 	var bases []string
-	for _, ref := range image.BaseImages(dockerfile) {
+	for _, ref := range image.BaseImagesWith(dockerfile, img.BuildArgs) {
 		if ref.Context().RegistryStr() == o.Registry {
 			bases = append(bases, ref.Context().RepositoryStr())
 		}

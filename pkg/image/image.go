@@ -68,6 +68,16 @@ type Image struct {
 	Description  string
 	Context      Context
 	Destinations []Destination
+	// BuildArgs are the values of the Dockerfile's ARGs that every build
+	// passes the executor (--build-arg NAME=VALUE): plain values, shown by
+	// the API, never for secrets.
+	BuildArgs map[string]string
+	// Secrets name the workspace credentials of kind secret that a build
+	// mounts for RUN --mount=type=secret,id=NAME (at /run/secrets/NAME).
+	Secrets []string
+	// Target, when set, is the Dockerfile stage a build builds and pushes
+	// (the executor's --target); "" is the last stage.
+	Target string
 
 	Created  Stamp
 	Modified Stamp
@@ -95,11 +105,20 @@ type Image struct {
 
 // Definition is the image's build definition: what a build of it builds.
 func (img *Image) Definition() build.Definition {
-	d := build.Definition{Type: img.Context.Type, Dockerfile: img.Context.Dockerfile}
+	d := build.Definition{Type: img.Context.Type, Dockerfile: img.Context.Dockerfile,
+		BuildArgs: img.BuildArgs, Secrets: img.Secrets, Target: img.Target}
 	if g := img.Context.Git; g != nil {
 		d.Git = &build.GitDefinition{URL: g.URL, Ref: g.Ref, Dir: g.Dir, Credential: g.Credential}
 	}
 	return d
+}
+
+// AsBuilt is img as definition d builds it: d's context, build arguments,
+// secrets and target in place of img's current ones.
+func (img Image) AsBuilt(d build.Definition) Image {
+	img.Context = ContextOf(d)
+	img.BuildArgs, img.Secrets, img.Target = d.BuildArgs, d.Secrets, d.Target
+	return img
 }
 
 // ContextOf is the context a build definition builds.
@@ -126,15 +145,29 @@ func (img *Image) Status() Status {
 
 // Edit applies a change by user at time now. The version increases on
 // every change; the definition revision and history's modified stamp only
-// when the build definition changes (not the name, the description or the
-// destinations).
+// when the build definition changes (its context, build arguments, secrets'
+// names and target; not the name, the description or the destinations).
 func (img *Image) Edit(next Image, user string, now time.Time) {
 	definitionChanged := next.Definition().Digest() != img.Definition().Digest()
 	img.Name, img.Description = next.Name, next.Description
 	img.Context, img.Destinations = next.Context, next.Destinations
+	img.BuildArgs, img.Secrets, img.Target = next.BuildArgs, next.Secrets, next.Target
 	img.Version++
 	if definitionChanged {
 		img.DefinitionRev++
 		img.Modified = Stamp{By: user, At: now}
 	}
+}
+
+// Inputs are what a build passes the executor beside its context: the
+// build arguments, the secrets' names and the target stage.
+type Inputs struct {
+	BuildArgs map[string]string
+	Secrets   []string
+	Target    string
+}
+
+// Inputs returns img's build inputs.
+func (img *Image) Inputs() Inputs {
+	return Inputs{BuildArgs: img.BuildArgs, Secrets: img.Secrets, Target: img.Target}
 }

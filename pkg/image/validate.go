@@ -347,14 +347,28 @@ func Validate(img Image, rules Rules) error {
 			return invalid("context.git.credential", "%v", err.(*InvalidError).Message)
 		}
 	}
-	return ValidateDestinations(img.Destinations)
+	if err := ValidateDestinations(img.Destinations); err != nil {
+		return err
+	}
+	if err := ValidateInputs(img.Inputs()); err != nil {
+		return err
+	}
+	// A git context's Dockerfile is checked when a build has fetched it.
+	if img.Context.Type == ContextLocal {
+		return CheckDockerfile(img.Context.Dockerfile, img.Inputs())
+	}
+	return nil
 }
 
 // BaseImages lists the images a Dockerfile's FROM instructions pull, as
-// written after expanding the global ARGs' defaults (the build passes no
-// build arguments). Stage references, scratch, and bases that do not expand
-// to a valid reference are left out.
-func BaseImages(dockerfile string) []name.Reference {
+// written after expanding the global ARGs' defaults. Stage references,
+// scratch, and bases that do not expand to a valid reference are left out.
+func BaseImages(dockerfile string) []name.Reference { return BaseImagesWith(dockerfile, nil) }
+
+// BaseImagesWith is BaseImages for a build with buildArgs: a build
+// argument sets the global ARG of its name, as the executor's --build-arg
+// does.
+func BaseImagesWith(dockerfile string, buildArgs map[string]string) []name.Reference {
 	stages, metaArgs, escape, err := parseDockerfileArgs(dockerfile)
 	if err != nil {
 		return nil
@@ -362,7 +376,9 @@ func BaseImages(dockerfile string) []name.Reference {
 	var env []string
 	for _, a := range metaArgs {
 		for _, kv := range a.Args {
-			if kv.Value != nil {
+			if v, ok := buildArgs[kv.Key]; ok {
+				env = append(env, kv.Key+"="+v)
+			} else if kv.Value != nil {
 				env = append(env, kv.Key+"="+*kv.Value)
 			}
 		}

@@ -320,6 +320,10 @@ func TestBaseImages(t *testing.T) {
 	if strings.Join(got, "|") != want {
 		t.Fatalf("BaseImages = %q, want %q", strings.Join(got, "|"), want)
 	}
+	args := BaseImagesWith("ARG HOST=127.0.0.1:8080\nARG BASE\nFROM $BASE\nFROM $HOST/x\n", map[string]string{"BASE": "127.0.0.1:8080/library/busybox", "HOST": "ghcr.io"})
+	if len(args) != 2 || args[0].Context().RepositoryStr() != "library/busybox" || args[1].Context().RegistryStr() != "ghcr.io" {
+		t.Fatalf("BaseImagesWith = %v", args)
+	}
 	if BaseImages("FROM\n") != nil {
 		t.Fatal("an invalid Dockerfile has bases")
 	}

@@ -80,6 +80,16 @@ func (c Credential) CheckRegistry(reference string) error {
 	return nil
 }
 
+// CheckSecret reports whether c may be mounted as a build secret: it must
+// be a credential of kind secret (a registry password or a git token is
+// never put inside a build).
+func (c Credential) CheckSecret() error {
+	if c.Kind != "secret" {
+		return fmt.Errorf("%w: %q is a %s credential, not a secret credential", ErrCredentialKind, c.Name, c.Kind)
+	}
+	return nil
+}
+
 // CheckGit reports whether c may authenticate a fetch from the git URL
 // rawURL: it must be a git credential whose host is the URL's host and
 // port (a host without a port stands for the scheme's default port).

@@ -18,6 +18,9 @@ type imageDoc struct {
 	Description   string              `json:"description"`
 	Context       image.Context       `json:"context"`
 	Destinations  []image.Destination `json:"destinations"`
+	BuildArgs     map[string]string   `json:"build_args,omitempty"`
+	Secrets       []string            `json:"secrets,omitempty"`
+	Target        string              `json:"target,omitempty"`
 	Created       image.Stamp         `json:"created"`
 	Modified      image.Stamp         `json:"modified"`
 	Built         *image.Stamp        `json:"built"`
@@ -62,6 +65,7 @@ func marshal(v any) (string, error) {
 func EncodeImage(img image.Image) (string, error) {
 	d := imageDoc{
 		ID: img.ID, Description: img.Description, Context: img.Context, Destinations: img.Destinations,
+		BuildArgs: img.BuildArgs, Secrets: img.Secrets, Target: img.Target,
 		Created: img.Created, Modified: img.Modified, Built: img.Built,
 		DefinitionRev: img.DefinitionRev, BuiltRev: img.BuiltRev, BuiltDefinition: img.BuiltDefinition,
 		Reference: img.Reference,
@@ -87,6 +91,7 @@ func DecodeImage(doc string) (image.Image, error) {
 	}
 	img := image.Image{
 		ID: d.ID, Description: d.Description, Context: d.Context, Destinations: d.Destinations,
+		BuildArgs: d.BuildArgs, Secrets: d.Secrets, Target: d.Target,
 		Created: d.Created, Modified: d.Modified, Built: d.Built,
 		DefinitionRev: d.DefinitionRev, BuiltRev: d.BuiltRev, BuiltDefinition: d.BuiltDefinition,
 		Reference: d.Reference,

@@ -62,7 +62,7 @@ func (ws *Workspace) RoleOf(user string) Role {
 type Credential struct {
 	Workspace string `json:"-"`
 	Name      string `json:"name"`
-	Kind      string `json:"kind"` // "registry" or "git"
+	Kind      string `json:"kind"` // "registry", "git" or "secret"
 	Registry  string `json:"registry,omitempty"`
 	// Host is a git credential's HOST[:PORT], the only host it is sent to
 	// (see CheckGit); empty on git credentials stored before hosts

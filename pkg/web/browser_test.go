@@ -398,6 +398,28 @@ func TestBrowser(t *testing.T) {
 		tb.screenshot("editor-invalid-line", 1280)
 	})
 
+	t.Run("build options: arguments and target saved, a bad target marked", func(t *testing.T) {
+		id := s.createImage("ws1", "alice", "team/options", "", "FROM busybox:1 AS base\nARG V\nFROM base AS app\n")
+		tb := openTab(t, browser, s, "alice", "ws1", false, time.Minute)
+		tb.openImage(id, "team/options")
+		tb.do(chromedp.SendKeys(chromedp.CSS("#f-build-args"), "V=1\nPIP_INDEX_URL=https://pypi.example/simple"),
+			chromedp.SendKeys(chromedp.CSS("#f-target"), "nostage"))
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`!document.querySelector("#f-target-error").hidden`, "the target's error", 10*time.Second)
+		if msg := tb.text("#f-target-error"); !strings.Contains(msg, "base, app") {
+			t.Errorf("the target's error says %q, want the stages", msg)
+		}
+		var ok bool
+		tb.eval(`(() => { const i = document.querySelector("#f-target"); i.value = "base"; i.dispatchEvent(new Event("input")); return true })()`, &ok)
+		tb.click(`[data-action="save"]`)
+		tb.waitFor(`document.querySelector("#f-target-error").hidden && document.querySelector(".dirty-note").hidden`, "saved", 10*time.Second)
+		_, _, img := s.call("GET", "/api/v1/images/"+id, "alice", nil)
+		args, _ := img["build_args"].(map[string]any)
+		if img["target"] != "base" || args["V"] != "1" || args["PIP_INDEX_URL"] != "https://pypi.example/simple" {
+			t.Errorf("saved: target %v, build_args %v", img["target"], img["build_args"])
+		}
+	})
+
 	t.Run("build and watch the log stream to a green tile", func(t *testing.T) {
 		requireBuilds(t)
 		s.PushBase()

@@ -26,8 +26,29 @@ function definition(img) {
       ? { type: "git", git: compact({ url: git.url || "", ref: git.ref || "", dir: git.dir || "", credential: git.credential || "" }, ["url"]) }
       : { type: "local", dockerfile: c.dockerfile || "" },
     destinations: (img.destinations || []).map((d) => compact({ reference: d.reference || "", credential: d.credential || "" }, ["reference"])),
+    build_args: sortedArgs(img.build_args || {}),
+    secrets: [...(img.secrets || [])],
+    target: img.target || "",
   };
 }
+
+// sortedArgs is build arguments in a stable key order, for comparison.
+function sortedArgs(o) {
+  return Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+// The build inputs as the form shows them: NAME=value lines, names.
+const argsText = (args) => Object.entries(args).map(([k, v]) => `${k}=${v}`).join("\n");
+function parseArgs(text) {
+  const out = {};
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    const i = line.indexOf("=");
+    out[(i < 0 ? line : line.slice(0, i)).trim()] = i < 0 ? "" : line.slice(i + 1);
+  }
+  return sortedArgs(out);
+}
+const parseNames = (text) => text.split(/[\s,]+/).filter(Boolean);
 
 // compact drops empty optional fields.
 function compact(o, keep) {
@@ -38,7 +59,8 @@ function compact(o, keep) {
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
-const FIELD_LABELS = { name: "name", description: "description", context: "build context", destinations: "destinations" };
+const FIELD_LABELS = { name: "name", description: "description", context: "build context", destinations: "destinations", build_args: "build arguments", secrets: "secrets", target: "target stage" };
+const FIELDS = Object.keys(FIELD_LABELS);
 
 export function renderImage(main, ctx, id) {
   const isNew = id === "new";
@@ -99,6 +121,14 @@ export function renderImage(main, ctx, id) {
   const diffCard = h("section", { class: "card card-diff", "aria-labelledby": "diff-title", hidden: isNew },
     h("h2", { id: "diff-title" }, "Changes since the last successful build"), diffBody);
 
+  // ---- Build options ----
+  const argsInput = h("textarea", { id: "f-build-args", "data-field": "build_args", rows: "3", spellcheck: "false", placeholder: "PYTHON_VERSION=3.12", "aria-describedby": "f-build-args-help f-build-args-error" });
+  const argsError = h("p", { id: "f-build-args-error", class: "field-error", hidden: true });
+  const targetInput = h("input", { id: "f-target", "data-field": "target", autocomplete: "off", spellcheck: "false", placeholder: "the last stage", "aria-describedby": "f-target-error" });
+  const targetError = h("p", { id: "f-target-error", class: "field-error", hidden: true });
+  const secretsInput = h("input", { id: "f-secrets", "data-field": "secrets", autocomplete: "off", spellcheck: "false", placeholder: "hf-token", "aria-describedby": "f-secrets-help f-secrets-error" });
+  const secretsError = h("p", { id: "f-secrets-error", class: "field-error", hidden: true });
+
   // ---- Side ----
   const statusCard = h("div", { class: "status-card", "data-testid": "status" });
   const historyList = h("dl", { class: "history" });
@@ -133,6 +163,14 @@ export function renderImage(main, ctx, id) {
           h("div", { class: "card-head" }, h("h2", { id: "dest-title" }, "Destinations"), addDest),
           h("p", { class: "muted small" }, "Every build is pushed to the workspace's registry and to each destination, with the named registry credential."),
           destList, destError),
+        h("section", { class: "card", "aria-labelledby": "opts-title" },
+          h("h2", { id: "opts-title" }, "Build options"),
+          h("div", { class: "field" }, h("label", { for: "f-build-args" }, "Build arguments"), argsInput,
+            h("p", { class: "help", id: "f-build-args-help" }, "One NAME=value per line, for the Dockerfile's ARGs. Plain values, shown to every member: not for secrets."), argsError),
+          h("div", { class: "field-grid" },
+            h("div", { class: "field" }, h("label", { for: "f-target" }, "Target stage"), targetInput, targetError),
+            h("div", { class: "field" }, h("label", { for: "f-secrets" }, "Secrets"), secretsInput,
+              h("p", { class: "help", id: "f-secrets-help" }, "Secret credentials, by name, for RUN --mount=type=secret,id=NAME (at /run/secrets/NAME). Only the owner changes them."), secretsError))),
         buildsSlot),
       h("aside", { class: "col-side", "aria-label": "Status and history" },
         h("section", { class: "card card-status", "aria-labelledby": "status-title" }, h("h2", { id: "status-title" }, "Status"), statusCard),
@@ -202,10 +240,16 @@ export function renderImage(main, ctx, id) {
         ? { type: "git", git: compact({ url: gitUrl.value.trim(), ref: gitRef.value.trim(), dir: gitDir.value.trim(), credential: gitCred.value }, ["url"]) }
         : { type: "local", dockerfile: editor.text },
       destinations: [...destList.querySelectorAll(".dest-row")].map((li) => compact({ reference: li.querySelector("input").value.trim(), credential: li.querySelector("select").value }, ["reference"])),
+      build_args: parseArgs(argsInput.value),
+      secrets: parseNames(secretsInput.value),
+      target: targetInput.value.trim(),
     };
   }
 
-  function fill(def, fields = ["name", "description", "context", "destinations"]) {
+  function fill(def, fields = FIELDS) {
+    if (fields.includes("build_args")) argsInput.value = argsText(def.build_args);
+    if (fields.includes("secrets")) secretsInput.value = def.secrets.join(", ");
+    if (fields.includes("target")) targetInput.value = def.target;
     if (fields.includes("name")) nameInput.value = def.name;
     if (fields.includes("description")) descInput.value = def.description;
     if (fields.includes("context")) {
@@ -256,7 +300,8 @@ export function renderImage(main, ctx, id) {
     if (isNew) saveBtn.disabled = false;
     updateBuildState();
   }
-  for (const el of [nameInput, descInput, gitUrl, gitRef, gitDir]) el.addEventListener("input", changed);
+  for (const el of [nameInput, descInput, gitUrl, gitRef, gitDir, argsInput, targetInput, secretsInput]) el.addEventListener("input", changed);
+  if (ctx.role === "member") secretsInput.readOnly = true; // the owner's to change
   gitCred.addEventListener("change", changed);
   nameInput.addEventListener("input", () => {
     const v = nameInput.value.trim();
@@ -265,7 +310,7 @@ export function renderImage(main, ctx, id) {
   });
 
   // ---- Field errors ----
-  const errorSlots = { name: [nameInput, nameError], description: [descInput, descError], "context.git": [gitUrl, gitError], destinations: [destList, destError], "context.dockerfile": [editorHost, dockerfileError] };
+  const errorSlots = { name: [nameInput, nameError], description: [descInput, descError], "context.git": [gitUrl, gitError], destinations: [destList, destError], "context.dockerfile": [editorHost, dockerfileError], build_args: [argsInput, argsError], target: [targetInput, targetError], secrets: [secretsInput, secretsError] };
   function setFieldError(field, message) {
     const key = Object.keys(errorSlots).find((k) => field === k || field.startsWith(k + ".") || field.startsWith(k + "["));
     if (!key) return false;
@@ -433,7 +478,7 @@ export function renderImage(main, ctx, id) {
       const theirs = definition(data);
       const adopted = [];
       const both = [];
-      for (const f of ["name", "description", "context", "destinations"]) {
+      for (const f of FIELDS) {
         if (same(mine[f], oldBase[f])) {
           if (!same(theirs[f], oldBase[f])) adopted.push(f);
         } else if (!same(theirs[f], oldBase[f]) && !same(theirs[f], mine[f])) {
@@ -550,7 +595,7 @@ export function renderImage(main, ctx, id) {
   // ---- Load ----
   async function load() {
     if (isNew) {
-      const def = { name: "", description: "", context: { type: "local", dockerfile: TEMPLATE }, destinations: [] };
+      const def = { name: "", description: "", context: { type: "local", dockerfile: TEMPLATE }, destinations: [], build_args: {}, secrets: [], target: "" };
       fill(def);
       changed();
       statusCard.append(h("p", { class: "muted" }, "Not saved yet."));

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -205,7 +206,7 @@ func (r *Runner) RunWith(ctx context.Context, spec build.Spec, src ContextSource
 	if log == nil {
 		log = io.Discard
 	}
-	secrets, err := credentials(spec.DockerConfig, src.GitToken)
+	secrets, err := credentials(spec.DockerConfig, src.GitToken, slices.Collect(maps.Values(spec.Secrets))...)
 	if err != nil {
 		return build.Outcome{}, fmt.Errorf("kube: build %s: %w", spec.ID, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -1079,5 +1080,64 @@ func TestLeftoversHoldUnplacedPods(t *testing.T) {
 	}
 	if ids, err := h.r.Leftovers(); err != nil || !slices.Equal(ids, []string{"a-1"}) {
 		t.Errorf("Leftovers = %v, %v; want the unschedulable pod", ids, err)
+	}
+}
+
+// TestPodBuildSecrets: a build's secrets go into its Secret, never the pod
+// spec, and are mounted read-only at /run/secrets/ID in the Kaniko
+// container, as the runc runner mounts them; the log's redactor knows them.
+func TestPodBuildSecrets(t *testing.T) {
+	h := newHarness(t)
+	const value = "hub-token-5e1d09"
+	spec := testSpec()
+	spec.Secrets = map[string][]byte{"token": []byte(value), "pip-conf": []byte("[global]\nindex-url = https://u:p@pypi.example/simple\n")}
+	if err := h.r.Create(context.Background(), spec, ContextSource{Dockerfile: dockerfile}); err != nil {
+		t.Fatal(err)
+	}
+	p := h.pod(t)
+	assertNoSecrets(t, p)
+	if b, _ := json.Marshal(p); bytes.Contains(b, []byte(value)) {
+		t.Fatal("the pod spec holds a build secret")
+	}
+	s := h.secret(t)
+	if string(s.Data[BuildSecretPrefix+"token"]) != value || len(s.Data[BuildSecretPrefix+"pip-conf"]) == 0 {
+		t.Fatalf("the build's Secret lacks the build secrets: keys %v", slices.Collect(maps.Keys(s.Data)))
+	}
+	var mount *corev1.VolumeMount
+	for i, m := range p.Spec.Containers[0].VolumeMounts {
+		if m.MountPath == "/run/secrets" {
+			mount = &p.Spec.Containers[0].VolumeMounts[i]
+		}
+	}
+	if mount == nil || !mount.ReadOnly {
+		t.Fatalf("no read-only mount at /run/secrets: %+v", p.Spec.Containers[0].VolumeMounts)
+	}
+	var vol *corev1.Volume
+	for i, v := range p.Spec.Volumes {
+		if v.Name == mount.Name {
+			vol = &p.Spec.Volumes[i]
+		}
+	}
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != buildID || *vol.Secret.DefaultMode != 0o400 || len(vol.Secret.Items) != 2 ||
+		vol.Secret.Items[0] != (corev1.KeyToPath{Key: BuildSecretPrefix + "pip-conf", Path: "pip-conf"}) ||
+		vol.Secret.Items[1] != (corev1.KeyToPath{Key: BuildSecretPrefix + "token", Path: "token"}) {
+		t.Fatalf("secrets volume = %+v", vol)
+	}
+	secrets, err := h.r.buildSecrets(context.Background(), buildID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	r := secret.NewRedactor(&out, secrets...)
+	r.Write([]byte("echo " + value + " done"))
+	r.Flush()
+	if out.String() != "echo [redacted] done" {
+		t.Fatalf("the log's redactor of a finished pod: %q", out.String())
+	}
+	// An id that is no credential name never becomes a path.
+	spec.ID = "img1-8"
+	spec.Secrets = map[string][]byte{"../x": []byte(value)}
+	if err := h.r.Create(context.Background(), spec, ContextSource{Dockerfile: dockerfile}); err == nil {
+		t.Fatal("a secret id with a path was accepted")
 	}
 }

@@ -258,7 +258,7 @@ func (r *Runner) buildSecrets(ctx context.Context, pod string) ([][]byte, error)
 	case err != nil:
 		return nil, fmt.Errorf("kube: get secret %s: %w", pod, err)
 	}
-	secrets, err := credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey]))
+	secrets, err := credentials(s.Data[corev1.DockerConfigJsonKey], string(s.Data[GitTokenKey]), secretValues(s.Data)...)
 	if err != nil {
 		return nil, fmt.Errorf("kube: secret %s: %w", pod, err)
 	}

@@ -3,8 +3,11 @@ package kube
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"path"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -52,9 +55,13 @@ const (
 	tmpVolume        = "tmp"
 	dockerVolume     = "docker-config"
 	dockerfileVolume = "dockerfile"
+	secretsVolume    = "build-secrets"
 	workspaceDir     = "/workspace"
 	dockerConfigDir  = "/kaniko/.docker"
 	terminationLog   = "/dev/termination-log"
+	// BuildSecretPrefix starts the build Secret's key of each build secret
+	// (BuildSecretPrefix + id), mounted at image.SecretsDir/ID.
+	BuildSecretPrefix = "build-secret."
 	// GitTokenEnv is the init container's environment variable that holds
 	// the git token, from the Secret's GitTokenKey.
 	GitTokenEnv = "SLIPWAY_GIT_TOKEN"
@@ -95,6 +102,9 @@ type ContextSource struct {
 	// It reaches the pod only through the build's Secret.
 	GitToken string
 }
+
+// validSecretID is a build secret's id: a workspace credential's name.
+var validSecretID = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // buildPod is what Create makes of a spec: the pod, and the Secret (nil
 // when the build needs none) to create once the pod exists.
@@ -220,6 +230,20 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 	if spec.DockerConfig != nil {
 		kaniko.VolumeMounts = append(kaniko.VolumeMounts, corev1.VolumeMount{Name: dockerVolume, MountPath: dockerConfigDir, ReadOnly: true})
 		volumes = append(volumes, secretVolume(dockerVolume, spec.ID, corev1.DockerConfigJsonKey, "config.json", 0o400))
+	}
+	if len(spec.Secrets) > 0 {
+		// Read-only files of root's, mode 0400, as the runc runner mounts
+		// them: Kaniko leaves the mount point out of every snapshot.
+		vol := &corev1.SecretVolumeSource{SecretName: spec.ID, DefaultMode: ptr(int32(0o400))}
+		for _, id := range slices.Sorted(maps.Keys(spec.Secrets)) {
+			if !validSecretID.MatchString(id) {
+				return nil, fmt.Errorf("kube: build %s: secret id %q is not a credential name", spec.ID, id)
+			}
+			secretData[BuildSecretPrefix+id] = spec.Secrets[id]
+			vol.Items = append(vol.Items, corev1.KeyToPath{Key: BuildSecretPrefix + id, Path: id})
+		}
+		kaniko.VolumeMounts = append(kaniko.VolumeMounts, corev1.VolumeMount{Name: secretsVolume, MountPath: image.SecretsDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: secretsVolume, VolumeSource: corev1.VolumeSource{Secret: vol}})
 	}
 	// The digest goes to Kaniko's termination message, where OutcomeOf reads it.
 	kaniko.Args = build.ExecutorArgs(spec, path.Join(contextDir, dockerfile), contextDir, terminationLog)

@@ -2,14 +2,16 @@ package kube
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/slipway-dev/slipway/pkg/secret"
 )
 
 // credentials returns what must not appear in a build's log: the
-// credentials of its docker config.json (secret.DockerConfigSecrets) and
-// its git token. secret.NewRedactor leaves out the ones too short to redact.
-func credentials(dockerConfig []byte, gitToken string) ([][]byte, error) {
+// credentials of its docker config.json (secret.DockerConfigSecrets), its
+// git token and its build secrets' values. secret.NewRedactor leaves out
+// the ones too short to redact.
+func credentials(dockerConfig []byte, gitToken string, buildSecrets ...[]byte) ([][]byte, error) {
 	secrets, err := secret.DockerConfigSecrets(dockerConfig)
 	if err != nil {
 		return nil, err
@@ -17,7 +19,18 @@ func credentials(dockerConfig []byte, gitToken string) ([][]byte, error) {
 	if gitToken != "" {
 		secrets = append(secrets, []byte(gitToken))
 	}
-	return secrets, nil
+	return append(secrets, buildSecrets...), nil
+}
+
+// secretValues returns the values of a build Secret's build secrets.
+func secretValues(data map[string][]byte) [][]byte {
+	var out [][]byte
+	for k, v := range data {
+		if strings.HasPrefix(k, BuildSecretPrefix) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // capTail is how much of a capped log's end capBuffer keeps, at most.

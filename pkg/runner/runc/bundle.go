@@ -8,13 +8,19 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"syscall"
 
 	"github.com/moby/profiles/seccomp"
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
 )
+
+// validSecretID is a secret's id: a workspace credential's name, so also a
+// safe file name.
+var validSecretID = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // Paths inside the build container.
 const (
@@ -24,6 +30,9 @@ const (
 	caBundlePath     = kanikoDir + "/ssl/certs/ca-certificates.crt"
 	digestPath       = kanikoDir + "/digest"
 	workspaceDir     = "/workspace"
+	// secretsDir holds the build's secrets, one file per id; bundle's
+	// "secrets" directory, outside the rootfs, is bind-mounted there.
+	secretsDir = image.SecretsDir
 )
 
 // hostCABundle is Debian's bundle of trusted CA certificates, handed to the
@@ -69,9 +78,18 @@ func (r *Runner) writeBundle(bundle string, net *network, spec build.Spec) error
 			return err
 		}
 	}
+	if err := writeSecrets(bundle, spec.Secrets); err != nil {
+		return err
+	}
 	mounts, err := r.mounts(spec, net != nil)
 	if err != nil {
 		return err
+	}
+	if len(spec.Secrets) > 0 {
+		// Read-only, outside the rootfs: Kaniko leaves mount points out of
+		// every snapshot, so no layer holds a secret.
+		mounts = append(mounts, specs.Mount{Destination: secretsDir, Type: "bind", Source: filepath.Join(bundle, "secrets"),
+			Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
 	}
 	netns := ""
 	if net != nil {
@@ -89,6 +107,28 @@ func (r *Runner) writeBundle(bundle string, net *network, spec build.Spec) error
 		return err
 	}
 	return os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600)
+}
+
+// writeSecrets writes each secret to bundle/secrets/ID, readable by root
+// alone (BuildKit's default for a secret mount: uid 0, mode 0400). The
+// bundle goes with the build (Cleanup).
+func writeSecrets(bundle string, secrets map[string][]byte) error {
+	if len(secrets) == 0 {
+		return nil
+	}
+	dir := filepath.Join(bundle, "secrets")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	for id, v := range secrets {
+		if !validSecretID.MatchString(id) {
+			return fmt.Errorf("secret id %q is not a credential name", id)
+		}
+		if err := os.WriteFile(filepath.Join(dir, id), v, 0o400); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(dir, 0o500)
 }
 
 // mounts returns the container's mounts: the kernel file systems, then

@@ -3,7 +3,8 @@
 //
 // A build's container has a fresh, private rootfs (Kaniko unpacks the base
 // image into its /) under Options.StateDir/<build ID>, the build context
-// bind-mounted read-only at /workspace, its own PID, mount, IPC, UTS and
+// bind-mounted read-only at /workspace, the build's secrets (Spec.Secrets)
+// bind-mounted read-only at /run/secrets, its own PID, mount, IPC, UTS and
 // network namespaces and its own cgroup. The executor runs as root, as
 // Kaniko requires, without a user namespace, with Docker's default
 // capabilities less NET_RAW and NET_BIND_SERVICE, under Docker's default
@@ -172,7 +173,7 @@ func New(opts Options) (*Runner, error) {
 
 // Run runs spec's build and returns when its executor has ended, writing
 // the executor's output to log with the credentials of spec.DockerConfig
-// replaced by "[redacted]". The build is stopped within seconds when ctx is
+// and the values of spec.Secrets replaced by "[redacted]". The build is stopped within seconds when ctx is
 // done (Outcome.Cancelled) or spec.Limits.Timeout has elapsed
 // (Outcome.TimedOut). Its container and bundle are always deleted before
 // Run returns. Run fails when a bundle for spec.ID exists already: the
@@ -187,6 +188,9 @@ func (r *Runner) Run(ctx context.Context, spec build.Spec, log io.Writer) (build
 	secrets, err := secret.DockerConfigSecrets(spec.DockerConfig)
 	if err != nil {
 		return build.Outcome{}, fmt.Errorf("runc: build %s: %w", spec.ID, err)
+	}
+	for _, v := range spec.Secrets {
+		secrets = append(secrets, v)
 	}
 	if ctx.Err() != nil {
 		return build.Outcome{Cancelled: true}, nil

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -270,12 +272,18 @@ func imageRoundTrip(t *testing.T, s store.Store) {
 	img := NewImage("img1", "ws1", "team/pytorch")
 	img.Context = image.Context{Type: image.ContextGit, Git: &image.Git{URL: "https://example.com/r.git", Ref: "main", Dir: "docker", Credential: "gh"}}
 	img.Destinations = []image.Destination{{Reference: "registry.example.com/team/pytorch:latest", Credential: "hub"}}
+	img.BuildArgs = map[string]string{"PYTHON": "3.12", "INDEX": "https://pypi.example.com/simple?a=1&b=2"}
+	img.Secrets = []string{"hf-token", "pip-conf"}
+	img.Target = "runtime"
 	if err := s.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetImage(ctx, "img1")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !maps.Equal(got.BuildArgs, img.BuildArgs) || !slices.Equal(got.Secrets, img.Secrets) || got.Target != img.Target {
+		t.Fatalf("build inputs: got %v %v %q, want %v %v %q", got.BuildArgs, got.Secrets, got.Target, img.BuildArgs, img.Secrets, img.Target)
 	}
 	if got.Name != img.Name || got.Workspace != "ws1" || got.Version != 1 || *got.Context.Git != *img.Context.Git ||
 		len(got.Destinations) != 1 || got.Destinations[0] != img.Destinations[0] || !got.Created.At.Equal(t0) ||
@@ -511,12 +519,12 @@ func buildDefinitions(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	want := img.Definition()
-	if b1.Definition == nil || *b1.Definition != want || b1.DefinitionRev != img.DefinitionRev {
+	if b1.Definition == nil || b1.Definition.Digest() != want.Digest() || b1.DefinitionRev != img.DefinitionRev {
 		t.Fatalf("created build: definition %+v rev %d, want %+v rev %d", b1.Definition, b1.DefinitionRev, want, img.DefinitionRev)
 	}
 	succeed(t, s, b1)
 	stored, _ := s.GetBuild(ctx, "img1", 1)
-	if stored.Definition == nil || *stored.Definition != want {
+	if stored.Definition == nil || stored.Definition.Digest() != want.Digest() {
 		t.Fatalf("stored build's definition: %+v", stored.Definition)
 	}
 	got, _ := s.GetImage(ctx, "img1")
