@@ -27,6 +27,7 @@ type ImageView struct {
 	Destinations []image.Destination `json:"destinations"`
 	Reference    *string             `json:"reference"`
 	LatestBuild  *build.View         `json:"latest_build"`
+	Rebuild      RebuildView         `json:"rebuild"`
 }
 
 // HistoryView is who created, modified and built an image, and when.
@@ -52,6 +53,7 @@ func (a *api) viewImage(img image.Image, now time.Time) ImageView {
 		ID: img.ID, Workspace: img.Workspace, Name: img.Name, Description: img.Description,
 		Status: img.Status(), Context: img.Context, Destinations: img.Destinations,
 		History: HistoryView{Created: img.Created, Modified: img.Modified, Built: img.Built},
+		Rebuild: viewRebuild(img),
 	}
 	if v.Destinations == nil {
 		v.Destinations = []image.Destination{}
@@ -76,6 +78,12 @@ type imageBody struct {
 	Description  *string              `json:"description"`
 	Context      *image.Context       `json:"context"`
 	Destinations *[]image.Destination `json:"destinations"`
+	Rebuild      *rebuildBody         `json:"rebuild"`
+}
+
+// definition reports whether the body changes more than the rebuild policy.
+func (b imageBody) definition() bool {
+	return b.Name != nil || b.Description != nil || b.Context != nil || b.Destinations != nil || b.Rebuild == nil
 }
 
 func (b imageBody) applyTo(img *image.Image) {
@@ -130,7 +138,8 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 
 func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	ws := r.PathValue("ws")
-	if _, _, err := a.workspaceRole(r.Context(), ws); err != nil {
+	_, role, err := a.workspaceRole(r.Context(), ws)
+	if err != nil {
 		return err
 	}
 	var body imageBody
@@ -144,6 +153,9 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	body.applyTo(&img)
 	if err := image.Validate(img, a.Rules); err != nil {
+		return err
+	}
+	if _, err := setPolicy(&img, body.Rebuild, role, user, now); err != nil {
 		return err
 	}
 	if err := a.checkBindings(r.Context(), img); err != nil {
@@ -195,7 +207,7 @@ func ifMatch(r *http.Request, version int64) error {
 }
 
 func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
-	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -214,6 +226,13 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	if err := image.Validate(next, a.Rules); err != nil {
 		return err
 	}
+	// The policy is not part of the definition: setting it alone moves
+	// neither the status nor history.modified.
+	now, user := a.Now(), subject(r.Context())
+	policyChanged, err := setPolicy(&next, body.Rebuild, role, user, now)
+	if err != nil {
+		return err
+	}
 	if err := a.checkBindings(r.Context(), next); err != nil {
 		return err
 	}
@@ -222,7 +241,14 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusConflict, "build_active", "a build of this image is queued or running: rename it once the build has ended")
 	}
 	old, was := img, img.Version
-	img.Edit(next, subject(r.Context()), a.Now())
+	if body.definition() {
+		img.Edit(next, user, now)
+	} else {
+		img.Version++
+	}
+	if policyChanged {
+		img.Rebuild, img.RebuildState.SetBy = next.Rebuild, next.RebuildState.SetBy
+	}
 	if err := a.Store.UpdateImage(a.announce(r.Context(), events.ImageUpdated), img, was); err != nil {
 		return err
 	}

@@ -122,6 +122,9 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	case image.ContextLocal:
 		src.Dockerfile = img.Context.Dockerfile
 		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
+		// A git context's Dockerfile is only read in its pod: its bases
+		// are not recorded in the cluster.
+		recordBases(ctx, c.o, img, b, src.Dockerfile)
 	case image.ContextGit:
 		g := *img.Context.Git
 		src.Git = &g

@@ -89,6 +89,15 @@ type Options struct {
 	// Gate, when set, is held while a build runs, so that the registry
 	// is not collected under its pushes.
 	Gate Gate
+	// Bases, when set, resolves the digests of a build's FROMs when it
+	// starts, which the build records (the rebuild policy watches them).
+	Bases BaseResolver
+}
+
+// BaseResolver resolves the digests a Dockerfile's bases have now, as a
+// workspace reads them (rebuild.Registry).
+type BaseResolver interface {
+	Resolve(ctx context.Context, ws, dockerfile string) []build.Base
 }
 
 // ref identifies a build.
@@ -412,6 +421,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
+	recordBases(ctx, d.o, img, b, dockerfile)
 	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
 		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
 	}
@@ -440,6 +450,26 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		}
 	}
 	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }
+}
+
+// recordBases records on build b the digests its bases resolve to now.
+func recordBases(ctx context.Context, o Options, img image.Image, b build.Build, dockerfile string) {
+	if o.Bases == nil {
+		return
+	}
+	bases := o.Bases.Resolve(ctx, img.Workspace, dockerfile)
+	if len(bases) == 0 {
+		return
+	}
+	if _, err := o.Store.UpdateBuild(ctx, b.Image, b.Number, func(b *build.Build) error {
+		if !b.Status.Active() {
+			return build.ErrTransition
+		}
+		b.SetBases(bases)
+		return nil
+	}); err != nil && !errors.Is(err, build.ErrTransition) {
+		o.Log.Warn("recording the build's base digests", "build", b.ID(), "error", err)
+	}
 }
 
 // baseSpec is what every runner gets for build b of img: its ID, limits,

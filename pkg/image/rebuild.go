@@ -37,9 +37,9 @@ func (r Rebuild) Equal(o Rebuild) bool {
 }
 
 // RebuildState is what Slipway keeps about an image's rebuild policy: who
-// set it, and what the automatic triggers saw and did last. Stores keep the
-// parts that triggers write (everything but SetBy and HookSecret) across
-// UpdateImage, as they keep a build's results.
+// set it, and what the automatic triggers saw and did last. Stores keep
+// all of it but SetBy across UpdateImage, as they keep a build's results:
+// it changes through UpdateRebuildState and RequestBuild.
 type RebuildState struct {
 	// SetBy is who set the policy last, and when: automatic builds are
 	// requested in their name, and a schedule's first slot follows At.
@@ -61,10 +61,11 @@ type RebuildState struct {
 	Pending *build.Build `json:"pending,omitempty"`
 }
 
-// KeepTriggerState copies into s the parts of the state that triggers
-// write from the stored state cur.
+// KeepTriggerState copies into s all but SetBy of the stored state cur.
 func (s *RebuildState) KeepTriggerState(cur RebuildState) {
-	s.LastSlot, s.CheckedAt, s.UpToDate, s.Commit, s.Pending = cur.LastSlot, cur.CheckedAt, cur.UpToDate, cur.Commit, cur.Pending
+	setBy := s.SetBy
+	*s = cur
+	s.SetBy = setBy
 }
 
 // Automatic reports whether the image needs the rebuild policy's

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,8 @@ import (
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
+	"github.com/slipway-dev/slipway/pkg/gitctx"
+	"github.com/slipway-dev/slipway/pkg/rebuild"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/outbox"
 	"github.com/slipway-dev/slipway/pkg/registry"
@@ -61,6 +64,11 @@ type Server struct {
 	// an external registry.
 	RegistryTokens *token.Authority
 	builds         *dispatch.Dispatcher
+	// Rebuilds requests the builds of the images' rebuild policies; nil
+	// in the roles that request none.
+	Rebuilds *rebuild.Rebuilder
+	// Bases resolves base images' digests for the rebuild policy.
+	Bases *rebuild.Registry
 	ready          atomic.Bool
 	mux            *http.ServeMux
 	http           *http.Server
@@ -76,6 +84,8 @@ type Server struct {
 	content *registry.Content
 	gate    *gate.Gate
 	stopGC  context.CancelFunc
+	// stopRebuilds stops the rebuild policy's ticker and waits for it.
+	stopRebuilds func()
 	relay   *outbox.Relay
 }
 
@@ -182,6 +192,12 @@ func (s *Server) open() error {
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
+	if err := s.newRebuilder(box); err != nil {
+		return err
+	}
+	if role == "all" || role == "api" || role == "receiver" {
+		deps.Rebuilds, deps.Opener = s.Rebuilds, box
+	}
 	if s.cfg.Registry == "" && (role == "all" || role == "api") {
 		s.gate = gate.New()
 		if s.content, err = registry.NewContent(ctx, s.cfg.DataDir, s.gate); err != nil {
@@ -200,6 +216,18 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Handlers = cluster.Handlers(role)
+		if role == "reconciler" {
+			// The PingSource drives the rebuild policy too, and a build's
+			// end starts the build coalesced behind it.
+			const ping = "dev.knative.sources.ping"
+			reconcile := deps.Handlers[ping]
+			deps.Handlers[ping] = func(ctx context.Context, e cloudevents.Event) error {
+				return errors.Join(reconcile(ctx, e), s.Rebuilds.OnPing(ctx, e))
+			}
+			for _, typ := range rebuild.BuildEnded {
+				deps.Handlers[typ] = s.Rebuilds.OnBuildEnded
+			}
+		}
 	case role == "api":
 		// ?follow=true streams a running build's log from its pod.
 		pods, _, err := s.kubeRunner()
@@ -226,6 +254,7 @@ func (s *Server) open() error {
 			s.mux.Handle(token.Path, s.RegistryTokens)
 		}
 		s.mux.Handle("/api/", api)
+		s.mux.Handle(functions.HookPath, api)
 		s.mux.Handle("/", web.Handler())
 	}
 	if role != "api" {
@@ -324,7 +353,33 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		RegistryTokens: s.registryTokens(),
 		Gate:           s.pushGate(),
+		Bases:          s.Bases,
 	}
+}
+
+// newRebuilder sets up the rebuild policy: base images resolved in the
+// internal registry with tokens of its own authority (with an external
+// registry, with the workspaces' credentials), git refs listed with the
+// workspaces' git credentials.
+func (s *Server) newRebuilder(box *secret.Box) error {
+	s.Bases = &rebuild.Registry{Store: s.Store, Secrets: box, Internal: s.RegistryHost(), InsecureInternal: s.cfg.Registry == ""}
+	if s.RegistryTokens != nil {
+		s.Bases.Tokens = s.RegistryTokens
+	}
+	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit, Timeout: s.cfg.GitTimeout}
+	if s.cfg.GitCAFile != "" {
+		ca, err := os.ReadFile(s.cfg.GitCAFile)
+		if err != nil {
+			return fmt.Errorf("git CA file: %w", err)
+		}
+		fetcher.CABundle = ca
+	}
+	s.Rebuilds = rebuild.New(rebuild.Options{
+		Store: s.Store, Events: s.Events, Bases: s.Bases,
+		Commits:  &rebuild.GitRemote{Fetcher: fetcher, Store: s.Store, Secrets: box},
+		Interval: s.cfg.RebuildCheckInterval, Log: s.log,
+	})
+	return nil
 }
 
 // registryTokens is the dispatcher's view of the token authority: none
@@ -434,6 +489,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 	o.Runner, o.Contexts, o.RunnerError = r, contexts, runnerError
 	d := dispatch.New(o)
 	d.Subscribe(s.Events)
+	for _, typ := range rebuild.BuildEnded {
+		s.Events.Subscribe(typ, s.Rebuilds.OnBuildEnded)
+	}
 	return d, nil
 }
 
@@ -484,6 +542,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	if s.builds != nil {
+		// Schedules are looked at every minute, base images and git refs
+		// every RebuildCheckInterval (see rebuild.Rebuilder.Tick).
+		rebuildCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { s.Rebuilds.Run(rebuildCtx, min(time.Minute, s.cfg.RebuildCheckInterval)); close(done) }()
+		s.stopRebuilds = func() { stop(); <-done }
+	}
 	if s.cfg.Demo {
 		if err := s.demo(); err != nil {
 			s.log.Error("demo workspace", "error", err)
@@ -523,6 +589,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.stopRebuilds != nil {
+		s.stopRebuilds()
+	}
 	if s.stopGC != nil {
 		s.stopGC()
 	}
