@@ -327,7 +327,7 @@ func New(d Deps) http.Handler {
 	route("POST /api/v1/images/{id}/webhook", a.newWebhook)
 	// Git hosts call it without a token: the delivery's signature
 	// authenticates it (see gitHook).
-	mux.Handle("POST "+HookPath+"{id}/git", a.unauthenticated(a.gitHook))
+	mux.Handle("POST /hooks/v1/images/{id}/git", a.unauthenticated(a.gitHook)) // HookPath
 	return jsonMuxErrors(mux, a.Log)
 }
 

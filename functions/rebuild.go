@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -195,6 +196,12 @@ func (a *api) gitHook(w http.ResponseWriter, r *http.Request) error {
 	body, _ := io.ReadAll(r.Body)
 	if _, err := rebuild.VerifyHook(r.Header, body, secret); err != nil {
 		return errBadSignature
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the push event as application/json")
+	}
+	if !json.Valid(body) {
+		return errorf(http.StatusBadRequest, "invalid_json", "the push event is not JSON")
 	}
 	switch {
 	case r.Header.Get("X-GitHub-Event") == "ping" || r.Header.Get("X-Gitea-Event") == "ping":
