@@ -370,4 +370,3 @@ func (r *Rebuilder) Run(ctx context.Context, every time.Duration) {
 
 // BuildEnded lists the event types after which a pending build may start.
 var BuildEnded = []string{events.BuildSucceeded, events.BuildFailed, events.BuildCancelled}
-

@@ -132,7 +132,7 @@ var EnvVars = map[string]string{
 	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
 	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
 	"SLIPWAY_REBUILD_CHECK_INTERVAL": "rebuild-check-interval",
-	"SLIPWAY_REGISTRY_GC_INTERVAL": "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
+	"SLIPWAY_REGISTRY_GC_INTERVAL":   "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
 	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
 	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
 }

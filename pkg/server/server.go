@@ -30,9 +30,9 @@ import (
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
-	"github.com/slipway-dev/slipway/pkg/rebuild"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/outbox"
+	"github.com/slipway-dev/slipway/pkg/rebuild"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
@@ -69,10 +69,10 @@ type Server struct {
 	Rebuilds *rebuild.Rebuilder
 	// Bases resolves base images' digests for the rebuild policy.
 	Bases *rebuild.Registry
-	ready          atomic.Bool
-	mux            *http.ServeMux
-	http           *http.Server
-	ln             net.Listener
+	ready atomic.Bool
+	mux   *http.ServeMux
+	http  *http.Server
+	ln    net.Listener
 	// buildHTTP serves builds the registry alone, on buildLn (see
 	// listenForBuilds).
 	buildHTTP *http.Server
@@ -86,7 +86,7 @@ type Server struct {
 	stopGC  context.CancelFunc
 	// stopRebuilds stops the rebuild policy's ticker and waits for it.
 	stopRebuilds func()
-	relay   *outbox.Relay
+	relay        *outbox.Relay
 }
 
 // NewLogger returns the structured JSON logger of the given level.
