@@ -482,7 +482,7 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	if o.InsecureRegistry {
 		spec.InsecureRegistries = []string{o.Registry}
 	}
-	if o.Cache {
+	if o.Cache && b.Trigger != build.TriggerSchedule {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
 	return spec
