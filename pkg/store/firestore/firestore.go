@@ -643,6 +643,7 @@ func (s *Store) RequestBuild(ctx context.Context, key string, b build.Build, cha
 		if change != nil {
 			change(&img.RebuildState)
 		}
+		b.DefinitionRev = img.DefinitionRev // what it will build
 		if active {
 			pending = true
 			store.PendBuild(&img, b)
@@ -679,7 +680,9 @@ func (s *Store) StartPending(ctx context.Context, imageID string) (build.Build, 
 			return store.ErrBuildActive
 		}
 		img.RebuildState.Pending = nil
-		b, err = s.createBuild(ctx, tx, ref, img, *p)
+		next := *p
+		next.DefinitionRev = img.DefinitionRev // the definition of now, not of the request
+		b, err = s.createBuild(ctx, tx, ref, img, next)
 		return err
 	})
 	return b, err

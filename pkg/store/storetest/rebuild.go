@@ -52,11 +52,17 @@ func rebuildRequests(t *testing.T, s store.Store) {
 	}
 	_, err = s.StartPending(ctx, "img1")
 	wantErr(t, "starting a pending build while one is active", err, store.ErrBuildActive)
+	// The definition changes while the build waits: it builds the new one.
+	cur, _ := s.GetImage(ctx, "img1")
+	cur.DefinitionRev, cur.Version = cur.DefinitionRev+1, cur.Version+1
+	if err := s.UpdateImage(ctx, cur, cur.Version-1); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error { return b.Cancel("alice", t0) }); err != nil {
 		t.Fatal(err)
 	}
 	started, err := s.StartPending(ctx, "img1")
-	if err != nil || started.Number != 2 || started.Status != build.Queued || started.Cause.Reason != "event/x" {
+	if err != nil || started.Number != 2 || started.Status != build.Queued || started.Cause.Reason != "event/x" || started.DefinitionRev != cur.DefinitionRev {
 		t.Fatalf("StartPending = %+v, %v", started, err)
 	}
 	_, err = s.StartPending(ctx, "img1")
