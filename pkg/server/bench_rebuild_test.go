@@ -8,7 +8,6 @@ import (
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
-
 // benchFollower is an image on the test base that follows it, built once.
 func benchFollower(b *testing.B) (*env, image) {
 	e := benchBuildEnv(b, func(c *server.Config) { c.RebuildCheckInterval = 24 * time.Hour })
