@@ -253,6 +253,6 @@ func (a *api) rebuildEvent(w http.ResponseWriter, r *http.Request, e cloudevents
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, a.outcome(out))
+	writeJSON(w, http.StatusOK, a.outcome(out))
 	return nil
 }
