@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/google/uuid"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -73,10 +74,13 @@ const (
 	BuildSucceeded = "dev.slipway.build.succeeded"
 	BuildFailed    = "dev.slipway.build.failed"
 	BuildCancelled = "dev.slipway.build.cancelled"
+	// BuildPushed: a succeeded build was pushed again to a destination
+	// (its pushes changed); data is the build.
+	BuildPushed = "dev.slipway.build.pushed"
 )
 
 // Emitted lists every type Slipway emits.
-var Emitted = []string{ImageCreated, ImageUpdated, ImageDeleted, BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled}
+var Emitted = []string{ImageCreated, ImageUpdated, ImageDeleted, BuildQueued, BuildStarted, BuildSucceeded, BuildFailed, BuildCancelled, BuildPushed}
 
 // Workspace is the data of the platform's workspace events.
 type Workspace struct {
@@ -118,6 +122,27 @@ func DecodeWorkspace(e cloudevents.Event) (Workspace, error) {
 		}
 	}
 	return ws, nil
+}
+
+// WorkspaceOrder is where a workspace event stands in the platform's
+// order (see store.Order): its `sequence` extension (any CloudEvents type,
+// read as its canonical string) and its `time`. An event with neither (both
+// are optional in CloudEvents) is placed at received, the time Slipway got
+// it: senders that stamp nothing are applied in arrival order, as before
+// orders existed. An empty sequence is ErrMalformed.
+func WorkspaceOrder(e cloudevents.Event, received time.Time) (store.Order, error) {
+	o := store.Order{Time: e.Time()}
+	if v, ok := e.Extensions()["sequence"]; ok {
+		seq, err := types.Format(v)
+		if err != nil || seq == "" {
+			return o, fmt.Errorf("%w: the sequence extension must be a non-empty string", ErrMalformed)
+		}
+		o.Sequence = seq
+	}
+	if o.IsZero() {
+		o.Time = received
+	}
+	return o, nil
 }
 
 // ReadRequest reads a CloudEvent from an HTTP request in binary or
@@ -175,6 +200,18 @@ func Lifecycle(now func() time.Time) store.Announcement {
 			return nil
 		}
 		return []store.Event{{Type: typ, Subject: b.ID(), Data: b.View(now())}}
+	}
+}
+
+// Pushed is the store.Announcement of a push again: build.pushed, with the
+// build's view at now as data.
+func Pushed(now func() time.Time) store.Announcement {
+	return func(changed any) []store.Event {
+		b, ok := changed.(build.Build)
+		if !ok {
+			return nil
+		}
+		return []store.Event{{Type: BuildPushed, Subject: b.ID(), Data: b.View(now())}}
 	}
 }
 

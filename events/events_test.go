@@ -14,6 +14,8 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/slipway-dev/slipway/pkg/store"
 )
 
 func TestReadRequestModes(t *testing.T) {
@@ -176,5 +178,58 @@ func TestPanickingHandlerIsRecovered(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "handler fell over") {
 		t.Fatalf("the panic was not logged: %s", logs.String())
+	}
+}
+
+func TestWorkspaceOrder(t *testing.T) {
+	data := `{"id":"ws1","owner":"alice"}`
+	at := time.Date(2026, 12, 1, 9, 0, 0, 123456789, time.UTC)
+	received := at.Add(time.Hour)
+	structured := func(extra string) string {
+		return `{"specversion":"1.0","id":"1","source":"/platform","type":"` + WorkspaceUpdated + `"` + extra + `,"datacontenttype":"application/json","data":` + data + `}`
+	}
+	for _, c := range []struct {
+		name    string
+		headers map[string]string // binary mode when set
+		body    string
+		want    store.Order
+		bad     bool
+	}{
+		{name: "binary time", headers: map[string]string{"Ce-Time": at.Format(time.RFC3339Nano)}, body: data, want: store.Order{Time: at}},
+		{name: "binary sequence", headers: map[string]string{"Ce-Sequence": "0042"}, body: data, want: store.Order{Sequence: "0042"}},
+		{name: "structured both", body: structured(`,"time":"` + at.Format(time.RFC3339Nano) + `","sequence":"7"`), want: store.Order{Sequence: "7", Time: at}},
+		{name: "structured integer sequence", body: structured(`,"sequence":7`), want: store.Order{Sequence: "7"}},
+		{name: "neither", body: structured(``), want: store.Order{Time: received}},
+		{name: "empty sequence", body: structured(`,"sequence":""`), bad: true},
+		{name: "binary neither", headers: map[string]string{}, body: data, want: store.Order{Time: received}},
+	} {
+		r := httptest.NewRequest("POST", "/events", strings.NewReader(c.body))
+		if c.headers != nil {
+			for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "1", "Ce-Source": "/platform", "Ce-Type": WorkspaceUpdated, "Content-Type": "application/json"} {
+				r.Header.Set(k, v)
+			}
+			for k, v := range c.headers {
+				r.Header.Set(k, v)
+			}
+		} else {
+			r.Header.Set("Content-Type", "application/cloudevents+json")
+		}
+		e, err := ReadRequest(r)
+		if err != nil {
+			if c.bad && errors.Is(err, ErrMalformed) {
+				continue
+			}
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got, err := WorkspaceOrder(e, received)
+		if c.bad {
+			if !errors.Is(err, ErrMalformed) {
+				t.Errorf("%s: WorkspaceOrder = %+v, %v; want ErrMalformed", c.name, got, err)
+			}
+			continue
+		}
+		if err != nil || got.Sequence != c.want.Sequence || !got.Time.Equal(c.want.Time) {
+			t.Errorf("%s: WorkspaceOrder = %+v, %v; want %+v", c.name, got, err, c.want)
+		}
 	}
 }

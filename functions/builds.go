@@ -10,6 +10,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
 
@@ -204,4 +205,80 @@ func (f flushing) Write(p []byte) (int, error) {
 		err = f.rc.Flush()
 	}
 	return n, err
+}
+
+// pushBody is POST .../builds/{n}/pushes: the destination to push again.
+type pushBody struct {
+	Reference string `json:"reference"`
+}
+
+// pushAgain pushes the image of succeeded build {n} once more to one of
+// its external destinations (after its credential or registry was fixed),
+// records the result on that destination's push and answers with the
+// build. Owner only, as building is.
+func (a *api) pushAgain(w http.ResponseWriter, r *http.Request) error {
+	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	n, err := buildNumber(r)
+	if err != nil {
+		return err
+	}
+	b, err := a.Store.GetBuild(r.Context(), img.ID, n)
+	if err != nil {
+		return err
+	}
+	if role != store.RoleOwner {
+		return errForbidden
+	}
+	var body pushBody
+	if err := decode(r, &body); err != nil {
+		return err
+	}
+	if body.Reference == "" {
+		return &Error{Status: http.StatusBadRequest, Code: "invalid_argument", Message: "reference is required: the destination to push to again", Field: "reference"}
+	}
+	if a.Pushes == nil {
+		return errorf(http.StatusNotImplemented, "not_implemented", "this server does not push to destinations")
+	}
+	if b.Status != build.Succeeded {
+		return errorf(http.StatusConflict, "build_not_succeeded", "build %d has not succeeded (it is %s): there is no built image to push", n, b.Status)
+	}
+	dest, ok := pushDestination(img, b, body.Reference)
+	if !ok {
+		return errorf(http.StatusConflict, "no_such_destination", "%s is not one of the external destinations build %d pushed to and the image still has", body.Reference, n)
+	}
+	p := a.Pushes.PushAgain(r.Context(), img, b, dest)
+	ctx := store.Announce(context.WithoutCancel(r.Context()), events.Pushed(a.Now))
+	b, err = a.Store.UpdateBuild(ctx, img.ID, n, func(b *build.Build) error { return b.RecordPush(p) })
+	switch {
+	case errors.Is(err, build.ErrTransition), errors.Is(err, build.ErrNoDestination):
+		return errorf(http.StatusConflict, "no_such_destination", "build %d changed while it was pushed", n)
+	case err != nil:
+		return err
+	}
+	view := b.View(a.Now())
+	a.Events.Publish(events.BuildPushed, b.ID(), view)
+	writeJSON(w, http.StatusOK, view)
+	return nil
+}
+
+// pushDestination finds the destination ref of img that build b pushed to
+// (not its first push, the internal registry's), with the credential the
+// image names for it now.
+func pushDestination(img image.Image, b build.Build, ref string) (image.Destination, bool) {
+	pushed := false
+	for i := 1; i < len(b.Pushes); i++ {
+		pushed = pushed || b.Pushes[i].Reference == ref
+	}
+	if !pushed {
+		return image.Destination{}, false
+	}
+	for _, d := range img.Destinations {
+		if d.Reference == ref {
+			return d, true
+		}
+	}
+	return image.Destination{}, false
 }

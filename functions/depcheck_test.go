@@ -17,7 +17,7 @@ func TestNoConcreteBackends(t *testing.T) {
 		for _, banned := range []string{
 			"github.com/slipway-dev/slipway/pkg/store/", "github.com/slipway-dev/slipway/pkg/runner/",
 			"github.com/slipway-dev/slipway/pkg/server", "github.com/slipway-dev/slipway/pkg/dispatch",
-			"github.com/slipway-dev/slipway/pkg/registry", "github.com/distribution/distribution/",
+			"github.com/slipway-dev/slipway/pkg/registry", "github.com/slipway-dev/slipway/pkg/publish", "github.com/distribution/distribution/",
 			"modernc.org/sqlite", "cloud.google.com/go/firestore", "k8s.io/client-go",
 		} {
 			if strings.HasPrefix(dep, banned) {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/auth"
+	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
@@ -45,6 +46,13 @@ type LiveLog interface {
 	// until the runner's log ends or ctx is done, and returns the bytes it
 	// wrote.
 	Follow(ctx context.Context, id string, offset int64, w io.Writer) (int64, error)
+}
+
+// Pusher pushes a succeeded build's image again to one of its image's
+// external destinations (publish.Publisher), bounded by ctx, and returns
+// the result.
+type Pusher interface {
+	PushAgain(ctx context.Context, img image.Image, b build.Build, dest image.Destination) build.Push
 }
 
 // Deps is what the handlers need.
@@ -80,6 +88,9 @@ type Deps struct {
 	// claimed, moved with a rename. Nil: the registry is external (the
 	// cluster's) and keeps its own content, and references stay as built.
 	Content Content
+	// Pushes pushes built images again to their destinations (POST
+	// .../builds/{n}/pushes); nil: that answers 501.
+	Pushes Pusher
 	// Rebuilds requests the builds of rebuild events and git webhooks (nil:
 	// this role requests none), and Opener opens the webhooks' sealed
 	// secrets.
@@ -318,7 +329,9 @@ func New(d Deps) http.Handler {
 	route("GET /api/v1/images/{id}/builds", a.listBuilds)
 	route("GET /api/v1/images/{id}/builds/{n}", a.getBuild)
 	route("GET /api/v1/images/{id}/builds/{n}/log", a.getLog)
+	route("GET /api/v1/images/{id}/builds/{n}/steps", a.getSteps)
 	route("POST /api/v1/images/{id}/builds/{n}/cancel", a.cancelBuild)
+	route("POST /api/v1/images/{id}/builds/{n}/pushes", a.pushAgain)
 	route("PUT /api/v1/workspaces/{ws}/credentials/{name}", a.putCredential)
 	route("GET /api/v1/workspaces/{ws}/credentials", a.listCredentials)
 	route("DELETE /api/v1/workspaces/{ws}/credentials/{name}", a.deleteCredential)

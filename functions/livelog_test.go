@@ -59,7 +59,7 @@ func TestFollowStreamsFromTheRunner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.ApplyWorkspace(ctx, "k1", store.Workspace{ID: "ws1", Owner: "alice"}, false)
+	st.ApplyWorkspace(ctx, "k1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false)
 	if err := st.CreateImage(ctx, storetest.NewImage("img1", "ws1", "team/live")); err != nil {
 		t.Fatal(err)
 	}

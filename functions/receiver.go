@@ -43,14 +43,32 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
 		}
+		order, err := events.WorkspaceOrder(e, a.Now())
+		if err != nil {
+			return errorf(http.StatusBadRequest, "invalid_event", "%v", err)
+		}
 		deleted := e.Type() == events.WorkspaceDeleted
 		if deleted {
-			if err := a.clearWorkspace(r.Context(), ws.ID); err != nil {
+			// Only a deletion after the workspace's last event empties it.
+			last, err := a.Store.WorkspaceOrder(r.Context(), ws.ID)
+			if err != nil {
 				return err
 			}
+			if order.After(last) {
+				if err := a.clearWorkspace(r.Context(), ws.ID); err != nil {
+					return err
+				}
+			}
 		}
-		err = a.Store.ApplyWorkspace(r.Context(), events.Key(e), store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members}, deleted)
-		if err != nil && !errors.Is(err, store.ErrDuplicate) {
+		err = a.Store.ApplyWorkspace(r.Context(), events.Key(e), order, store.Workspace{ID: ws.ID, Owner: ws.Owner, Members: ws.Members}, deleted)
+		switch {
+		case errors.Is(err, store.ErrStale):
+			// Acknowledged and recorded: an older event is not the sender's
+			// error, and redelivering it would change nothing.
+			if a.Log != nil {
+				a.Log.Info("workspace event older than the workspace's last: ignored", "type", e.Type(), "source", e.Source(), "id", e.ID(), "workspace", ws.ID)
+			}
+		case err != nil && !errors.Is(err, store.ErrDuplicate):
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)

@@ -223,12 +223,13 @@ func TestDocumentMatchesHandlers(t *testing.T) {
 	// Events: binary and structured mode, ignored types, malformed, non-publishers.
 	created := `{"id":"ws1","owner":"alice","members":["bob"]}`
 	ce := func(id, typ string) []string {
-		return []string{"ce-specversion", "1.0", "ce-id", id, "ce-source", "/platform", "ce-type", typ}
+		return []string{"ce-specversion", "1.0", "ce-id", id, "ce-source", "/platform", "ce-type", typ,
+			"ce-time", time.Now().UTC().Format(time.RFC3339Nano)}
 	}
 	send(403, "POST", "/events", alice, created, ce("e1", "platform.workspace.created")...)
 	send(204, "POST", "/events", platform, created, ce("e1", "platform.workspace.created")...)
 	send(204, "POST", "/events", platform, created, ce("e1", "platform.workspace.created")...)
-	send(204, "POST", "/events", platform, `{"specversion":"1.0","id":"e2","source":"/platform","type":"platform.workspace.updated",
+	send(204, "POST", "/events", platform, `{"specversion":"1.0","id":"e2","source":"/platform","type":"platform.workspace.updated","sequence":"2",
 		"datacontenttype":"application/json","data":{"id":"ws1","owner":"alice","members":["bob"]}}`,
 		"Content-Type", "application/cloudevents+json")
 	send(202, "POST", "/events", platform, `{"x":1}`, ce("e3", "platform.something.else")...)

@@ -162,7 +162,7 @@ func (s *Server) Announce(typ, id, owner string, members ...string) {
 	s.t.Helper()
 	body, _ := json.Marshal(map[string]any{
 		"specversion": "1.0", "id": uuid.NewString(), "source": "/platform", "type": typ,
-		"datacontenttype": "application/json", "data": events.Workspace{ID: id, Owner: owner, Members: members},
+		"time": time.Now().UTC().Format(time.RFC3339Nano), "datacontenttype": "application/json", "data": events.Workspace{ID: id, Owner: owner, Members: members},
 	})
 	req, _ := http.NewRequest("POST", s.URL+"/events", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/cloudevents+json")

@@ -103,12 +103,28 @@ type Failure struct {
 	Message string `json:"message"`
 }
 
-// Push is the result of pushing a build to one destination.
+// Push is the result of pushing a build to one destination: the internal
+// registry's tag (first) and each external destination, each with its own
+// status, error and the time of its last attempt.
 type Push struct {
-	Reference string  `json:"reference"`
-	Status    string  `json:"status"` // "pushed" or "failed"
-	Error     *string `json:"error"`
+	Reference string     `json:"reference"`
+	Status    string     `json:"status"` // PushPushed, PushFailed or PushPushing
+	Error     *string    `json:"error"`
+	At        *time.Time `json:"at,omitempty"`
 }
+
+// Push statuses. Pushing marks destinations whose push is under way: the
+// cluster's reporter claims them with it before it pushes, so that a
+// redelivered event does not push them twice.
+const (
+	PushPushed  = "pushed"
+	PushFailed  = "failed"
+	PushPushing = "pushing"
+)
+
+// ErrClaimed is returned by ClaimPushes while another claim on the same
+// build's pushes is under way.
+var ErrClaimed = errors.New("build: its pushes are under way elsewhere")
 
 // Build is one build of an image.
 type Build struct {
@@ -196,7 +212,10 @@ func (b *Build) Fail(reason Reason, message string, now time.Time) error {
 }
 
 // Succeed ends a running build as succeeded with its digest and pullable
-// internal reference and the results of its pushes.
+// internal reference and the results of its pushes. The internal push
+// decides success: an external destination that refused is a push whose
+// status is failed, and the build has succeeded all the same (it can be
+// pushed there again: RecordPush).
 func (b *Build) Succeed(digest, reference string, pushes []Push, now time.Time) error {
 	if b.Status != Running {
 		return fmt.Errorf("%w: succeed a %s build", ErrTransition, b.Status)
@@ -207,18 +226,50 @@ func (b *Build) Succeed(digest, reference string, pushes []Push, now time.Time) 
 	return nil
 }
 
-// FailPush ends a running build whose image was built and stored in the
-// internal registry but could not be pushed to every destination: the build
-// keeps its digest and per-destination results, and fails with reason push.
-func (b *Build) FailPush(digest, reference string, pushes []Push, message string, now time.Time) error {
+// ClaimPushes marks a running build's pushes as under way at now (each
+// PushPushing), unless an earlier claim younger than bound holds them:
+// then ErrClaimed. A claim older than bound is taken over (its claimant
+// died or ran out of time).
+func (b *Build) ClaimPushes(pushes []Push, bound time.Duration, now time.Time) error {
 	if b.Status != Running {
-		return fmt.Errorf("%w: fail a %s build", ErrTransition, b.Status)
+		return fmt.Errorf("%w: push a %s build", ErrTransition, b.Status)
 	}
-	b.finish(Failed, now)
-	b.Digest, b.Reference = &digest, &reference
-	b.Pushes = pushes
-	b.Failure = &Failure{Reason: ReasonPush, Message: message}
+	for _, p := range b.Pushes {
+		if p.Status == PushPushing && p.At != nil && now.Sub(*p.At) < bound {
+			return ErrClaimed
+		}
+	}
+	b.Pushes = make([]Push, len(pushes))
+	for i, p := range pushes {
+		p.Status, p.Error, p.At = PushPushing, nil, &now
+		b.Pushes[i] = p
+	}
 	return nil
+}
+
+// ErrNoDestination is returned by RecordPush for a reference the build
+// did not push to.
+var ErrNoDestination = errors.New("build: no such destination")
+
+// RecordPush records the result of pushing a succeeded build again to one
+// of its external destinations (p.Reference; not the first push, the
+// internal one). A result older than the one recorded (two pushes again
+// at once) leaves it.
+func (b *Build) RecordPush(p Push) error {
+	if b.Status != Succeeded {
+		return fmt.Errorf("%w: push a %s build again", ErrTransition, b.Status)
+	}
+	for i := 1; i < len(b.Pushes); i++ {
+		if b.Pushes[i].Reference != p.Reference {
+			continue
+		}
+		if at := b.Pushes[i].At; at != nil && p.At != nil && at.After(*p.At) {
+			return nil
+		}
+		b.Pushes[i] = p
+		return nil
+	}
+	return ErrNoDestination
 }
 
 func (b *Build) finish(s Status, now time.Time) {

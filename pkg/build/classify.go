@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 )
 
 // Classify maps what a runner observed to the failure a user sees: the one
@@ -11,8 +13,11 @@ import (
 // cancellation, a failed fetch of the context or a failure of the runner
 // itself becomes a contract reason with an actionable message. logTail is
 // the end of the build log, where the executor (or the context's fetcher)
-// states its error. It returns nil when the build succeeded.
-func Classify(o Outcome, limits Limits, logTail string) *Failure {
+// states its error; at, when not nil, is where the executor failed as its
+// whole log read against the Dockerfile tells (steps.Parser.Failure): the
+// message then names that instruction and its line. It returns nil when
+// the build succeeded.
+func Classify(o Outcome, limits Limits, logTail string, at *steps.Failure) *Failure {
 	switch {
 	case o.Cancelled:
 		return &Failure{Reason: ReasonCancelled, Message: "the build was cancelled"}
@@ -32,6 +37,9 @@ func Classify(o Outcome, limits Limits, logTail string) *Failure {
 	case o.ExitCode == 0:
 		return &Failure{Reason: ReasonInternal, Message: "the executor ended without reporting an image digest"}
 	}
+	if f := classifyStep(at); f != nil {
+		return f
+	}
 	errLine := lastError(logTail)
 	lower := strings.ToLower(errLine)
 	switch {
@@ -44,12 +52,46 @@ func Classify(o Outcome, limits Limits, logTail string) *Failure {
 		strings.Contains(lower, "unauthorized"), strings.Contains(lower, "name_unknown"),
 		strings.Contains(lower, "error building image: get "), strings.Contains(lower, "unable to complete operation"):
 		return &Failure{Reason: ReasonBaseImage, Message: "a base image could not be pulled: " + trimErr(errLine)}
+	case strings.Contains(lower, "failed to get files used from context"):
+		// The executor checks a COPY's files before it announces the COPY:
+		// the last instruction it announced is not the one that failed.
+		return &Failure{Reason: ReasonDockerfile, Message: "a COPY or ADD names a file that is not there: " + trimErr(errLine)}
 	case strings.Contains(lower, "error building"), strings.Contains(lower, "dockerfile"):
 		return &Failure{Reason: ReasonDockerfile, Message: trimErr(errLine) + failingStep(logTail)}
 	case errLine != "":
 		return &Failure{Reason: ReasonInternal, Message: fmt.Sprintf("the executor failed (exit code %d): %s", o.ExitCode, trimErr(errLine))}
 	}
 	return &Failure{Reason: ReasonInternal, Message: fmt.Sprintf("the executor failed with exit code %d", o.ExitCode)}
+}
+
+// classifyStep is the failure of an instruction the steps parser found
+// failed; nil when it found none with a Dockerfile line.
+func classifyStep(at *steps.Failure) *Failure {
+	if at == nil || at.Step.Line == nil || at.Step.Instruction == "" {
+		return nil
+	}
+	where := fmt.Sprintf("instruction %q (line %d)", at.Step.Instruction, *at.Step.Line)
+	errText := trimErr(at.Error)
+	switch at.Kind {
+	case steps.FailRun:
+		if at.ExitCode >= 0 {
+			return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed with exit code %d: %s", where, at.ExitCode, steps.Explain(at.ExitCode))}
+		}
+		return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed: %s", where, errText)}
+	case steps.FailFiles:
+		return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed: a file it copies does not exist (%s): %s", where, at.Missing, errText)}
+	case steps.FailPull:
+		if at.Step.Line != nil && strings.HasPrefix(strings.ToUpper(at.Step.Instruction), "FROM") {
+			return &Failure{Reason: ReasonBaseImage, Message: fmt.Sprintf("the base image of %s could not be pulled: %s", where, errText)}
+		}
+		if at.NotAStage {
+			return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed: no stage above it is named %q, so the executor tried to pull an image of that name, which failed: %s. Name a stage defined before it (FROM ... AS %s) or a full image reference", where, at.Pulled, errText, at.Pulled)}
+		}
+		return &Failure{Reason: ReasonBaseImage, Message: fmt.Sprintf("the image %s that %s copies from could not be pulled: %s", at.Pulled, where, errText)}
+	case steps.FailOther:
+		return &Failure{Reason: ReasonDockerfile, Message: fmt.Sprintf("%s failed: %s", where, errText)}
+	}
+	return nil
 }
 
 // lastError is the executor's last error line (Kaniko prints "error

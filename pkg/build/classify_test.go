@@ -1,9 +1,13 @@
 package build
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 )
 
 func TestClassify(t *testing.T) {
@@ -26,7 +30,9 @@ func TestClassify(t *testing.T) {
 		{"base image", Outcome{ExitCode: 1}, "INFO[0000] Retrieving image manifest 127.0.0.1:5000/nope\nerror building image: unable to complete operation after 0 attempts, last error: GET http://127.0.0.1:5000/v2/nope/manifests/latest: MANIFEST_UNKNOWN: manifest unknown\n", ReasonBaseImage, "MANIFEST_UNKNOWN"},
 		{"push", Outcome{ExitCode: 1}, "error pushing image: failed to push to destination r.example/x:latest: UNAUTHORIZED\n", ReasonPush, "r.example/x"},
 		{"push permission", Outcome{ExitCode: 1}, "error checking push permissions -- make sure you entered the correct tag name: checking push permission for \"r/x\": UNAUTHORIZED\n", ReasonPush, "push permission"},
-		{"missing COPY source", Outcome{ExitCode: 1}, "INFO[0000] COPY nope /x\nerror building image: error building stage: failed to get files used from context: lstat /workspace/nope: no such file or directory\n", ReasonDockerfile, `during "COPY nope /x"`},
+		// The executor checks a COPY's files before it announces it: the RUN
+		// it announced last is not to blame.
+		{"missing COPY source, no Dockerfile", Outcome{ExitCode: 1}, "INFO[0000] RUN echo ok\nerror building image: error building stage: failed to get files used from context: lstat /workspace/nope: no such file or directory\n", ReasonDockerfile, "a COPY or ADD names a file that is not there"},
 		{"failing RUN, text format", Outcome{ExitCode: 3}, "time=\"t\" level=info msg=\"RUN echo \\\"a\\\" && exit 3\"\ntime=\"t\" level=info msg=\"Running: [/bin/sh -c exit 3]\"\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 3\n", ReasonDockerfile, `instruction "RUN echo \"a\" && exit 3" failed with exit code 3`},
 		{"no digest", Outcome{}, "", ReasonInternal, "digest"},
 		{"success with commit", Outcome{Digest: "sha256:abc", Commit: "0123456789abcdef0123456789abcdef01234567"}, "", "", ""},
@@ -42,7 +48,7 @@ func TestClassify(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := Classify(c.o, limits, c.log)
+			f := Classify(c.o, limits, c.log, nil)
 			if c.reason == "" {
 				if f != nil {
 					t.Fatalf("got %+v, want success", f)
@@ -85,5 +91,49 @@ func TestTransitions(t *testing.T) {
 	q := New("img", 1, "alice", TriggerManual, now)
 	if err := q.Cancel("bob", now); err != nil || q.Status != Cancelled || q.Failure.Reason != ReasonCancelled || q.StartedAt != nil || q.Duration(now) != nil {
 		t.Fatalf("cancel of a queued build: %+v, %v", q, err)
+	}
+}
+
+// TestClassifySteps classifies real executor logs (../build/steps/testdata)
+// read against their Dockerfiles: the failure names the instruction that
+// failed and its line.
+func TestClassifySteps(t *testing.T) {
+	const base = "127.0.0.1:5000/library/busybox"
+	cases := []struct {
+		log, dockerfile string
+		exit            int
+		reason          Reason
+		message         string
+	}{
+		{"exit127", "FROM " + base + "\nRUN echo ok\nRUN nosuchcommand --flag\n", 127, ReasonDockerfile,
+			`instruction "RUN nosuchcommand --flag" (line 3) failed with exit code 127: command not found`},
+		{"cont", "FROM " + base + "\nRUN echo one && \\\n    echo two\nMAINTAINER me\nRUN exit 126\n", 126, ReasonDockerfile,
+			`instruction "RUN exit 126" (line 5) failed with exit code 126: not executable`},
+		{"copymiss2", "FROM " + base + "\nRUN echo ok\nCOPY missing.txt /x\n", 1, ReasonDockerfile,
+			`instruction "COPY missing.txt /x" (line 3) failed: a file it copies does not exist (/workspace/missing.txt)`},
+		{"copyfrommiss", "FROM " + base + " AS a\nRUN echo ok\nFROM " + base + "\nCOPY --from=a /nope /x\n", 1, ReasonDockerfile,
+			`instruction "COPY --from=a /nope /x" (line 4) failed: a file it copies does not exist (/kaniko/0/nope)`},
+		{"nostage", "FROM " + base + "\nRUN echo ok\nCOPY --from=nostage /a /b\n", 1, ReasonDockerfile,
+			`instruction "COPY --from=nostage /a /b" (line 3) failed: no stage above it is named "nostage"`},
+	}
+	for _, c := range cases {
+		t.Run(c.log, func(t *testing.T) {
+			log, err := os.ReadFile(filepath.Join("steps", "testdata", c.log+".log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan, err := steps.ParsePlan(c.dockerfile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := Classify(Outcome{ExitCode: c.exit}, Limits{}, string(log), steps.Parse(log, plan).Failure())
+			if f == nil || f.Reason != c.reason || !strings.Contains(f.Message, c.message) {
+				t.Fatalf("got %+v, want %s containing %q", f, c.reason, c.message)
+			}
+			// Without the Dockerfile, the tail alone still blames no RUN for a COPY.
+			if f := Classify(Outcome{ExitCode: c.exit}, Limits{}, string(log), nil); strings.Contains(c.log, "copy") && strings.Contains(f.Message, "RUN echo ok") {
+				t.Errorf("without the Dockerfile: %+v", f)
+			}
+		})
 	}
 }

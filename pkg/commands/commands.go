@@ -202,6 +202,7 @@ func workspace(args []string, stdout, stderr io.Writer) error {
 	e.SetID(uuid.NewString())
 	e.SetSource("/slipway/cli")
 	e.SetType(typ)
+	e.SetTime(time.Now()) // workspace events apply in the order of their times
 	if err := e.SetData(cloudevents.ApplicationJSON, events.Workspace{ID: pos[0], Owner: *owner, Members: members}); err != nil {
 		return err
 	}

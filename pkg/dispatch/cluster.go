@@ -8,10 +8,12 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/store"
@@ -41,14 +43,19 @@ type Cluster struct {
 	// Grace is how long a build may stay queued, or running without a pod,
 	// before the reconciler acts.
 	Grace time.Duration
+	// PushBound bounds the reporter's pushes to a build's external
+	// destinations (see publish).
+	PushBound time.Duration
 }
+
+// DefaultPushBound is Cluster.PushBound's default: under Knative's default
+// request timeout of 300 s, with time left to settle.
+const DefaultPushBound = 4 * time.Minute
 
 // NewCluster returns the cluster roles' handlers.
 func NewCluster(o Options, pods Pods, get PodGetter) *Cluster {
-	if o.Now == nil {
-		o.Now = func() time.Time { return time.Now().UTC() }
-	}
-	return &Cluster{o: o, pods: pods, get: get, Grace: time.Minute}
+	o = o.withDefaults()
+	return &Cluster{o: o, pods: pods, get: get, Grace: time.Minute, PushBound: DefaultPushBound}
 }
 
 // Handlers returns the event handlers of a role.
@@ -97,15 +104,19 @@ func (c *Cluster) dispatch(ctx context.Context, r ref) error {
 	}
 	if err != nil {
 		c.settle(ctx, r, func(b *build.Build) error {
+			if bpe, ok := errors.AsType[*basePullError](err); ok {
+				return b.Fail(build.ReasonBaseImage, bpe.Error(), c.o.Now())
+			}
 			return b.Fail(build.ReasonInternal, "the build pod could not be created: "+err.Error(), c.o.Now())
 		})
 	}
 	return nil
 }
 
-// prepare is the cluster's build spec: Kaniko pushes to every destination
-// itself, so the docker config carries the base and destination registries'
-// credentials.
+// prepare is the cluster's build spec: Kaniko pushes to the internal
+// registry alone, with the build's own credential; the docker config holds
+// that and pull tokens for private bases (basePulls), never a destination's
+// credential (the reporter pushes to the external destinations after the pod).
 func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.ContextSource, error) {
 	img, err := c.o.Store.GetImage(ctx, b.Image)
 	if err != nil {
@@ -113,15 +124,11 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 	}
 	spec := baseSpec(c.o, img, b)
 	var src kube.ContextSource
-	registries := []string{}
-	for _, d := range img.Destinations {
-		spec.Destinations = append(spec.Destinations, d.Reference)
-		registries = append(registries, registryOf(d.Reference))
-	}
+	var bases []name.Reference
 	switch img.Context.Type {
 	case image.ContextLocal:
 		src.Dockerfile = img.Context.Dockerfile
-		registries = append(registries, image.BaseRegistries(img.Context.Dockerfile)...)
+		bases = image.BaseImages(img.Context.Dockerfile)
 		// A git context's Dockerfile is only read in its pod: its bases
 		// are not recorded in the cluster.
 		recordBases(ctx, c.o, img, b, src.Dockerfile)
@@ -136,7 +143,12 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 			src.GitToken = auth.Token
 		}
 	}
-	if spec.DockerConfig, err = dockerConfig(ctx, c.o, img.Workspace, registries); err != nil {
+	// Private bases: pull tokens, never the credential.
+	pulls, err := basePulls(ctx, c.o, img.Workspace, bases, nopNotes{})
+	if err != nil {
+		return spec, src, err
+	}
+	if spec.DockerConfig, err = mergeAuths(spec.DockerConfig, pulls); err != nil {
 		return spec, src, err
 	}
 	spec.DockerConfig, err = withBuildCredential(ctx, c.o, spec.DockerConfig, img, b, src.Dockerfile)
@@ -175,32 +187,78 @@ func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
 	if gerr != nil || !b.Status.Active() {
 		return nil // settled already: a duplicate event
 	}
-	if len(log) > 0 {
-		if err := c.o.Store.AppendLog(ctx, imageID, n, log); err != nil {
-			return err
-		}
-	}
 	r := ref{imageID, n}
 	record := func(b *build.Build) {
 		if o.Commit != "" {
 			b.SetCommit(o.Commit)
 		}
 	}
-	if f := build.Classify(o, c.o.Limits, string(log)); f != nil {
+	img, ierr := c.o.Store.GetImage(ctx, imageID)
+	if f := build.Classify(o, c.o.Limits, string(log), failedStep(img, b, log)); f != nil {
+		if len(log) > 0 {
+			if err := c.o.Store.AppendLog(ctx, imageID, n, log); err != nil {
+				return err
+			}
+		}
 		c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Fail(f.Reason, f.Message, c.o.Now()) })
 		return nil
 	}
-	img, err := c.o.Store.GetImage(ctx, imageID)
-	if err != nil {
+	if ierr != nil {
 		return nil
 	}
-	reference := c.o.Registry + "/" + img.Name + "@" + o.Digest
-	pushes := []build.Push{{Reference: internalTag(c.o, img), Status: "pushed"}}
+	return c.publish(ctx, r, b, img, o, log, record)
+}
+
+// publish pushes a build whose pod succeeded to its external destinations,
+// then settles it as succeeded (the internal push decides that; each
+// destination keeps its own result). It first claims the pushes on the
+// build record, so that a redelivered pod event, or the reconciler, finding
+// them under way pushes nothing: the claim lapses after PushBound and a
+// minute, when its claimant has died, and whoever reports next pushes.
+// The pushes stop at PushBound, or at the build's time limit when that
+// comes first, so that they end within the reporter's request (Knative
+// cancels it at the Service's timeoutSeconds, 300 s by default).
+func (c *Cluster) publish(ctx context.Context, r ref, b build.Build, img image.Image, o build.Outcome, log []byte, record func(*build.Build)) error {
+	internal := build.Push{Reference: internalTag(c.o, img), Status: build.PushPushed}
+	claim := []build.Push{internal}
 	for _, d := range img.Destinations {
-		pushes = append(pushes, build.Push{Reference: d.Reference, Status: "pushed"})
+		claim = append(claim, build.Push{Reference: d.Reference})
 	}
+	_, err := c.o.Store.UpdateBuild(ctx, r.Image, r.Number, func(b *build.Build) error {
+		return b.ClaimPushes(claim, c.PushBound+time.Minute, c.o.Now())
+	})
+	switch {
+	case errors.Is(err, build.ErrClaimed), errors.Is(err, build.ErrTransition), errors.Is(err, store.ErrNotFound):
+		return nil // under way elsewhere, or settled meanwhile
+	case err != nil:
+		return err
+	}
+	deadline := c.o.Now().Add(c.PushBound)
+	if b.StartedAt != nil && c.o.Limits.Timeout > 0 {
+		if limit := b.StartedAt.Add(c.o.Limits.Timeout); limit.Before(deadline) {
+			deadline = limit
+		}
+	}
+	pctx, cancel := context.WithDeadline(ctx, deadline)
+	var notes notes
+	pushes := append([]build.Push{internal}, c.o.Pushes.Publish(pctx, img, b, o.Digest, img.Destinations, &notes)...)
+	cancel()
+	ctx = context.WithoutCancel(ctx)
+	if out := append(log, notes...); len(out) > 0 {
+		if err := c.o.Store.AppendLog(ctx, r.Image, r.Number, out); err != nil && !errors.Is(err, store.ErrNotFound) {
+			c.o.Log.Error("writing build log", "build", r.id(), "error", err)
+		}
+	}
+	reference := c.o.Registry + "/" + img.Name + "@" + o.Digest
 	c.settle(ctx, r, func(b *build.Build) error { record(b); return b.Succeed(o.Digest, reference, pushes, c.o.Now()) })
 	return nil
+}
+
+// notes collects the publisher's notes for the build log.
+type notes []byte
+
+func (n *notes) Notef(format string, args ...any) {
+	*n = fmt.Appendf(*n, "[slipway] "+format+"\n", args...)
 }
 
 func (c *Cluster) settle(ctx context.Context, r ref, end func(*build.Build) error) {
@@ -266,4 +324,14 @@ func (c *Cluster) OnPing(ctx context.Context, _ cloudevents.Event) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// failedStep reads a pod's whole log against the Dockerfile of b, when the
+// image still holds it (a local context), for where the executor failed.
+func failedStep(img image.Image, b build.Build, log []byte) *steps.Failure {
+	var plan *steps.Plan
+	if df, ok := img.DockerfileAt(b.DefinitionRev); ok {
+		plan, _ = steps.ParsePlan(df)
+	}
+	return steps.Parse(log, plan).Failure()
 }

@@ -2,15 +2,26 @@ package dispatch
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
+	stdlog "log"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,7 +64,6 @@ func (p *published) count(typ string) int {
 
 const (
 	ns      = "slipway-builds"
-	digest  = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	extPass = "ext-registry-password-42"
 )
 
@@ -62,6 +72,46 @@ type clusterHarness struct {
 	s      store.Store
 	client *fake.Clientset
 	events *published
+	// internal is the internal registry, ext the destination's registry:
+	// both real registries (go-containerregistry's) on loopback; ext asks
+	// for the user "u" with extPass. digest is the image the build pods
+	// "pushed" to internal (team/log:latest).
+	internal, ext string
+	extPushes     *atomic.Int32 // manifests ext accepted
+	digest        string
+	box           *secret.Box
+}
+
+// loopbackRegistry serves a real registry on loopback; with a password it
+// answers 401 to requests without user "u" and that password, as a
+// private registry does. It counts the manifests it accepted.
+func loopbackRegistry(t *testing.T, password string) (host string, manifests *atomic.Int32) {
+	t.Helper()
+	reg := ggcrregistry.New(ggcrregistry.Logger(stdlog.New(io.Discard, "", 0)))
+	manifests = &atomic.Int32{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if password != "" {
+			if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != password {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusUnauthorized)
+				io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+				return
+			}
+		}
+		rec := httptest.NewRecorder()
+		reg.ServeHTTP(rec, r)
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") && rec.Code == http.StatusCreated {
+			manifests.Add(1)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), manifests
 }
 
 func newClusterHarness(t *testing.T) *clusterHarness {
@@ -71,11 +121,22 @@ func newClusterHarness(t *testing.T) *clusterHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	internal, _ := loopbackRegistry(t, "")
+	ext, extPushes := loopbackRegistry(t, extPass)
+	// What a build pod would have pushed to the internal registry.
+	built, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(mustRef(t, internal+"/team/log:latest"), built); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := built.Digest()
 	sealed, _ := box.Seal(extPass)
-	s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "ext", Kind: "registry", Registry: "ext.example.com", Username: "u", Secret: sealed})
+	s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "ext", Kind: "registry", Registry: ext, Username: "u", Secret: sealed})
 	img, _ := s.GetImage(ctx, "img1")
 	next := img
-	next.Destinations = []image.Destination{{Reference: "ext.example.com/team/log:v1", Credential: "ext"}}
+	next.Destinations = []image.Destination{{Reference: ext + "/team/log:v1", Credential: "ext"}}
 	img.Edit(next, "alice", time.Now())
 	if err := s.UpdateImage(ctx, img, 1); err != nil {
 		t.Fatal(err)
@@ -94,10 +155,19 @@ func newClusterHarness(t *testing.T) *clusterHarness {
 	}
 	ev := &published{}
 	c := NewCluster(Options{
-		Store: s, Events: ev, Secrets: box, Registry: "registry.example.com",
+		Store: s, Events: ev, Secrets: box, Registry: internal,
 		Limits: build.Limits{MemoryBytes: 1 << 30, Timeout: time.Hour}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, pods, get)
-	return &clusterHarness{c: c, s: s, client: client, events: ev}
+	return &clusterHarness{c: c, s: s, client: client, events: ev, internal: internal, ext: ext, extPushes: extPushes, digest: d.String(), box: box}
+}
+
+func mustRef(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func buildEvent(t *testing.T, typ, imageID string, n int) cloudevents.Event {
@@ -155,20 +225,26 @@ func TestClusterBuildLifecycle(t *testing.T) {
 	}
 	pod := h.pod(t, "img1-1")
 	args := strings.Join(pod.Spec.Containers[0].Args, " ")
-	if !strings.Contains(args, "--destination registry.example.com/team/log:latest") || !strings.Contains(args, "--destination ext.example.com/team/log:v1") {
-		t.Fatalf("kaniko args: %s", args)
+	if !strings.Contains(args, "--destination "+h.internal+"/team/log:latest") || strings.Contains(args, h.ext) {
+		t.Fatalf("kaniko args: the pod pushes to the internal registry alone: %s", args)
 	}
-	// The per-build secret carries the destination's credential; the pod spec does not.
+	// No destination credential is in the pod's docker config (the build's
+	// Secret) nor in its spec: the reporter pushes to the destination.
 	sec, err := h.client.CoreV1().Secrets(ns).Get(ctx, "img1-1", metav1.GetOptions{})
-	if err != nil || !strings.Contains(string(sec.Data[corev1.DockerConfigJsonKey]), "ext.example.com") {
-		t.Fatalf("build secret: %v %v", sec, err)
+	if err != nil {
+		t.Fatalf("build secret: %v", err)
+	}
+	if cfg := string(sec.Data[corev1.DockerConfigJsonKey]); strings.Contains(cfg, h.ext) || strings.Contains(cfg, extPass) ||
+		strings.Contains(cfg, base64.StdEncoding.EncodeToString([]byte("u:"+extPass))) {
+		t.Fatalf("the build's docker config holds the destination's credential: %s", cfg)
 	}
 	raw, _ := json.Marshal(pod)
-	if strings.Contains(string(raw), extPass) {
-		t.Fatal("the pod spec carries a registry password")
+	if strings.Contains(string(raw), extPass) || strings.Contains(string(raw), h.ext) {
+		t.Fatal("the pod spec names the destination or carries its password")
 	}
-	// The pod succeeds: the reporter settles the build, once.
-	done := ended(pod, corev1.PodSucceeded, 0, "Completed", digest)
+	// The pod succeeds: the reporter pushes to the destination and settles
+	// the build, once, though the event comes twice.
+	done := ended(pod, corev1.PodSucceeded, 0, "Completed", h.digest)
 	report := h.c.Handlers("reporter")["dev.knative.apiserver.resource.update"]
 	for range 2 {
 		if err := report(ctx, podEvent(t, done)); err != nil {
@@ -176,11 +252,19 @@ func TestClusterBuildLifecycle(t *testing.T) {
 		}
 	}
 	b := h.build(t, 1)
-	if b.Status != build.Succeeded || *b.Digest != digest || *b.Reference != "registry.example.com/team/log@"+digest || len(b.Pushes) != 2 {
+	if b.Status != build.Succeeded || *b.Digest != h.digest || *b.Reference != h.internal+"/team/log@"+h.digest || len(b.Pushes) != 2 ||
+		b.Pushes[1].Reference != h.ext+"/team/log:v1" || b.Pushes[1].Status != build.PushPushed || b.Pushes[1].At == nil {
 		t.Fatalf("after the pod succeeded: %+v", b)
 	}
-	if h.events.count(events.BuildSucceeded) != 1 {
-		t.Fatalf("%d succeeded events for one build", h.events.count(events.BuildSucceeded))
+	if h.events.count(events.BuildSucceeded) != 1 || h.extPushes.Load() != 1 {
+		t.Fatalf("%d succeeded events, %d pushes to the destination for one build", h.events.count(events.BuildSucceeded), h.extPushes.Load())
+	}
+	pushed, err := remote.Image(mustRef(t, h.ext+"/team/log:v1"), remote.WithAuth(&authn.Basic{Username: "u", Password: extPass}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := pushed.Digest(); d.String() != h.digest {
+		t.Fatalf("the destination has %s, the build made %s", d, h.digest)
 	}
 	// Build 1 was queued before the destination was added: the image has a
 	// reference now, and stays modified until a build of the new definition.
@@ -188,8 +272,8 @@ func TestClusterBuildLifecycle(t *testing.T) {
 	if img.Status() != image.StatusModified || img.Reference != *b.Reference || img.Built == nil {
 		t.Fatalf("image after the build: %s %s", img.Status(), img.Reference)
 	}
-	if log, _ := h.s.ReadLog(ctx, "img1", 1, 0); string(log) != "fake logs" {
-		t.Fatalf("build log %q, want the pod's", log)
+	if log, _ := h.s.ReadLog(ctx, "img1", 1, 0); !strings.HasPrefix(string(log), "fake logs") || strings.Count(string(log), "[slipway] pushing to "+h.ext) != 1 {
+		t.Fatalf("build log %q, want the pod's and one push", log)
 	}
 
 	// Build 2 runs out of memory.
@@ -243,7 +327,7 @@ func TestClusterReconciler(t *testing.T) {
 	img, _ := h.s.GetImage(ctx, "img1")
 	h.s.CreateBuild(ctx, build.New("img1", img.DefinitionRev, "alice", build.TriggerManual, time.Now()))
 	h.c.Handlers("dispatcher")[events.BuildQueued](ctx, buildEvent(t, events.BuildQueued, "img1", 2))
-	p := ended(h.pod(t, "img1-2"), corev1.PodSucceeded, 0, "Completed", digest)
+	p := ended(h.pod(t, "img1-2"), corev1.PodSucceeded, 0, "Completed", h.digest)
 	h.client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 	time.Sleep(time.Millisecond)
 	if err := ping(ctx, cloudevents.NewEvent()); err != nil {
@@ -271,4 +355,96 @@ func TestClusterMalformedEvents(t *testing.T) {
 	if err := h.c.OnPod(context.Background(), notPod); err == nil {
 		t.Fatal("a pod event without a pod was accepted")
 	}
+}
+
+// TestClusterReporterPublishes: the reporter's pushes to an external
+// destination, with a real destination registry on loopback. A destination
+// that refuses leaves the build succeeded with that push failed; pushes
+// another reporter has claimed are not pushed again until the claim lapses;
+// a destination that never answers is cut off at the reporter's bound.
+func TestClusterReporterPublishes(t *testing.T) {
+	h := newClusterHarness(t)
+	ctx := context.Background()
+	wrong, _ := h.box.Seal("not-the-password")
+	h.s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "ext", Kind: "registry", Registry: h.ext, Username: "u", Secret: wrong})
+	dispatch := h.c.Handlers("dispatcher")[events.BuildQueued]
+	report := h.c.Handlers("reporter")["dev.knative.apiserver.resource.update"]
+	dispatch(ctx, buildEvent(t, events.BuildQueued, "img1", 1))
+	done := podEvent(t, ended(h.pod(t, "img1-1"), corev1.PodSucceeded, 0, "Completed", h.digest))
+
+	// Another reporter (an earlier delivery of the same event) is pushing.
+	now := time.Now().UTC()
+	if _, err := h.s.UpdateBuild(ctx, "img1", 1, func(b *build.Build) error {
+		return b.ClaimPushes([]build.Push{{Reference: h.internal + "/team/log:latest"}, {Reference: h.ext + "/team/log:v1"}}, time.Hour, now)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := report(ctx, done); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.build(t, 1); b.Status != build.Running || b.Pushes[1].Status != build.PushPushing || h.events.count(events.BuildSucceeded) != 0 {
+		t.Fatalf("a redelivered event pushed or settled while the pushes were claimed: %+v", b)
+	}
+	// That reporter died: once its claim lapses, the next report (the
+	// reconciler's) pushes and settles.
+	h.c.o.Now = func() time.Time { return time.Now().UTC().Add(h.c.PushBound + 2*time.Minute) }
+	if err := report(ctx, done); err != nil {
+		t.Fatal(err)
+	}
+	b := h.build(t, 1)
+	if b.Status != build.Succeeded || b.Failure != nil || *b.Digest != h.digest || len(b.Pushes) != 2 || b.Pushes[0].Status != build.PushPushed ||
+		b.Pushes[1].Status != build.PushFailed || b.Pushes[1].Error == nil || !strings.Contains(*b.Pushes[1].Error, "401 Unauthorized") {
+		msg := ""
+		if b.Pushes[1].Error != nil {
+			msg = *b.Pushes[1].Error
+		}
+		t.Fatalf("build whose destination refused: %+v %s", b, msg)
+	}
+	if strings.Contains(*b.Pushes[1].Error, "not-the-password") {
+		t.Fatal("the push error shows the credential")
+	}
+	if img, _ := h.s.GetImage(ctx, "img1"); img.Reference != *b.Reference || img.Built == nil {
+		t.Fatalf("the image after a refused destination: %+v", img)
+	}
+	if err := report(ctx, done); err != nil || h.events.count(events.BuildSucceeded) != 1 || h.extPushes.Load() != 0 {
+		t.Fatalf("redelivered after settling: %v, %d succeeded events, %d manifests pushed", err, h.events.count(events.BuildSucceeded), h.extPushes.Load())
+	}
+
+	// A destination that accepts connections and never answers.
+	h.c.o.Now = func() time.Time { return time.Now().UTC() }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	img, _ := h.s.GetImage(ctx, "img1")
+	next := img
+	next.Destinations = []image.Destination{{Reference: ln.Addr().String() + "/team/log:v1"}}
+	was := img.Version
+	img.Edit(next, "alice", time.Now())
+	if err := h.s.UpdateImage(ctx, img, was); err != nil {
+		t.Fatal(err)
+	}
+	newBuild(t, h)
+	dispatch(ctx, buildEvent(t, events.BuildQueued, "img1", 2))
+	h.c.PushBound = 2 * time.Second
+	begun := time.Now()
+	if err := report(ctx, podEvent(t, ended(h.pod(t, "img1-2"), corev1.PodSucceeded, 0, "Completed", h.digest))); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(begun)
+	b = h.build(t, 2)
+	if b.Status != build.Succeeded || b.Pushes[1].Status != build.PushFailed || !strings.Contains(*b.Pushes[1].Error, "time limit") {
+		t.Fatalf("build whose destination hangs: %+v", b)
+	}
+	t.Logf("the hanging destination was cut off after %s (bound %s)", took.Round(100*time.Millisecond), h.c.PushBound)
 }

@@ -1,33 +1,32 @@
 // Package dispatch turns queued builds into runs: a FIFO queue served by a
 // fixed number of slots, each build's credentials and context (prepared by
-// a ContextPreparer), the run itself through a build.Runner, the copy to external
-// destinations, and the settlement of the build record. Its reconciler
+// a ContextPreparer), the run itself through a build.Runner, the copy to
+// external destinations (by a Pusher, package publish), and the settlement
+// of the build record. Its reconciler
 // settles builds whose runner is gone and re-queues builds nobody serves.
 package dispatch
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/build/steps"
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/publish"
+	"github.com/slipway-dev/slipway/pkg/pullauth"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
 
@@ -51,6 +50,12 @@ type ContextPreparer interface {
 // a running build holds it shared (see package gate).
 type Gate interface {
 	Shared() (release func())
+}
+
+// Pusher copies a built image to external destinations (publish.Publisher):
+// one result per destination, bounded by ctx.
+type Pusher interface {
+	Publish(ctx context.Context, img image.Image, b build.Build, digest string, dests []image.Destination, log publish.Log) []build.Push
 }
 
 // cleaner is the optional capability of runners and context preparers that
@@ -89,6 +94,14 @@ type Options struct {
 	// Gate, when set, is held while a build runs, so that the registry
 	// is not collected under its pushes.
 	Gate Gate
+	// PullAuth trades the workspace's credentials of private base
+	// registries for the pull tokens a build gets instead; nil is
+	// pullauth.TokenFlow{}.
+	PullAuth pullauth.Exchanger
+	// Pushes copies built images to their external destinations; nil: a
+	// publish.Publisher of these options' store, secrets, registry and
+	// registry tokens.
+	Pushes Pusher
 	// Bases, when set, resolves the digests of a build's FROMs when it
 	// starts, which the build records (the rebuild policy watches them).
 	Bases BaseResolver
@@ -98,6 +111,21 @@ type Options struct {
 // workspace reads them (rebuild.Registry).
 type BaseResolver interface {
 	Resolve(ctx context.Context, ws, dockerfile string) []build.Base
+}
+
+// withDefaults fills in what o leaves unset.
+func (o Options) withDefaults() Options {
+	if o.Now == nil {
+		o.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if o.Pushes == nil {
+		var tokens publish.PullTokens
+		if o.RegistryTokens != nil {
+			tokens = o.RegistryTokens
+		}
+		o.Pushes = publish.New(publish.Options{Store: o.Store, Secrets: o.Secrets, Registry: o.Registry, Tokens: tokens, Now: o.Now})
+	}
+	return o
 }
 
 // ref identifies a build.
@@ -125,9 +153,7 @@ func New(o Options) *Dispatcher {
 	if o.Slots < 1 {
 		o.Slots = 1
 	}
-	if o.Now == nil {
-		o.Now = func() time.Time { return time.Now().UTC() }
-	}
+	o = o.withDefaults()
 	ctx, stop := context.WithCancel(context.Background())
 	return &Dispatcher{o: o, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1), ctx: ctx, stop: stop}
 }
@@ -360,16 +386,19 @@ func (d *Dispatcher) run(ctx context.Context, r ref) {
 // executeWithin runs execute under the build's time limit, which covers
 // everything the build does: fetching its context, the run, reading the
 // image back and the pushes to external destinations (a destination that
-// accepts a connection and never answers is cut off by it too).
+// accepts a connection and never answers is cut off by it too). A build
+// whose image reached the internal registry has succeeded: a destination
+// the limit cut off is a failed push, not a timed-out build.
 func (d *Dispatcher) executeWithin(ctx context.Context, b build.Build, log *logWriter) func(*build.Build) error {
 	if d.o.Limits.Timeout <= 0 {
-		return d.executeGuarded(ctx, b, log)
+		end, _ := d.executeGuarded(ctx, b, log)
+		return end
 	}
 	limited, cancel := context.WithTimeout(ctx, d.o.Limits.Timeout)
 	defer cancel()
-	end := d.executeGuarded(limited, b, log)
-	if ctx.Err() == nil && errors.Is(limited.Err(), context.DeadlineExceeded) {
-		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "")
+	end, built := d.executeGuarded(limited, b, log)
+	if !built && ctx.Err() == nil && errors.Is(limited.Err(), context.DeadlineExceeded) {
+		f := build.Classify(build.Outcome{TimedOut: true}, d.o.Limits, "", nil)
 		log.Notef("%s", f.Message)
 		return d.fail(f.Reason, "%s", f.Message)
 	}
@@ -382,29 +411,30 @@ func (d *Dispatcher) fail(reason build.Reason, format string, args ...any) func(
 	return func(b *build.Build) error { return b.Fail(reason, msg, d.o.Now()) }
 }
 
-// execute prepares, runs and publishes a build, and returns its ending.
-func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter) func(*build.Build) error {
+// execute prepares, runs and publishes a build, and returns its ending;
+// built says that its image reached the internal registry.
+func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter) (end func(*build.Build) error, built bool) {
 	if d.o.RunnerError != "" {
 		log.Notef("%s", d.o.RunnerError)
-		return d.fail(build.ReasonInternal, "%s", d.o.RunnerError)
+		return d.fail(build.ReasonInternal, "%s", d.o.RunnerError), false
 	}
 	img, err := d.o.Store.GetImage(ctx, b.Image)
 	if err != nil {
-		return d.fail(build.ReasonInternal, "reading the image: %v", err)
+		return d.fail(build.ReasonInternal, "reading the image: %v", err), false
 	}
 	var auth *gitctx.Auth
 	if g := img.Context.Git; g != nil {
 		if auth, err = gitAuth(ctx, d.o, img.Workspace, *g); err != nil {
 			log.Notef("%v", err)
-			return d.fail(build.ReasonGit, "%v", err)
+			return d.fail(build.ReasonGit, "%v", err), false
 		}
 	}
 	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
 	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
-		return d.fail(f.Reason, "%s", f.Message)
+		return d.fail(f.Reason, "%s", f.Message), false
 	}
 	if err != nil {
-		return d.fail(build.ReasonInternal, "preparing the build context: %v", err)
+		return d.fail(build.ReasonInternal, "preparing the build context: %v", err), false
 	}
 	defer bc.Close()
 	if bc.Commit != "" {
@@ -415,41 +445,44 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 			b.SetCommit(bc.Commit)
 			return nil
 		}); err != nil && !errors.Is(err, build.ErrTransition) {
-			return d.fail(build.ReasonInternal, "recording the commit: %v", err)
+			return d.fail(build.ReasonInternal, "recording the commit: %v", err), false
 		}
 	}
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
 	recordBases(ctx, d.o, img, b, dockerfile)
-	if spec.DockerConfig, err = dockerConfig(ctx, d.o, img.Workspace, image.BaseRegistries(dockerfile)); err != nil {
-		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err)
+	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImages(dockerfile), log)
+	if bpe, ok := errors.AsType[*basePullError](err); ok {
+		log.Notef("%v", bpe)
+		return d.fail(build.ReasonBaseImage, "%v", bpe), false
+	}
+	if err != nil {
+		return d.fail(build.ReasonInternal, "preparing registry credentials: %v", err), false
 	}
 	if spec.DockerConfig, err = withBuildCredential(ctx, d.o, spec.DockerConfig, img, b, dockerfile); err != nil {
-		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
+		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err), false
 	}
+	// The steps parser reads the executor's whole output as it comes, so
+	// that the failure names the instruction that failed, whatever the log
+	// cap and the tail keep.
+	plan, _ := steps.ParsePlan(dockerfile) // nil when it does not parse: the log alone then
+	parser := steps.NewParser(plan)
 	started := time.Now()
-	outcome, err := d.o.Runner.Run(ctx, spec, log)
+	outcome, err := d.o.Runner.Run(ctx, spec, io.MultiWriter(log, parser))
 	if err != nil {
 		log.Notef("the runner failed: %v", err)
-		return d.fail(build.ReasonInternal, "the build could not run: %v", err)
+		return d.fail(build.ReasonInternal, "the build could not run: %v", err), false
 	}
 	log.Notef("the executor ended after %.1f s with exit code %d", time.Since(started).Seconds(), outcome.ExitCode)
-	if f := build.Classify(outcome, d.o.Limits, log.Tail()); f != nil {
-		return d.fail(f.Reason, "%s", f.Message)
+	parser.Flush()
+	if f := build.Classify(outcome, d.o.Limits, log.Tail(), parser.Failure()); f != nil {
+		return d.fail(f.Reason, "%s", f.Message), false
 	}
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
-	source, err := readBack(d.o, b, img.Name)
-	if err != nil {
-		return d.fail(build.ReasonInternal, "preparing the internal registry's credential: %v", err)
-	}
-	pushes, failed := d.push(ctx, img, reference, source, log)
-	if failed != "" {
-		return func(b *build.Build) error {
-			return b.FailPush(outcome.Digest, reference, pushes, failed, d.o.Now())
-		}
-	}
-	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }
+	pushes := append([]build.Push{{Reference: internalTag(d.o, img), Status: build.PushPushed}},
+		d.o.Pushes.Publish(ctx, img, b, outcome.Digest, img.Destinations, log)...)
+	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }, true
 }
 
 // recordBases records on build b the digests its bases resolve to now.
@@ -514,114 +547,4 @@ func gitAuth(ctx context.Context, o Options, ws string, g image.Git) (*gitctx.Au
 		return nil, err
 	}
 	return &gitctx.Auth{Username: c.Username, Token: token}, nil
-}
-
-// dockerConfig holds the workspace's credentials for the registries the
-// build pulls base images from, and no others: the build's own steps can
-// read it, so it carries only what the build needs.
-func dockerConfig(ctx context.Context, o Options, ws string, registries []string) ([]byte, error) {
-	cs, err := o.Store.ListCredentials(ctx, ws)
-	if err != nil {
-		return nil, err
-	}
-	auths := map[string]map[string]string{}
-	for _, c := range cs {
-		if c.Kind != "registry" || !slices.Contains(registries, c.Registry) {
-			continue
-		}
-		pw, err := o.Secrets.Open(c.Secret)
-		if err != nil {
-			return nil, err
-		}
-		auths[c.Registry] = map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(c.Username + ":" + pw))}
-	}
-	if len(auths) == 0 {
-		return nil, nil
-	}
-	return json.Marshal(map[string]any{"auths": auths})
-}
-
-// registryOf is the registry host of an image reference.
-func registryOf(ref string) string {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return ""
-	}
-	return r.Context().RegistryStr()
-}
-
-// push copies the built image from the internal registry (read with
-// source, its authentication) to each external destination with its
-// credential, and reports each result. failed names
-// the destinations that refused, "" when all took it.
-func (d *Dispatcher) push(ctx context.Context, img image.Image, reference string, source remote.Option, log *logWriter) (pushes []build.Push, failed string) {
-	pushes = []build.Push{{Reference: internalTag(d.o, img), Status: "pushed"}}
-	if len(img.Destinations) == 0 {
-		return pushes, ""
-	}
-	src, err := name.ParseReference(reference)
-	if err != nil {
-		return pushes, "the built image's reference is invalid: " + err.Error()
-	}
-	built, err := remote.Image(src, remote.WithContext(ctx), source)
-	if err != nil {
-		return pushes, "reading the built image back: " + err.Error()
-	}
-	var refused []string
-	for _, dest := range img.Destinations {
-		log.Notef("pushing to %s", dest.Reference)
-		err := d.pushOne(ctx, img.Workspace, dest, built)
-		p := build.Push{Reference: dest.Reference, Status: "pushed"}
-		if err != nil {
-			msg := err.Error()
-			p.Status, p.Error = "failed", &msg
-			refused = append(refused, dest.Reference)
-			log.Notef("push to %s failed: %s", dest.Reference, msg)
-		}
-		pushes = append(pushes, p)
-	}
-	if len(refused) > 0 {
-		return pushes, "pushing to " + strings.Join(refused, ", ") + " failed: see pushes for each error"
-	}
-	return pushes, ""
-}
-
-func (d *Dispatcher) pushOne(ctx context.Context, ws string, dest image.Destination, img v1.Image) error {
-	ref, err := name.ParseReference(dest.Reference)
-	if err != nil {
-		return err
-	}
-	if image.SameRegistry(ref.Context().RegistryStr(), d.o.Registry) {
-		// The internal registry: only the workspace's own repositories.
-		own, err := store.OwnsRepository(ctx, d.o.Store, ws, ref.Context().RepositoryStr())
-		if err != nil {
-			return err
-		}
-		if !own {
-			return fmt.Errorf("not pushing: %s is in the internal registry but is not an image of this workspace", dest.Reference)
-		}
-	}
-	auth := authn.Anonymous
-	if dest.Credential != "" {
-		c, err := d.o.Store.GetCredential(ctx, ws, dest.Credential)
-		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("the registry credential %q does not exist in this workspace", dest.Credential)
-		}
-		if err != nil {
-			return err
-		}
-		// Checked again at build time: the credential may have changed
-		// since the destination was saved.
-		if err := c.CheckRegistry(dest.Reference); err != nil {
-			return fmt.Errorf("not pushing: %w", err)
-		}
-		pw, err := d.o.Secrets.Open(c.Secret)
-		if err != nil {
-			return err
-		}
-		auth = &authn.Basic{Username: c.Username, Password: pw}
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	return remote.Write(ref, img, remote.WithAuth(auth), remote.WithContext(pctx))
 }

@@ -23,7 +23,7 @@ func logStore(t *testing.T) store.Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
-	s.ApplyWorkspace(ctx, "k", store.Workspace{ID: "ws1", Owner: "alice"}, false)
+	s.ApplyWorkspace(ctx, "k", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false)
 	if err := s.CreateImage(ctx, storetest.NewImage("img1", "ws1", "team/log")); err != nil {
 		t.Fatal(err)
 	}

@@ -14,12 +14,12 @@ import (
 // server down. The stack goes to the server's log only.
 
 // executeGuarded is execute, with a panic turned into the build's ending.
-func (d *Dispatcher) executeGuarded(ctx context.Context, b build.Build, log *logWriter) (end func(*build.Build) error) {
+func (d *Dispatcher) executeGuarded(ctx context.Context, b build.Build, log *logWriter) (end func(*build.Build) error, built bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			d.o.Log.Error("build panicked", "build", b.ID(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			log.Notef("the build stopped on an internal error: %v", p)
-			end = d.fail(build.ReasonInternal, "the build stopped on an internal error: %v", p)
+			end, built = d.fail(build.ReasonInternal, "the build stopped on an internal error: %v", p), false
 		}
 	}()
 	return d.execute(ctx, b, log)

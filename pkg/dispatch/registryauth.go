@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
@@ -25,10 +22,6 @@ type RegistryTokens interface {
 // BuildUser is the user name a build's credential goes with (the token
 // endpoint takes any).
 const BuildUser = "slipway-build"
-
-// readBackTTL bounds the dispatcher's reading of a built image to copy it
-// to external destinations.
-const readBackTTL = 15 * time.Minute
 
 // withBuildCredential adds to the docker config cfg the build's credential
 // for the internal registry: push and pull on the image's repository (and
@@ -68,17 +61,4 @@ func withBuildCredential(ctx context.Context, o Options, cfg []byte, img image.I
 	}
 	doc["auths"][o.Registry] = map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(BuildUser + ":" + cred))}
 	return json.Marshal(doc)
-}
-
-// readBack is how the dispatcher authenticates to read build b's image of
-// repo back from the internal registry.
-func readBack(o Options, b build.Build, repo string) (remote.Option, error) {
-	if o.RegistryTokens == nil {
-		return remote.WithAuth(authn.Anonymous), nil
-	}
-	cred, err := o.RegistryTokens.PullCredential(b.Image, b.Number, repo, readBackTTL)
-	if err != nil {
-		return nil, err
-	}
-	return remote.WithAuth(&authn.Basic{Username: BuildUser, Password: cred}), nil
 }

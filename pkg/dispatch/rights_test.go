@@ -114,7 +114,7 @@ var exercises = map[string]func(t *testing.T, h *clusterHarness) *calls{
 		rec := record(h) // only what the reporter does
 		report := h.c.Handlers("reporter")["dev.knative.apiserver.resource.update"]
 		var pod *corev1.Pod
-		rec.aside(func() { pod = ended(h.pod(t, "img1-1"), corev1.PodSucceeded, 0, "Completed", digest) })
+		rec.aside(func() { pod = ended(h.pod(t, "img1-1"), corev1.PodSucceeded, 0, "Completed", h.digest) })
 		if err := report(ctx, podEvent(t, pod)); err != nil {
 			t.Fatal(err)
 		}
@@ -139,7 +139,7 @@ var exercises = map[string]func(t *testing.T, h *clusterHarness) *calls{
 		newBuild(t, h)
 		ping(ctx, cloudevents.NewEvent())
 		rec.aside(func() {
-			h.client.CoreV1().Pods(ns).UpdateStatus(ctx, ended(h.pod(t, "img1-3"), corev1.PodSucceeded, 0, "Completed", digest), metav1.UpdateOptions{})
+			h.client.CoreV1().Pods(ns).UpdateStatus(ctx, ended(h.pod(t, "img1-3"), corev1.PodSucceeded, 0, "Completed", h.digest), metav1.UpdateOptions{})
 		})
 		time.Sleep(time.Millisecond)
 		ping(ctx, cloudevents.NewEvent())

@@ -133,3 +133,14 @@ func sameDestinations(a, b []Destination) bool {
 	}
 	return true
 }
+
+// DockerfileAt returns the Dockerfile of img's definition at revision rev
+// (a build's DefinitionRev) when img still holds it: a local context whose
+// definition has not changed since. A git context's Dockerfile is in its
+// repository, not here: ok is false then, as for an older revision.
+func (img Image) DockerfileAt(rev int64) (dockerfile string, ok bool) {
+	if img.Context.Type != ContextLocal || rev != img.DefinitionRev {
+		return "", false
+	}
+	return img.Context.Dockerfile, true
+}

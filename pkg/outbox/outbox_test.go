@@ -99,7 +99,7 @@ func start(t *testing.T, sinkURL, overrides string) *env {
 	e := &env{st: st, relay: relay, reg: reg, stop: func() { cancel(); <-done }}
 	t.Cleanup(func() { e.stop(); st.Close() })
 	ctx0 := context.Background()
-	st.ApplyWorkspace(ctx0, "k", store.Workspace{ID: "ws1", Owner: "alice"}, false)
+	st.ApplyWorkspace(ctx0, "k", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false)
 	return e
 }
 

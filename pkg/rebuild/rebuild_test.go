@@ -63,7 +63,7 @@ var berlin, _ = time.LoadLocation("Europe/Berlin")
 // set by alice at setAt.
 func setUp(t *testing.T, s store.Store, p image.Rebuild, setAt time.Time) image.Image {
 	t.Helper()
-	if err := s.ApplyWorkspace(ctx, "test/ws1", store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
+	if err := s.ApplyWorkspace(ctx, "test/ws1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
 		t.Fatal(err)
 	}
 	img := image.Image{

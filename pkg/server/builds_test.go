@@ -78,9 +78,10 @@ type buildJSON struct {
 	Reference   *string    `json:"reference"`
 	Commit      *string    `json:"commit"`
 	Pushes      []struct {
-		Reference string  `json:"reference"`
-		Status    string  `json:"status"`
-		Error     *string `json:"error"`
+		Reference string     `json:"reference"`
+		Status    string     `json:"status"`
+		Error     *string    `json:"error"`
+		At        *time.Time `json:"at"`
 	} `json:"pushes"`
 	Failure *struct {
 		Reason  string `json:"reason"`

@@ -52,6 +52,7 @@ func TestRightsMatrix(t *testing.T) {
 		{"GET", "/api/v1/images/" + img.ID + "/builds", nil, nil, 404, 200, 200},
 		{"GET", "/api/v1/images/" + img.ID + "/builds/1", nil, nil, 404, 404, 404},
 		{"GET", "/api/v1/images/" + img.ID + "/builds/1/log", nil, nil, 404, 404, 404},
+		{"GET", "/api/v1/images/" + img.ID + "/builds/1/steps", nil, nil, 404, 404, 404},
 		{"POST", "/api/v1/images/" + img.ID + "/builds/1/cancel", nil, nil, 404, 404, 404},
 		{"PUT", "/api/v1/workspaces/ws1/credentials/hub", map[string]any{"kind": "registry", "registry": "r.example", "username": "u", "password": "p"}, nil, 404, 403, 204},
 		{"GET", "/api/v1/workspaces/ws1/credentials", nil, nil, 404, 200, 200},
@@ -319,6 +320,7 @@ func TestWorkspaceEvents(t *testing.T) {
 	send := func(id, typ, data string) int {
 		req, _ := http.NewRequest("POST", e.baseURL+"/events", strings.NewReader(data))
 		for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": id, "Ce-Source": "/platform", "Ce-Type": typ,
+			"Ce-Time":      time.Now().UTC().Format(time.RFC3339Nano),
 			"Content-Type": "application/json", "Authorization": "Bearer " + e.token("platform")} {
 			req.Header.Set(k, v)
 		}

@@ -102,6 +102,11 @@ type Config struct {
 	// (secret.KeyFile); every process of a deployment must share it, so in
 	// the cluster it is a mounted Secret. Empty: the data dir.
 	CredentialsKeyDir string
+
+	// buildReach are more ports of the host's loopback that local builds
+	// reach, as runc.Options.Forwards: only tests set it (export_test.go),
+	// to serve a private base registry on loopback.
+	buildReach []int
 }
 
 func (c *Config) credentialsKeyDir() string {

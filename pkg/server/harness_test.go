@@ -141,6 +141,7 @@ func (e *env) announce(typ, id, owner string, members ...string) {
 	ev.SetID(uuid.NewString())
 	ev.SetSource("/platform")
 	ev.SetType(typ)
+	ev.SetTime(time.Now())
 	ev.SetData(cloudevents.ApplicationJSON, events.Workspace{ID: id, Owner: owner, Members: members})
 	if res := e.postEvent(ev, "platform"); res.StatusCode != http.StatusNoContent {
 		e.t.Fatalf("announcing %s: %d", id, res.StatusCode)

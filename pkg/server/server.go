@@ -183,6 +183,7 @@ func (s *Server) open() error {
 		return err
 	}
 	s.Events.ViaOutbox(events.BuildLifecycle...)
+	s.Events.ViaOutbox(events.BuildPushed)
 	s.Events.ViaOutbox(events.ImageTypes...)
 	s.Events.OnPublish(s.relay.Notify)
 	deps := functions.Deps{
@@ -204,6 +205,9 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Content = s.content
+	}
+	if role == "all" || role == "api" {
+		deps.Pushes = s.publisher(box)
 	}
 	switch {
 	case role == "all":
@@ -353,6 +357,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Log: s.log,
 		RegistryTokens: s.registryTokens(),
 		Gate:           s.pushGate(),
+		Pushes:         s.publisher(box),
 		Bases:          s.Bases,
 	}
 }
@@ -401,7 +406,8 @@ const Demo = "demo"
 func (s *Server) demo() error {
 	ctx := context.Background()
 	ws := store.Workspace{ID: Demo, Owner: Demo, Members: []string{}}
-	if err := s.Store.ApplyWorkspace(ctx, "slipway-demo/"+Demo, ws, false); err != nil && !errors.Is(err, store.ErrDuplicate) {
+	err := s.Store.ApplyWorkspace(ctx, "slipway-demo/"+Demo, store.Order{Time: time.Now()}, ws, false)
+	if err != nil && !errors.Is(err, store.ErrDuplicate) && !errors.Is(err, store.ErrStale) {
 		return err
 	}
 	if s.cfg.Registry == "" {
@@ -471,6 +477,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 		if forwards, err = s.listenForBuilds(); err != nil {
 			return nil, err
 		}
+	}
+	for _, p := range s.cfg.buildReach {
+		forwards = append(forwards, runc.Forward{Port: p, HostPort: p})
 	}
 	runcDir := filepath.Join(s.cfg.DataDir, "runc")
 	runner, err := runc.New(runc.Options{

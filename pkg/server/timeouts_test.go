@@ -170,7 +170,7 @@ func TestInvalidUTF8IsRefused(t *testing.T) {
 	// Workspace events with invalid UTF-8 are malformed.
 	for _, data := range []string{`{"id":"ws9","owner":"` + "\xff" + `"}`, `{"id":"ws9","owner":"eve","members":["\ud800"]}`} {
 		req, _ := http.NewRequest("POST", e.baseURL+"/events", strings.NewReader(data))
-		for k, v := range map[string]string{"Content-Type": "application/json", "Ce-Specversion": "1.0", "Ce-Id": data, "Ce-Source": "/platform",
+		for k, v := range map[string]string{"Content-Type": "application/json", "Ce-Specversion": "1.0", "Ce-Id": data, "Ce-Source": "/platform", "Ce-Time": time.Now().UTC().Format(time.RFC3339Nano),
 			"Ce-Type": events.WorkspaceCreated, "Authorization": "Bearer " + e.token("platform")} {
 			req.Header.Set(k, v)
 		}

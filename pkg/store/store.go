@@ -22,6 +22,7 @@ var (
 	ErrConflict    = errors.New("version conflict")
 	ErrBuildActive = errors.New("a build is already queued or running")
 	ErrDuplicate   = errors.New("event already processed")
+	ErrStale       = errors.New("event not after the workspace's last applied event")
 	ErrBadCursor   = errors.New("bad page token")
 )
 
@@ -87,12 +88,22 @@ type ImageFilter struct {
 // Store is Slipway's durable state. Every method is safe for concurrent use
 // and atomic: it changes everything it says or nothing.
 type Store interface {
-	// ApplyWorkspace creates or replaces ws, or deletes it (and its images,
-	// builds, logs and credentials) when deleted is true, unless eventKey was
-	// already processed, in which case it returns ErrDuplicate and changes
-	// nothing. The event key is recorded in the same transaction.
-	ApplyWorkspace(ctx context.Context, eventKey string, ws Workspace, deleted bool) error
-	// GetWorkspace returns ErrNotFound for an unknown id.
+	// ApplyWorkspace applies a platform event at order about ws: it creates
+	// or replaces ws, or deletes it (and its images, builds, logs and
+	// credentials) when deleted is true, leaving a tombstone. The workspace
+	// keeps order, a tombstone included, and the event key is recorded, in
+	// the same transaction. When eventKey was already processed it returns
+	// ErrDuplicate and changes nothing. When order is not After the order
+	// the workspace keeps, it records the event key, changes nothing else,
+	// and returns ErrStale: an older update never undoes a newer one or a
+	// deletion, and a newer create or update after a tombstone makes the
+	// workspace anew (without the images and credentials deleted with it).
+	ApplyWorkspace(ctx context.Context, eventKey string, order Order, ws Workspace, deleted bool) error
+	// WorkspaceOrder returns the order of the last event applied to the
+	// workspace id, a deletion's included; the zero Order when none was.
+	WorkspaceOrder(ctx context.Context, id string) (Order, error)
+	// GetWorkspace returns ErrNotFound for an unknown id and a deleted
+	// workspace's tombstone.
 	GetWorkspace(ctx context.Context, id string) (Workspace, error)
 
 	// CreateImage stores a new image; ErrNameTaken when another image on the

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -406,8 +407,11 @@ func TestBrowser(t *testing.T) {
 		tb.openImage(builtID, builtName)
 		tb.waitFor(`!document.querySelector('[data-action="build"]').disabled`, "BUILD enabled for the owner", 10*time.Second)
 		tb.click(`[data-action="build"]`)
-		// The new build's row opens by itself and follows the log.
+		// The new build's row opens by itself, scrolled into sight, and
+		// shows its steps; the raw log follows behind them.
 		tb.waitFor(`document.querySelector('.build-row[data-build="1"] .build-toggle[aria-expanded="true"]')`, "build #1's row, expanded", 10*time.Second)
+		tb.waitFor(inView(`.build-row[data-build="1"] .build-toggle`), "build #1's row scrolled into sight", 5*time.Second)
+		tb.waitFor(`(() => { const r = document.querySelector('.build-row[data-build="1"]'); return !r.querySelector('[data-testid="steps"]').hidden && r.querySelector("pre.log").hidden; })()`, "the steps as the default view", 5*time.Second)
 		sawLive := false
 		deadline := time.Now().Add(4 * time.Minute)
 		for {
@@ -440,6 +444,17 @@ func TestBrowser(t *testing.T) {
 		if !sawLive {
 			t.Error("never saw the log growing while the build ran (follow=true streaming)")
 		}
+		// The steps: FROM and the RUN, done, with their lines and durations.
+		tb.waitFor(`document.querySelectorAll('.build-row[data-build="1"] .step[data-status="done"]').length === 3`, "three steps done (FROM, RUN, push)", 10*time.Second)
+		var steps []string
+		tb.eval(`[...document.querySelectorAll('.build-row[data-build="1"] .step')].map(s => s.querySelector(".step-line").innerText + " | " + s.querySelector(".step-text").innerText + " | " + s.querySelector(".step-dur").innerText)`, &steps)
+		if len(steps) != 3 || !strings.HasPrefix(steps[0], "line 1 | FROM ") || !strings.HasPrefix(steps[1], "line 2 | RUN echo browser-build-step-one && sleep 2") ||
+			!strings.HasSuffix(steps[1], " s") || !strings.Contains(steps[2], "| push ") {
+			t.Errorf("the steps shown: %q", steps)
+		}
+		// The raw log is one click away.
+		tb.click(`.build-row[data-build="1"] [data-action="view-log"]`)
+		tb.waitFor(`!document.querySelector('.build-row[data-build="1"] pre.log').hidden`, "the raw log", 5*time.Second)
 		log := tb.text(`.build-row[data-build="1"] pre.log`)
 		if !strings.Contains(log, "browser-build-step-two") {
 			t.Errorf("the streamed log lacks the build's last output; it is:\n%s", log)
@@ -463,6 +478,137 @@ func TestBrowser(t *testing.T) {
 		if c := tb.tileColor(builtName); c != green {
 			t.Errorf("built tile's icon is %s, want green %s", c, green)
 		}
+	})
+
+	t.Run("the live log follows a running build until the reader scrolls up", func(t *testing.T) {
+		requireBuilds(t)
+		s.PushBase()
+		id := s.createImage("ws1", "alice", "team/long-log", "Prints for a while.",
+			"FROM "+s.Base()+"\nRUN for i in $(seq 1 150); do echo long-log-line-$i; sleep 0.1; done\n")
+		tb := openTab(t, browser, s, "alice", "ws1", false, 5*time.Minute)
+		tb.openImage(id, "team/long-log")
+		tb.waitFor(`!document.querySelector('[data-action="build"]').disabled`, "BUILD enabled", 10*time.Second)
+		tb.click(`[data-action="build"]`)
+		row := `.build-row[data-build="1"]`
+		tb.waitFor(`document.querySelector('`+row+` .build-toggle[aria-expanded="true"]')`, "the build's row, expanded", 10*time.Second)
+		tb.click(row + ` [data-action="view-log"]`)
+		pre := `document.querySelector('` + row + ` pre.log')`
+		type logState struct {
+			Len      int    `json:"len"`
+			Bottom   bool   `json:"bottom"`
+			Scroll   int    `json:"scroll"`
+			Scrolls  bool   `json:"scrolls"`
+			Status   string `json:"status"`
+			LastLine string `json:"last"`
+		}
+		state := func() logState {
+			var st logState
+			tb.eval(`(() => { const p = `+pre+`; const lines = p.textContent.trim().split("\n"); return { len: p.textContent.length, bottom: p.scrollHeight - p.scrollTop - p.clientHeight < 24, scroll: p.scrollTop, scrolls: p.scrollHeight > p.clientHeight + 50, status: document.querySelector('`+row+` .build-status').dataset.status, last: lines[lines.length-1] }; })()`, &st)
+			return st
+		}
+		// Following: while lines arrive (across the page's 2 s refreshes),
+		// the newest line stays in view.
+		tb.waitFor(pre+`.textContent.includes("long-log-line-20") && `+pre+`.scrollHeight > `+pre+`.clientHeight + 50`, "a log taller than its box", 2*time.Minute)
+		grew := 0
+		prev := state()
+		for until := time.Now().Add(4 * time.Second); time.Now().Before(until); {
+			time.Sleep(150 * time.Millisecond)
+			st := state()
+			if st.Status != "running" {
+				t.Fatalf("the build ended before the test could watch it follow: %+v", st)
+			}
+			if !st.Bottom {
+				t.Fatalf("the followed log is not at its bottom (scrollTop %d, last line %q)", st.Scroll, st.LastLine)
+			}
+			if st.Len > prev.Len {
+				grew++
+			}
+			prev = st
+		}
+		if grew < 5 {
+			t.Fatalf("the log grew only %d times in 4 s while the build ran", grew)
+		}
+		// Scrolling up (the mouse wheel, as a reader does) stops following.
+		var box struct{ X, Y, H float64 }
+		tb.eval(`(() => { `+pre+`.scrollIntoView({ block: "center" }); const r = `+pre+`.getBoundingClientRect(); return { X: r.left + r.width / 2, Y: r.top + r.height / 2, H: innerHeight }; })()`, &box)
+		wheel := func(dy float64) {
+			// CDP wants both deltas, and a zero one would be left out.
+			tb.do(chromedp.MouseEvent(chromedp.MouseWheel, box.X, box.Y, func(p *input.DispatchMouseEventParams) { p.DeltaX, p.DeltaY = 1e-9, dy }))
+		}
+		var under string
+		tb.eval(fmt.Sprintf(`document.elementFromPoint(%f, %f)?.tagName`, box.X, box.Y), &under)
+		if under != "PRE" {
+			t.Fatalf("the wheel would turn over %q at %+v, not the log", under, box)
+		}
+		for i := 0; i < 40 && state().Scroll > 0; i++ {
+			wheel(-1000)
+			time.Sleep(50 * time.Millisecond)
+		}
+		tb.waitFor(pre+`.scrollTop === 0`, "the log scrolled to its top", 5*time.Second)
+		before := state()
+		tb.waitFor(pre+`.textContent.length > `+fmt.Sprint(before.Len+200), "more lines while scrolled up", time.Minute)
+		if st := state(); st.Scroll != 0 || st.Bottom {
+			t.Fatalf("the log moved while the reader was scrolled up: %+v", st)
+		}
+		// Back at the bottom, it follows again.
+		for i := 0; i < 40 && !state().Bottom; i++ {
+			wheel(1000)
+			time.Sleep(50 * time.Millisecond)
+		}
+		tb.waitFor(`(() => { const p = `+pre+`; return p.scrollHeight - p.scrollTop - p.clientHeight < 24; })()`, "the log scrolled to its bottom", 5*time.Second)
+		at := state()
+		tb.waitFor(pre+`.textContent.length > `+fmt.Sprint(at.Len+200), "more lines after scrolling back", time.Minute)
+		if st := state(); !st.Bottom && st.Status == "running" {
+			t.Fatalf("the log stopped following after the reader scrolled back down: %+v", st)
+		}
+		tb.screenshot("editor-live-log", 1280)
+	})
+
+	t.Run("a failed build opens its failed step with the exit code explained", func(t *testing.T) {
+		requireBuilds(t)
+		s.PushBase()
+		id := s.createImage("ws1", "alice", "team/fails-in-browser", "Calls a program that is not there.",
+			"FROM "+s.Base()+"\nRUN echo before\nRUN nosuchprogram --version\nRUN echo never\n")
+		if code, _, b := s.call("POST", "/api/v1/images/"+id+"/builds", "alice", nil); code != http.StatusAccepted {
+			t.Fatalf("POST builds: %d %v", code, b)
+		}
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			_, _, b := s.call("GET", "/api/v1/images/"+id+"/builds/1", "alice", nil)
+			if b["status"] == "failed" {
+				break
+			}
+			if time.Now().After(deadline) || b["status"] == "succeeded" {
+				t.Fatalf("the build: %v", b)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		tb := openTab(t, browser, s, "bob", "ws1", false, time.Minute) // a member reads it too
+		tb.openImage(id, "team/fails-in-browser")
+		row := `.build-row[data-build="1"]`
+		tb.click(row + ` .build-toggle`)
+		failed := row + ` .step[data-status="failed"]`
+		tb.waitFor(`document.querySelector('`+failed+`.is-open .step-detail:not([hidden])')`, "the failed step, opened", 10*time.Second)
+		var st struct {
+			Statuses []string `json:"statuses"`
+			Line     string   `json:"line"`
+			Text     string   `json:"text"`
+			Exit     string   `json:"exit"`
+			Tail     string   `json:"tail"`
+		}
+		tb.eval(`(() => { const r = document.querySelector('`+row+`'); const f = r.querySelector('.step[data-status="failed"]'); return { statuses: [...r.querySelectorAll(".step")].map(s => s.dataset.status), line: f.querySelector(".step-line").innerText, text: f.querySelector(".step-text").innerText, exit: f.querySelector(".step-exit").innerText, tail: (f.querySelector(".step-log") || {}).innerText || "" }; })()`, &st)
+		if strings.Join(st.Statuses, ",") != "done,done,failed,not_run" || st.Line != "line 3" || st.Text != "RUN nosuchprogram --version" ||
+			!strings.Contains(st.Exit, "Exit code 127") || !strings.Contains(st.Exit, "command not found") || !strings.Contains(st.Tail, "nosuchprogram: not found") {
+			t.Errorf("the steps of the failed build: %+v", st)
+		}
+		tb.screenshot("editor-failed-step", 1280)
+		// The whole log is one click away.
+		tb.click(failed + ` [data-action="open-log"]`)
+		tb.waitFor(`!document.querySelector('`+row+` pre.log').hidden && document.querySelector('`+row+` pre.log').innerText.includes("exit status 127")`, "the raw log", 5*time.Second)
+		// Back to the steps; the failed step closes on a click.
+		tb.click(row + ` [data-action="view-steps"]`)
+		tb.click(failed + ` .step-toggle`)
+		tb.waitFor(`document.querySelector('`+failed+` .step-detail').hidden && document.querySelector('`+failed+` .step-toggle').getAttribute("aria-expanded") === "false"`, "the failed step, closed", 5*time.Second)
 	})
 
 	t.Run("edit a built image and see orange", func(t *testing.T) {
@@ -735,3 +881,9 @@ func TestBrowser(t *testing.T) {
 
 // requireBuilds fails, naming the fix, when what real builds need is missing.
 func requireBuilds(t *testing.T) { servertest.Executor(t) }
+
+// inView is a JavaScript condition: sel's element is within the viewport,
+// below the sticky top bar.
+func inView(sel string) string {
+	return fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false; const r = e.getBoundingClientRect(); return r.top >= 56 && r.bottom <= innerHeight; })()`, sel)
+}

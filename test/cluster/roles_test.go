@@ -444,6 +444,7 @@ func (d *deployment) publish(typ string, data any) {
 	e.SetID(uuid.NewString())
 	e.SetType(typ)
 	e.SetSource("/platform/test")
+	e.SetTime(time.Now())
 	e.SetData(cloudevents.ApplicationJSON, data)
 	d.router.send(e)
 }

@@ -123,6 +123,8 @@ export const api = {
   listBuilds: (id, quiet) => request(`/api/v1/images/${enc(id)}/builds?limit=50`, { quiet }),
   getBuild: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}`, { quiet: true }),
   cancelBuild: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}/cancel`, { method: "POST" }),
+  steps: (id, n) => request(`/api/v1/images/${enc(id)}/builds/${n}/steps`, { quiet: true }),
+  pushAgain: (id, n, reference) => request(`/api/v1/images/${enc(id)}/builds/${n}/pushes`, { method: "POST", body: { reference } }),
   log: (id, n, { offset = 0, follow = false, signal, quiet } = {}) => {
     const q = new URLSearchParams({ offset: String(offset) });
     if (follow) q.set("follow", "true");

@@ -438,6 +438,7 @@ export function renderImage(main, ctx, id) {
       showImage(st.image);
       await builds.refresh();
       builds.expand(data.number);
+      builds.reveal(data.number);
       poll();
     } catch (err) {
       if (err.status === 403) ctx.learnedNotOwner();

@@ -186,7 +186,10 @@ func (a *Authority) issue(r *http.Request, oauth bool) (string, int, time.Time, 
 func (a *Authority) authenticate(ctx context.Context, cred string) (principal, error) {
 	if b, exp, err := a.Signer.verifyCredential(cred); err == nil {
 		bd, err := a.Builds.GetBuild(ctx, b.Image, b.Number)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && !bd.Status.Active()) {
+		if b.Publish {
+			b.Push = nil // pull only
+		}
+		if errors.Is(err, store.ErrNotFound) || (err == nil && !bd.Status.Active() && !(b.Publish && bd.Status == build.Succeeded)) {
 			return principal{}, errUnauthorized("the build this credential was minted for has ended")
 		}
 		if err != nil {
@@ -281,10 +284,11 @@ func (a *Authority) BuildCredential(ctx context.Context, b BuildClaims, ttl time
 }
 
 // PullCredential mints a short-lived credential of build number of image
-// that pulls repo alone: what the dispatcher reads a built image back with
-// to copy it to external registries, before the build is settled.
+// that pulls repo alone: what Slipway reads a built image back with to copy
+// it to external registries, while the build runs and, to push it again,
+// once it has succeeded.
 func (a *Authority) PullCredential(image string, number int, repo string, ttl time.Duration) (string, error) {
-	return a.Signer.BuildCredential(BuildClaims{Image: image, Number: number, Pull: []string{repo}}, ttl)
+	return a.Signer.BuildCredential(BuildClaims{Image: image, Number: number, Pull: []string{repo}, Publish: true}, ttl)
 }
 
 // WatchToken is an access token that pulls repo, when workspace ws may

@@ -67,7 +67,10 @@ type Access struct {
 
 // BuildClaims are what a build credential allows: pull on Pull, push and
 // pull on Push, nothing else, while build Number of Image is queued or
-// running. Build is their ID ("<image>-<number>"), set when signed.
+// running. Build is their ID ("<image>-<number>"), set when signed. A
+// Publish credential (Slipway's own, to copy the built image to external
+// destinations) pulls Pull also once the build has succeeded, never
+// pushes, and is never given to a build.
 type BuildClaims struct {
 	Build     string   `json:"build"`
 	Image     string   `json:"image"`
@@ -75,6 +78,7 @@ type BuildClaims struct {
 	Workspace string   `json:"workspace"`
 	Pull      []string `json:"pull"`
 	Push      []string `json:"push"`
+	Publish   bool     `json:"publish,omitempty"`
 }
 
 // claims is every claim of the tokens signed here.

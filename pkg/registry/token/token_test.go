@@ -96,8 +96,8 @@ func TestRights(t *testing.T) {
 	}
 	defer db.Close()
 	ctx := context.Background()
-	db.ApplyWorkspace(ctx, "e1", store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}, false)
-	db.ApplyWorkspace(ctx, "e2", store.Workspace{ID: "ws2", Owner: "carol"}, false)
+	db.ApplyWorkspace(ctx, "e1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}, false)
+	db.ApplyWorkspace(ctx, "e2", store.Order{}, store.Workspace{ID: "ws2", Owner: "carol"}, false)
 	db.CreateImage(ctx, storetest.NewImage("a", "ws1", "team/a"))
 	db.CreateImage(ctx, storetest.NewImage("b", "ws2", "other/b"))
 	r := Rights{Owners: db, Pullers: []string{"node"}, Publishers: []string{"platform"}}

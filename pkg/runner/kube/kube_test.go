@@ -509,7 +509,7 @@ func (h *harness) assertPodGone(t *testing.T) {
 
 func assertReason(t *testing.T, o build.Outcome, logTail string, want build.Reason) {
 	t.Helper()
-	f := build.Classify(o, testSpec().Limits, logTail)
+	f := build.Classify(o, testSpec().Limits, logTail, nil)
 	switch {
 	case want == "" && f != nil:
 		t.Errorf("Classify(%+v) = %+v, want success", o, f)
@@ -1050,7 +1050,7 @@ func TestOutcomeOfUnplacedPod(t *testing.T) {
 			if !done {
 				return
 			}
-			f := build.Classify(o, testSpec().Limits, "")
+			f := build.Classify(o, testSpec().Limits, "", nil)
 			if tc.timedOut {
 				if f.Reason != build.ReasonTimeout {
 					t.Errorf("failure %+v, want a timeout", f)

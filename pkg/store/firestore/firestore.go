@@ -5,7 +5,7 @@
 //
 // # Documents
 //
-//	workspaces/{ws}                         owner, members
+//	workspaces/{ws}                         owner, members, deleted, sequence, time: the order of its last event
 //	workspaces/{ws}/credentials/{name}      name, kind, registry, username, secret (sealed by the caller)
 //	events/{hex SHA-256 of the event key}   key: a processed event
 //	images/{id}                             workspace, name, version, usable, doc
@@ -62,9 +62,13 @@
 //
 // Deleting a workspace deletes its images that way one by one, then its
 // credentials, and only then, in one transaction, records the event and
-// deletes the workspace document. So a workspace of any size fits, and a
-// delete interrupted half way is finished by the event's redelivery, since
-// the event is not recorded yet. It is the one change that is not atomic.
+// turns the workspace document into a tombstone that keeps the event's
+// order. So a workspace of any size fits, and a delete interrupted half way
+// is finished by the event's redelivery, since the event is not recorded
+// yet. It is the one change that is not atomic: a deletion found to be
+// after the workspace's order when the purge starts empties it even if a
+// newer update is applied before the deletion's transaction, which then
+// records the deletion as stale.
 //
 // # Logs
 //
@@ -153,6 +157,11 @@ type (
 	workspaceDoc struct {
 		Owner   string   `firestore:"owner"`
 		Members []string `firestore:"members"`
+		// Deleted marks a tombstone; Sequence and Time are the store.Order
+		// of the last event applied (Time as store.EncodeOrderTime).
+		Deleted  bool   `firestore:"deleted,omitempty"`
+		Sequence string `firestore:"sequence,omitempty"`
+		Time     string `firestore:"time,omitempty"`
 	}
 	eventDoc struct {
 		Key string `firestore:"key"`
@@ -305,32 +314,81 @@ func get(ctx context.Context, ref *fs.DocumentRef) (*fs.DocumentSnapshot, error)
 }
 
 // ApplyWorkspace implements store.Store.
-func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, ws store.Workspace, deleted bool) error {
+func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store.Order, ws store.Workspace, deleted bool) error {
 	ev, ref := s.eventRef(eventKey), s.workspaceRef(ws.ID)
 	if deleted {
-		if err := s.emptyWorkspace(ctx, ev, ws.ID); err != nil {
+		if err := s.emptyWorkspace(ctx, ev, order, ws.ID); err != nil {
 			return err
 		}
 	}
-	return s.run(ctx, store.ErrDuplicate, func(tx *fs.Transaction) error {
+	stale := false
+	err := s.run(ctx, store.ErrDuplicate, func(tx *fs.Transaction) error {
+		stale = false
+		snaps, err := tx.GetAll([]*fs.DocumentRef{ref})
+		if err != nil {
+			return err
+		}
+		prev, err := workspaceOrder(snaps[0])
+		if err != nil {
+			return err
+		}
 		if err := tx.Create(ev, eventDoc{Key: eventKey}); err != nil {
 			return err
 		}
-		if deleted {
-			return tx.Delete(ref)
+		if !order.After(prev) {
+			stale = true // the event is recorded, nothing else changes
+			return nil
 		}
-		return tx.Set(ref, workspaceDoc{Owner: ws.Owner, Members: ws.Members})
+		d := workspaceDoc{Owner: ws.Owner, Members: ws.Members, Sequence: order.Sequence, Time: store.EncodeOrderTime(order)}
+		if deleted {
+			d = workspaceDoc{Deleted: true, Sequence: d.Sequence, Time: d.Time}
+		}
+		return tx.Set(ref, d)
 	})
+	if err == nil && stale {
+		return store.ErrStale
+	}
+	return err
+}
+
+// workspaceOrder is the store.Order a workspace document keeps; the zero
+// Order when there is none.
+func workspaceOrder(snap *fs.DocumentSnapshot) (store.Order, error) {
+	if !snap.Exists() {
+		return store.Order{}, nil
+	}
+	var d workspaceDoc
+	if err := snap.DataTo(&d); err != nil {
+		return store.Order{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
+	}
+	return store.DecodeOrder(d.Sequence, d.Time)
+}
+
+// WorkspaceOrder implements store.Store.
+func (s *Store) WorkspaceOrder(ctx context.Context, id string) (store.Order, error) {
+	snap, err := s.workspaceRef(id).Get(ctx)
+	if err != nil && status.Code(err) != codes.NotFound {
+		return store.Order{}, err
+	}
+	return workspaceOrder(snap)
 }
 
 // emptyWorkspace deletes a workspace's images, with their builds and logs,
-// and its credentials, unless the event ev was processed already.
-func (s *Store) emptyWorkspace(ctx context.Context, ev *fs.DocumentRef, id string) error {
+// and its credentials, unless the event ev was processed already or its
+// order is not after the workspace's (then the event changes nothing).
+func (s *Store) emptyWorkspace(ctx context.Context, ev *fs.DocumentRef, order store.Order, id string) error {
 	switch _, err := get(ctx, ev); {
 	case err == nil:
 		return store.ErrDuplicate
 	case !errors.Is(err, store.ErrNotFound):
 		return err
+	}
+	prev, err := s.WorkspaceOrder(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !order.After(prev) {
+		return nil
 	}
 	imgs, err := s.images().Where("workspace", "==", id).Select().Documents(ctx).GetAll()
 	if err != nil {
@@ -354,6 +412,9 @@ func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, e
 	var d workspaceDoc
 	if err := snap.DataTo(&d); err != nil {
 		return ws, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
+	}
+	if d.Deleted {
+		return ws, store.ErrNotFound
 	}
 	ws.Owner, ws.Members = d.Owner, d.Members
 	return ws, nil

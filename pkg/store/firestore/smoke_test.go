@@ -39,7 +39,7 @@ func wantErr(t *testing.T, what string, got, want error) {
 
 func workspace(t *testing.T, s *firestore.Store, id string) {
 	t.Helper()
-	check(t, "ApplyWorkspace "+id, s.ApplyWorkspace(t.Context(), "create/"+id, store.Workspace{ID: id, Owner: "alice"}, false))
+	check(t, "ApplyWorkspace "+id, s.ApplyWorkspace(t.Context(), "create/"+id, store.Order{}, store.Workspace{ID: id, Owner: "alice"}, false))
 }
 
 func newImage(t *testing.T, s *firestore.Store, id, ws, name string) image.Image {
@@ -93,13 +93,13 @@ func exists(t *testing.T, raw *fs.Client, path string) bool {
 func TestSmokeWorkspaces(t *testing.T) {
 	s, _ := open(t)
 	ctx := t.Context()
-	check(t, "apply", s.ApplyWorkspace(ctx, "src/1", store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}, false))
-	wantErr(t, "redelivered event", s.ApplyWorkspace(ctx, "src/1", store.Workspace{ID: "ws1", Owner: "mallory"}, false), store.ErrDuplicate)
+	check(t, "apply", s.ApplyWorkspace(ctx, "src/1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}, false))
+	wantErr(t, "redelivered event", s.ApplyWorkspace(ctx, "src/1", store.Order{}, store.Workspace{ID: "ws1", Owner: "mallory"}, false), store.ErrDuplicate)
 	got, err := s.GetWorkspace(ctx, "ws1")
 	if err != nil || got.Owner != "alice" || fmt.Sprint(got.Members) != "[bob]" {
 		t.Fatalf("GetWorkspace = %+v, %v; want alice with member bob", got, err)
 	}
-	check(t, "update", s.ApplyWorkspace(ctx, "src/2", store.Workspace{ID: "ws1", Owner: "bob"}, false))
+	check(t, "update", s.ApplyWorkspace(ctx, "src/2", store.Order{}, store.Workspace{ID: "ws1", Owner: "bob"}, false))
 	if got, _ := s.GetWorkspace(ctx, "ws1"); got.Owner != "bob" || len(got.Members) != 0 {
 		t.Fatalf("after update: %+v", got)
 	}
@@ -425,7 +425,7 @@ func TestSmokeDeleteWorkspaceCascades(t *testing.T) {
 	for _, c := range []store.Credential{{Workspace: "ws1", Name: "hub", Kind: "registry"}, {Workspace: "ws2", Name: "hub", Kind: "registry"}} {
 		check(t, "put credential", s.PutCredential(ctx, c))
 	}
-	check(t, "delete", s.ApplyWorkspace(ctx, "src/del", store.Workspace{ID: "ws1"}, true))
+	check(t, "delete", s.ApplyWorkspace(ctx, "src/del", store.Order{}, store.Workspace{ID: "ws1"}, true))
 	_, err := s.GetWorkspace(ctx, "ws1")
 	wantErr(t, "deleted workspace", err, store.ErrNotFound)
 	for _, name := range []string{"a", "b"} {
@@ -443,9 +443,9 @@ func TestSmokeDeleteWorkspaceCascades(t *testing.T) {
 		t.Fatalf("another workspace's credential: %v", err)
 	}
 	// The names are free; a redelivered delete changes nothing.
-	check(t, "recreate", s.ApplyWorkspace(ctx, "src/again", store.Workspace{ID: "ws1", Owner: "alice"}, false))
+	check(t, "recreate", s.ApplyWorkspace(ctx, "src/again", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false))
 	newImage(t, s, "img-c", "ws1", "team/a")
-	wantErr(t, "redelivered delete", s.ApplyWorkspace(ctx, "src/del", store.Workspace{ID: "ws1"}, true), store.ErrDuplicate)
+	wantErr(t, "redelivered delete", s.ApplyWorkspace(ctx, "src/del", store.Order{}, store.Workspace{ID: "ws1"}, true), store.ErrDuplicate)
 	if _, err := s.GetImage(ctx, "img-c"); err != nil {
 		t.Fatalf("a redelivered delete deleted an image: %v", err)
 	}
@@ -457,7 +457,7 @@ func TestSmokeOddIDs(t *testing.T) {
 	s, _ := open(t)
 	ctx := t.Context()
 	for _, id := range []string{"a/b", ".", "..", "__x__", "_y", "%2F"} {
-		check(t, "workspace "+id, s.ApplyWorkspace(ctx, "odd/"+id, store.Workspace{ID: id, Owner: id}, false))
+		check(t, "workspace "+id, s.ApplyWorkspace(ctx, "odd/"+id, store.Order{}, store.Workspace{ID: id, Owner: id}, false))
 		check(t, "image "+id, s.CreateImage(ctx, storetest.NewImage(id, "odd", id)))
 	}
 	for _, id := range []string{"a/b", ".", "..", "__x__", "_y", "%2F"} {

@@ -77,6 +77,12 @@ CREATE TABLE credentials (
 	data    TEXT NOT NULL
 );
 `,
+	// Workspace events apply in the platform's order: each workspace keeps
+	// its last event's (store.Order), and a deletion leaves a tombstone.
+	`ALTER TABLE workspaces ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN seq TEXT NOT NULL DEFAULT '';
+ALTER TABLE workspaces ADD COLUMN time TEXT NOT NULL DEFAULT '';
+`,
 	// The images the rebuild policy looks at (image.Image.Automatic).
 	`ALTER TABLE images ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX images_automatic ON images (name) WHERE automatic = 1;
@@ -208,39 +214,75 @@ func isUnique(err error) bool {
 }
 
 // ApplyWorkspace implements store.Store.
-func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, ws store.Workspace, deleted bool) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store.Order, ws store.Workspace, deleted bool) error {
+	stale := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (key) VALUES (?)", eventKey); err != nil {
 			if isUnique(err) {
 				return store.ErrDuplicate
 			}
 			return err
 		}
+		prev, err := workspaceOrder(ctx, tx, ws.ID)
+		if err != nil {
+			return err
+		}
+		if !order.After(prev) {
+			stale = true // the event key stays recorded
+			return nil
+		}
+		owner, members := ws.Owner, []byte("null")
 		if deleted {
 			for _, q := range []string{
 				"DELETE FROM images WHERE workspace = ?",
 				"DELETE FROM credentials WHERE workspace = ?",
-				"DELETE FROM workspaces WHERE id = ?",
 			} {
 				if _, err := tx.ExecContext(ctx, q, ws.ID); err != nil {
 					return err
 				}
 			}
-			return nil
+			owner = ""
+		} else {
+			members, _ = json.Marshal(ws.Members)
 		}
-		members, _ := json.Marshal(ws.Members)
-		_, err := tx.ExecContext(ctx, `INSERT INTO workspaces (id, owner, members) VALUES (?, ?, ?)
-			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, members = excluded.members`,
-			ws.ID, ws.Owner, string(members))
+		_, err = tx.ExecContext(ctx, `INSERT INTO workspaces (id, owner, members, deleted, seq, time) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, members = excluded.members,
+				deleted = excluded.deleted, seq = excluded.seq, time = excluded.time`,
+			ws.ID, owner, string(members), deleted, order.Sequence, store.EncodeOrderTime(order))
 		return err
 	})
+	if err == nil && stale {
+		return store.ErrStale
+	}
+	return err
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func workspaceOrder(ctx context.Context, q queryer, id string) (store.Order, error) {
+	var seq, t string
+	err := q.QueryRowContext(ctx, "SELECT seq, time FROM workspaces WHERE id = ?", id).Scan(&seq, &t)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Order{}, nil
+	}
+	if err != nil {
+		return store.Order{}, err
+	}
+	return store.DecodeOrder(seq, t)
+}
+
+// WorkspaceOrder implements store.Store.
+func (s *Store) WorkspaceOrder(ctx context.Context, id string) (store.Order, error) {
+	return workspaceOrder(ctx, s.db, id)
 }
 
 // GetWorkspace implements store.Store.
 func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, error) {
 	ws := store.Workspace{ID: id}
 	var members string
-	err := s.db.QueryRowContext(ctx, "SELECT owner, members FROM workspaces WHERE id = ?", id).Scan(&ws.Owner, &members)
+	err := s.db.QueryRowContext(ctx, "SELECT owner, members FROM workspaces WHERE id = ? AND NOT deleted", id).Scan(&ws.Owner, &members)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ws, store.ErrNotFound
 	}

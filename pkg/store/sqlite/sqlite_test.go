@@ -30,7 +30,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := s.ApplyWorkspace(ctx, "k1", store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
+	if err := s.ApplyWorkspace(ctx, "k1", store.Order{}, store.Workspace{ID: "ws1", Owner: "alice"}, false); err != nil {
 		t.Fatal(err)
 	}
 	img := storetest.NewImage("img1", "ws1", "team/a")
@@ -47,7 +47,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if err != nil || got.Name != "team/a" || got.Version != 1 {
 		t.Fatalf("after reopen: %+v, %v", got, err)
 	}
-	if err := s.ApplyWorkspace(ctx, "k1", store.Workspace{ID: "ws1", Owner: "x"}, false); err != store.ErrDuplicate {
+	if err := s.ApplyWorkspace(ctx, "k1", store.Order{}, store.Workspace{ID: "ws1", Owner: "x"}, false); err != store.ErrDuplicate {
 		t.Fatalf("processed event forgotten across reopen: %v", err)
 	}
 }
@@ -72,5 +72,48 @@ func TestRefusesNewerSchema(t *testing.T) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWorkspacesFromBeforeOrders: a database whose workspaces were stored
+// before they kept their last event's order migrates; such a workspace has
+// the zero order, so the next ordered event applies.
+func TestWorkspacesFromBeforeOrders(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "slipway.db")
+	s, err := sqlite.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Back to schema 2: the workspaces and images tables as they were.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"ALTER TABLE workspaces DROP COLUMN deleted", "ALTER TABLE workspaces DROP COLUMN seq", "ALTER TABLE workspaces DROP COLUMN time",
+		"DROP INDEX images_automatic", "ALTER TABLE images DROP COLUMN automatic",
+		`INSERT INTO workspaces (id, owner, members) VALUES ('ws1', 'alice', '["bob"]')`, "PRAGMA user_version = 2"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	s, err = sqlite.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if ws, err := s.GetWorkspace(ctx, "ws1"); err != nil || ws.Owner != "alice" || len(ws.Members) != 1 {
+		t.Fatalf("after the migration: %+v, %v", ws, err)
+	}
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || !o.IsZero() {
+		t.Fatalf("order after the migration: %+v, %v", o, err)
+	}
+	if err := s.ApplyWorkspace(ctx, "k2", store.Order{Sequence: "1"}, store.Workspace{ID: "ws1", Owner: "carol"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if ws, _ := s.GetWorkspace(ctx, "ws1"); ws.Owner != "carol" {
+		t.Fatalf("the first ordered event did not apply: %+v", ws)
 	}
 }

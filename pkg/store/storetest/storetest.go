@@ -29,6 +29,8 @@ func Run(t *testing.T, open Opener) {
 	}{
 		{"WorkspaceEventsAreIdempotent", workspaceEvents},
 		{"WorkspaceDeleteCascades", workspaceDelete},
+		{"WorkspaceEventsApplyInOrder", workspaceOrder},
+		{"WorkspaceEventsOrderBySequence", workspaceSequence},
 		{"ImageRoundTrip", imageRoundTrip},
 		{"NamesAreUniqueAcrossWorkspaces", uniqueNames},
 		{"ConcurrentCreatesOfOneName", concurrentCreates},
@@ -61,9 +63,14 @@ var ctx = context.Background()
 
 var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 
+// seq numbers the events mustWorkspace applies, so that each comes after
+// the one before.
+var seq atomic.Int64
+
 func mustWorkspace(t *testing.T, s store.Store, id, owner string, members ...string) {
 	t.Helper()
-	if err := s.ApplyWorkspace(ctx, "test/"+id+fmt.Sprint(time.Now().UnixNano()), store.Workspace{ID: id, Owner: owner, Members: members}, false); err != nil {
+	n := seq.Add(1)
+	if err := s.ApplyWorkspace(ctx, "test/"+id+fmt.Sprint(n), store.Order{Sequence: fmt.Sprint(n)}, store.Workspace{ID: id, Owner: owner, Members: members}, false); err != nil {
 		t.Fatalf("ApplyWorkspace(%s): %v", id, err)
 	}
 }
@@ -96,11 +103,11 @@ func wantErr(t *testing.T, what string, got, want error) {
 
 func workspaceEvents(t *testing.T, s store.Store) {
 	ws := store.Workspace{ID: "ws1", Owner: "alice", Members: []string{"bob"}}
-	if err := s.ApplyWorkspace(ctx, "src/1", ws, false); err != nil {
+	if err := s.ApplyWorkspace(ctx, "src/1", store.Order{Time: t0}, ws, false); err != nil {
 		t.Fatal(err)
 	}
 	// Redelivery of the same event changes nothing, even with other data.
-	wantErr(t, "redelivered event", s.ApplyWorkspace(ctx, "src/1", store.Workspace{ID: "ws1", Owner: "mallory"}, false), store.ErrDuplicate)
+	wantErr(t, "redelivered event", s.ApplyWorkspace(ctx, "src/1", store.Order{Time: t0.Add(time.Hour)}, store.Workspace{ID: "ws1", Owner: "mallory"}, false), store.ErrDuplicate)
 	got, err := s.GetWorkspace(ctx, "ws1")
 	if err != nil || got.Owner != "alice" || len(got.Members) != 1 || got.Members[0] != "bob" {
 		t.Fatalf("GetWorkspace = %+v, %v; want alice with member bob", got, err)
@@ -109,7 +116,7 @@ func workspaceEvents(t *testing.T, s store.Store) {
 		t.Fatalf("roles wrong for %+v", got)
 	}
 	// An update replaces owner and members.
-	if err := s.ApplyWorkspace(ctx, "src/2", store.Workspace{ID: "ws1", Owner: "bob"}, false); err != nil {
+	if err := s.ApplyWorkspace(ctx, "src/2", store.Order{Time: t0.Add(time.Second)}, store.Workspace{ID: "ws1", Owner: "bob"}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.GetWorkspace(ctx, "ws1"); got.Owner != "bob" || len(got.Members) != 0 {
@@ -125,7 +132,7 @@ func workspaceDelete(t *testing.T, s store.Store) {
 	if err := s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "hub", Kind: "registry", Registry: "r.example", Secret: "sealed"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ApplyWorkspace(ctx, "src/del", store.Workspace{ID: "ws1"}, true); err != nil {
+	if err := s.ApplyWorkspace(ctx, "src/del", store.Order{Sequence: fmt.Sprint(seq.Add(1))}, store.Workspace{ID: "ws1"}, true); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.GetWorkspace(ctx, "ws1")
@@ -137,6 +144,128 @@ func workspaceDelete(t *testing.T, s store.Store) {
 	// The name is free again.
 	mustWorkspace(t, s, "ws2", "bob")
 	mustImage(t, s, "img2", "ws2", "team/a")
+}
+
+// apply applies a workspace event at order and wants err (nil for none).
+func apply(t *testing.T, s store.Store, key string, order store.Order, ws store.Workspace, deleted bool, want error) {
+	t.Helper()
+	err := s.ApplyWorkspace(ctx, key, order, ws, deleted)
+	if want == nil && err != nil || want != nil && !errors.Is(err, want) {
+		t.Fatalf("ApplyWorkspace(%s at %+v): got error %v, want %v", key, order, err, want)
+	}
+}
+
+// wantMembers wants workspace id to exist with owner and exactly members.
+func wantMembers(t *testing.T, s store.Store, id, owner string, members ...string) {
+	t.Helper()
+	got, err := s.GetWorkspace(ctx, id)
+	if err != nil || got.Owner != owner || strings.Join(got.Members, ",") != strings.Join(members, ",") {
+		t.Fatalf("GetWorkspace(%s) = %+v, %v; want owner %s, members %v", id, got, err, owner, members)
+	}
+}
+
+func workspaceOrder(t *testing.T, s store.Store) {
+	at := func(minutes int) store.Order { return store.Order{Time: t0.Add(time.Duration(minutes) * time.Minute)} }
+	ws := func(owner string, members ...string) store.Workspace {
+		return store.Workspace{ID: "ws1", Owner: owner, Members: members}
+	}
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || !o.IsZero() {
+		t.Fatalf("WorkspaceOrder of an unknown workspace = %+v, %v; want the zero order", o, err)
+	}
+	apply(t, s, "p/1", at(1), ws("alice", "bob", "carol"), false, nil)
+	apply(t, s, "p/3", at(3), ws("alice", "bob"), false, nil) // carol removed
+	// An older update arriving late changes nothing: carol stays removed.
+	apply(t, s, "p/2", at(2), ws("alice", "bob", "carol"), false, store.ErrStale)
+	wantMembers(t, s, "ws1", "alice", "bob")
+	// It was recorded: its redelivery is a duplicate.
+	apply(t, s, "p/2", at(2), ws("alice", "bob", "carol"), false, store.ErrDuplicate)
+	// An event at the same time as the last applied one is not after it.
+	apply(t, s, "p/3b", at(3), ws("mallory"), false, store.ErrStale)
+	wantMembers(t, s, "ws1", "alice", "bob")
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || !o.Time.Equal(at(3).Time) {
+		t.Fatalf("WorkspaceOrder = %+v, %v; want the time of p/3", o, err)
+	}
+
+	// A deletion older than the last update changes nothing: the images and
+	// credentials stay.
+	mustImage(t, s, "img1", "ws1", "team/a")
+	if err := s.PutCredential(ctx, store.Credential{Workspace: "ws1", Name: "hub", Kind: "registry", Registry: "r.example", Secret: "sealed"}); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, s, "p/del-old", at(2), store.Workspace{ID: "ws1"}, true, store.ErrStale)
+	wantMembers(t, s, "ws1", "alice", "bob")
+	if _, err := s.GetImage(ctx, "img1"); err != nil {
+		t.Fatalf("a stale deletion deleted an image: %v", err)
+	}
+	if _, err := s.GetCredential(ctx, "ws1", "hub"); err != nil {
+		t.Fatalf("a stale deletion deleted a credential: %v", err)
+	}
+
+	// A deletion leaves a tombstone that no older update undoes.
+	apply(t, s, "p/del", at(5), store.Workspace{ID: "ws1"}, true, nil)
+	_, err := s.GetWorkspace(ctx, "ws1")
+	wantErr(t, "deleted workspace", err, store.ErrNotFound)
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || !o.Time.Equal(at(5).Time) {
+		t.Fatalf("WorkspaceOrder of the tombstone = %+v, %v; want the deletion's time", o, err)
+	}
+	apply(t, s, "p/4", at(4), ws("alice", "bob"), false, store.ErrStale)
+	apply(t, s, "p/4c", at(4), ws("alice", "bob"), false, store.ErrStale) // a create, too
+	_, err = s.GetWorkspace(ctx, "ws1")
+	wantErr(t, "deleted workspace after an older update", err, store.ErrNotFound)
+	_, err = s.GetImage(ctx, "img1")
+	wantErr(t, "image of the deleted workspace", err, store.ErrNotFound)
+
+	// A newer create makes the workspace anew, without what the deletion
+	// removed.
+	apply(t, s, "p/6", at(6), ws("dave"), false, nil)
+	wantMembers(t, s, "ws1", "dave")
+	if _, err := s.GetCredential(ctx, "ws1", "hub"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("credential came back with the recreated workspace: %v", err)
+	}
+	if imgs, _, err := s.ListImages(ctx, "ws1", store.ImageFilter{}, store.Page{Limit: 10}); err != nil || len(imgs) != 0 {
+		t.Fatalf("images of the recreated workspace = %d, %v; want none", len(imgs), err)
+	}
+	// The name of the deleted workspace's image is free.
+	mustImage(t, s, "img2", "ws1", "team/a")
+	// Other workspaces keep their own order.
+	apply(t, s, "p/other", at(0), store.Workspace{ID: "ws2", Owner: "erin"}, false, nil)
+	wantMembers(t, s, "ws2", "erin")
+}
+
+func workspaceSequence(t *testing.T, s store.Store) {
+	late, early := t0.Add(time.Hour), t0
+	ws := func(owner string) store.Workspace { return store.Workspace{ID: "ws1", Owner: owner} }
+	apply(t, s, "q/9", store.Order{Sequence: "9", Time: late}, ws("alice"), false, nil)
+	// Both have a sequence: it decides, numerically for integers ("10"
+	// after "9"), whatever the times say.
+	apply(t, s, "q/10", store.Order{Sequence: "10", Time: early}, ws("bob"), false, nil)
+	wantMembers(t, s, "ws1", "bob")
+	apply(t, s, "q/2", store.Order{Sequence: "2", Time: late.Add(time.Hour)}, ws("mallory"), false, store.ErrStale)
+	apply(t, s, "q/10b", store.Order{Sequence: "10", Time: late.Add(time.Hour)}, ws("mallory"), false, store.ErrStale)
+	wantMembers(t, s, "ws1", "bob")
+	// Without a sequence on one side, the times decide.
+	apply(t, s, "q/t-old", store.Order{Time: early.Add(-time.Minute)}, ws("mallory"), false, store.ErrStale)
+	apply(t, s, "q/t-new", store.Order{Time: early.Add(time.Minute)}, ws("carol"), false, nil)
+	wantMembers(t, s, "ws1", "carol")
+	// The order kept is the last applied event's, sequence and all.
+	if o, err := s.WorkspaceOrder(ctx, "ws1"); err != nil || o.Sequence != "" || !o.Time.Equal(early.Add(time.Minute)) {
+		t.Fatalf("WorkspaceOrder = %+v, %v; want q/t-new's", o, err)
+	}
+	// Sequences that are not integers compare as strings.
+	apply(t, s, "q/s1", store.Order{Sequence: "b-001"}, store.Workspace{ID: "ws2", Owner: "alice"}, false, nil)
+	apply(t, s, "q/s2", store.Order{Sequence: "a-999"}, store.Workspace{ID: "ws2", Owner: "mallory"}, false, store.ErrStale)
+	apply(t, s, "q/s3", store.Order{Sequence: "b-002"}, store.Workspace{ID: "ws2", Owner: "bob"}, false, nil)
+	wantMembers(t, s, "ws2", "bob")
+	// An event with only a time cannot be placed after one with only a
+	// sequence: it changes nothing.
+	apply(t, s, "q/s4", store.Order{Time: late}, store.Workspace{ID: "ws2", Owner: "mallory"}, false, store.ErrStale)
+	wantMembers(t, s, "ws2", "bob")
+	// Times keep their nanoseconds.
+	ns := store.Order{Time: time.Date(2026, 11, 27, 12, 0, 0, 123456789, time.UTC)}
+	apply(t, s, "q/ns1", ns, store.Workspace{ID: "ws3", Owner: "alice"}, false, nil)
+	apply(t, s, "q/ns2", store.Order{Time: ns.Time.Add(time.Nanosecond)}, store.Workspace{ID: "ws3", Owner: "bob"}, false, nil)
+	apply(t, s, "q/ns3", store.Order{Time: ns.Time.Add(time.Nanosecond)}, store.Workspace{ID: "ws3", Owner: "mallory"}, false, store.ErrStale)
+	wantMembers(t, s, "ws3", "bob")
 }
 
 func imageRoundTrip(t *testing.T, s store.Store) {
