@@ -32,7 +32,37 @@ const (
 	WorkspaceCreated = "platform.workspace.created"
 	WorkspaceUpdated = "platform.workspace.updated"
 	WorkspaceDeleted = "platform.workspace.deleted"
+	// ImageRebuildRequested asks for a build of an image (RebuildRequest).
+	ImageRebuildRequested = "platform.image.rebuild.requested"
 )
+
+// RebuildRequest is the data of platform.image.rebuild.requested: the
+// image by id or name, and why.
+type RebuildRequest struct {
+	Image  string `json:"image"`
+	Reason string `json:"reason"`
+}
+
+// DecodeRebuild reads and checks a rebuild request's data.
+func DecodeRebuild(e cloudevents.Event) (RebuildRequest, error) {
+	var r RebuildRequest
+	if !utf8.Valid(e.Data()) {
+		return r, fmt.Errorf("%w: data is not valid UTF-8", ErrMalformed)
+	}
+	if err := e.DataAs(&r); err != nil {
+		return r, fmt.Errorf("%w: data is not a rebuild request: %v", ErrMalformed, err)
+	}
+	r.Image = strings.TrimSpace(r.Image)
+	switch {
+	case r.Image == "":
+		return r, fmt.Errorf("%w: data has no image (its id or name)", ErrMalformed)
+	case len(r.Image) > 256 || len(r.Reason) > 1024:
+		return r, fmt.Errorf("%w: image is longer than 256 or reason than 1024 bytes", ErrMalformed)
+	case strings.ContainsRune(r.Image+r.Reason, utf8.RuneError):
+		return r, fmt.Errorf("%w: data has a string that is not valid UTF-8", ErrMalformed)
+	}
+	return r, nil
+}
 
 // Event types Slipway emits.
 const (

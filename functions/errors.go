@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/slipway-dev/slipway/pkg/auth"
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -51,6 +52,12 @@ func asError(err error) *Error {
 			code = "invalid_dockerfile"
 		case errors.Is(inv, image.ErrReservedName):
 			code = "reserved_name"
+		case inv.Field == "rebuild.schedule.cron":
+			code = "invalid_cron"
+		case inv.Field == "rebuild.schedule.timezone":
+			code = "invalid_timezone"
+		case strings.HasPrefix(inv.Field, "rebuild"):
+			code = "invalid_rebuild"
 		}
 		return &Error{Status: http.StatusBadRequest, Code: code, Message: inv.Error(), Line: inv.Line, Field: inv.Field}
 	case errors.As(err, &mbe):

@@ -91,6 +91,16 @@ type Deps struct {
 	// Pushes pushes built images again to their destinations (POST
 	// .../builds/{n}/pushes); nil: that answers 501.
 	Pushes Pusher
+	// Rebuilds requests the builds of rebuild events and git webhooks (nil:
+	// this role requests none), and Opener opens the webhooks' sealed
+	// secrets.
+	Rebuilds Rebuilds
+	Opener   Opener
+}
+
+// Opener opens what Sealer sealed.
+type Opener interface {
+	Open(sealed string) (string, error)
 }
 
 type ctxKey struct{}
@@ -128,6 +138,14 @@ func (a *api) authenticate(h handlerFunc) http.Handler {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
+		a.withBody(h, rc)(w, r)
+	})
+}
+
+// withBody reads the request body (at most MaxBody bytes) within the read
+// deadline set on rc, then calls h with it.
+func (a *api) withBody(h handlerFunc, rc *http.ResponseController) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.MaxBody))
 		var mbe *http.MaxBytesError
 		var ne net.Error
@@ -148,6 +166,16 @@ func (a *api) authenticate(h handlerFunc) http.Handler {
 		if err := guard(h, w, r); err != nil {
 			writeError(w, r, a.Log, err)
 		}
+	}
+}
+
+// unauthenticated is authenticate without the token, for callers that
+// authenticate otherwise (the git hosts' signed webhooks).
+func (a *api) unauthenticated(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Now().Add(a.BodyTimeout))
+		a.withBody(h, rc)(w, r)
 	})
 }
 
@@ -309,6 +337,11 @@ func New(d Deps) http.Handler {
 	route("GET /api/v1/workspaces/{ws}/credentials", a.listCredentials)
 	route("DELETE /api/v1/workspaces/{ws}/credentials/{name}", a.deleteCredential)
 	route("POST /events", a.receive)
+	route("GET /api/v1/images/{id}/webhook", a.getWebhook)
+	route("POST /api/v1/images/{id}/webhook", a.newWebhook)
+	// Git hosts call it without a token: the delivery's signature
+	// authenticates it (see gitHook).
+	mux.Handle("POST /hooks/v1/images/{id}/git", a.unauthenticated(a.gitHook)) // HookPath
 	return jsonMuxErrors(mux, a.Log)
 }
 

@@ -31,6 +31,7 @@ type ImageView struct {
 	Target       *string             `json:"target"`
 	Reference    *string             `json:"reference"`
 	LatestBuild  *build.View         `json:"latest_build"`
+	Rebuild      RebuildView         `json:"rebuild"`
 }
 
 // HistoryView is who created, modified and built an image, and when.
@@ -56,6 +57,7 @@ func (a *api) viewImage(img image.Image, now time.Time) ImageView {
 		ID: img.ID, Workspace: img.Workspace, Name: img.Name, Description: img.Description,
 		Status: img.Status(), Context: img.Context, Destinations: img.Destinations,
 		History: HistoryView{Created: img.Created, Modified: img.Modified, Built: img.Built},
+		Rebuild: viewRebuild(img),
 	}
 	if v.Destinations == nil {
 		v.Destinations = []image.Destination{}
@@ -94,6 +96,13 @@ type imageBody struct {
 	Secrets      *[]string            `json:"secrets"`
 	// Target is a stage name; null or "" is the last stage.
 	Target *string `json:"target"`
+	Rebuild      *rebuildBody         `json:"rebuild"`
+}
+
+// definition reports whether the body changes more than the rebuild policy.
+func (b imageBody) definition() bool {
+	return b.Name != nil || b.Description != nil || b.Context != nil || b.Destinations != nil ||
+		b.BuildArgs != nil || b.Secrets != nil || b.Target != nil || b.Rebuild == nil
 }
 
 func (b imageBody) applyTo(img *image.Image) {
@@ -185,6 +194,9 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 	if err := image.Validate(img, a.Rules); err != nil {
 		return err
 	}
+	if _, err := setPolicy(&img, body.Rebuild, role, user, now); err != nil {
+		return err
+	}
 	if err := a.checkBindings(r.Context(), img); err != nil {
 		return err
 	}
@@ -256,6 +268,13 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	if err := image.Validate(next, a.Rules); err != nil {
 		return err
 	}
+	// The policy is not part of the definition: setting it alone moves
+	// neither the status nor history.modified.
+	now, user := a.Now(), subject(r.Context())
+	policyChanged, err := setPolicy(&next, body.Rebuild, role, user, now)
+	if err != nil {
+		return err
+	}
 	if err := a.checkBindings(r.Context(), next); err != nil {
 		return err
 	}
@@ -264,7 +283,14 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusConflict, "build_active", "a build of this image is queued or running: rename it once the build has ended")
 	}
 	old, was := img, img.Version
-	img.Edit(next, subject(r.Context()), a.Now())
+	if body.definition() {
+		img.Edit(next, user, now)
+	} else {
+		img.Version++
+	}
+	if policyChanged {
+		img.Rebuild, img.RebuildState.SetBy = next.Rebuild, next.RebuildState.SetBy
+	}
 	if err := a.Store.UpdateImage(a.announce(r.Context(), events.ImageUpdated), img, was); err != nil {
 		return err
 	}

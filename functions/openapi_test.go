@@ -34,6 +34,7 @@ var openapiPublicOperations = []string{
 	"GET /health/liveness",
 	"GET /health/readiness",
 	"GET /metrics",
+	"POST /hooks/v1/images/{id}/git", // the git hosts sign their deliveries instead
 }
 
 func openapiLoad(t *testing.T) *openapi3.T {

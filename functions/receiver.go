@@ -32,6 +32,8 @@ func (a *api) receive(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	switch e.Type() {
+	case events.ImageRebuildRequested:
+		return a.rebuildEvent(w, r, e)
 	case events.WorkspaceCreated, events.WorkspaceUpdated, events.WorkspaceDeleted:
 		if a.IgnoreWorkspaces {
 			w.WriteHeader(http.StatusAccepted)

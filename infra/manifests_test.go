@@ -64,10 +64,11 @@ var renders = []string{"base", "overlays/dev"}
 // consumes lists, per role, the event types it receives through Triggers.
 var consumes = map[string][]string{
 	"api":        nil,
-	"receiver":   {"platform.workspace.created", "platform.workspace.updated", "platform.workspace.deleted"},
+	"receiver":   {"platform.workspace.created", "platform.workspace.updated", "platform.workspace.deleted", "platform.image.rebuild.requested"},
 	"dispatcher": {"dev.slipway.build.queued", "dev.slipway.build.cancelled"},
 	"reporter":   {sources.ApiServerSourceAddEventType, sources.ApiServerSourceUpdateEventType, sources.ApiServerSourceDeleteEventType},
-	"reconciler": {sourcesv1.PingSourceEventType},
+	// The reconciler also starts the rebuild a build's end lets through.
+	"reconciler": {sourcesv1.PingSourceEventType, "dev.slipway.build.succeeded", "dev.slipway.build.failed", "dev.slipway.build.cancelled"},
 }
 
 // slipwayEmits are the event types Slipway's roles publish (CONTRACT.md,
@@ -78,7 +79,7 @@ var (
 		"dev.slipway.build.queued", "dev.slipway.build.started", "dev.slipway.build.succeeded",
 		"dev.slipway.build.failed", "dev.slipway.build.cancelled",
 	}
-	platformEmits = []string{"platform.workspace.created", "platform.workspace.updated", "platform.workspace.deleted"}
+	platformEmits = []string{"platform.workspace.created", "platform.workspace.updated", "platform.workspace.deleted", "platform.image.rebuild.requested"}
 )
 
 // configKeys must be set, non-empty, in slipway-config.

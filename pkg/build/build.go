@@ -30,10 +30,56 @@ type Trigger string
 
 // Triggers.
 const (
-	TriggerManual   Trigger = "manual"
-	TriggerSchedule Trigger = "schedule"
-	TriggerEvent    Trigger = "event"
+	TriggerManual    Trigger = "manual"
+	TriggerSchedule  Trigger = "schedule"
+	TriggerBaseImage Trigger = "base_image"
+	TriggerGit       Trigger = "git"
+	TriggerEvent     Trigger = "event"
 )
+
+// Base is what one FROM of a build resolved to: the reference as written
+// (after the ARG defaults) and the manifest digest the registry had for it
+// when the build started.
+type Base struct {
+	Ref    string `json:"ref"`
+	Digest string `json:"digest"`
+}
+
+// BaseChange is a base image that moved: its digest at the last build and now.
+type BaseChange struct {
+	Ref string `json:"ref"`
+	Old string `json:"old"`
+	New string `json:"new"`
+}
+
+// CauseEvent names the CloudEvent that asked for a build.
+type CauseEvent struct {
+	Source string `json:"source"`
+	ID     string `json:"id"`
+	Type   string `json:"type"`
+}
+
+// Cause says what made Slipway start a build by itself (see package
+// rebuild); nil for a manual build. Only the fields of its trigger are set.
+type Cause struct {
+	// Slot is the scheduled time a schedule build is for; MissedSlots counts
+	// the earlier slots missed while the service was down, caught up by it.
+	Slot        *time.Time `json:"slot,omitempty"`
+	MissedSlots int        `json:"missed_slots,omitempty"`
+	// Bases are the base images that moved (trigger base_image).
+	Bases []BaseChange `json:"bases,omitempty"`
+	// Commit is the new commit of the git ref, Previous the one built
+	// before, Via how it was seen: "poll" or "webhook" (trigger git).
+	Commit   string `json:"commit,omitempty"`
+	Previous string `json:"previous_commit,omitempty"`
+	Via      string `json:"via,omitempty"`
+	// Event and Reason: the CloudEvent that asked and why (trigger event).
+	Event  *CauseEvent `json:"event,omitempty"`
+	Reason string      `json:"reason,omitempty"`
+	// Coalesced counts the further triggers that arrived while this build
+	// waited for the image's active build to end; they are served by it.
+	Coalesced int `json:"coalesced,omitempty"`
+}
 
 // Reason classifies a failed or cancelled build.
 type Reason string
@@ -105,6 +151,11 @@ type Build struct {
 	// Unchanged says that the succeeded build produced the digest the
 	// image already had: nothing changed, the image's reference stays.
 	Unchanged bool `json:"unchanged"`
+	// Cause is what started an automatic build; nil for a manual one.
+	Cause *Cause `json:"cause"`
+	// Bases are the digests the build's FROMs resolved to when it started
+	// (empty until then, and where they could not be resolved).
+	Bases []Base `json:"bases"`
 	// DefinitionRev is the image definition revision this build builds.
 	DefinitionRev int64 `json:"-"`
 }
@@ -143,6 +194,9 @@ func (b *Build) Start(now time.Time) error {
 	b.StartedAt = &now
 	return nil
 }
+
+// SetBases records the digests the build's bases resolved to.
+func (b *Build) SetBases(bases []Base) { b.Bases = bases }
 
 // SetCommit records the Git commit a build builds.
 func (b *Build) SetCommit(sha string) { b.Commit = &sha }
@@ -249,6 +303,9 @@ type View struct {
 func (b Build) View(now time.Time) View {
 	if b.Pushes == nil {
 		b.Pushes = []Push{}
+	}
+	if b.Bases == nil {
+		b.Bases = []Base{}
 	}
 	return View{Build: b, DurationSeconds: b.Duration(now)}
 }

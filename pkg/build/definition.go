@@ -116,13 +116,6 @@ func lines(text string) []string {
 	return ls
 }
 
-// Base is a base image a build pulled: the reference its FROM line named
-// and the digest it resolved to.
-type Base struct {
-	Ref    string `json:"ref"`
-	Digest string `json:"digest"`
-}
-
 // Inputs is everything that decides what a build produces: two builds with
 // equal inputs build the same thing (byte for byte with reproducible
 // builds). Its Digest is recorded on each succeeded build as
@@ -153,9 +146,8 @@ func (in Inputs) Digest() string {
 }
 
 // Inputs collects build b's inputs from its record: its definition, its
-// commit, and executor, the identity of the executor that ran it. Callers
-// that know the build's base digests add them (its build arguments are in
-// its definition).
+// commit, the digests its bases resolved to, and executor, the identity of
+// the executor that ran it (its build arguments are in its definition).
 func (b *Build) Inputs(executor string) Inputs {
 	in := Inputs{Executor: executor}
 	if b.Definition != nil {
@@ -164,6 +156,7 @@ func (b *Build) Inputs(executor string) Inputs {
 	if b.Commit != nil {
 		in.Commit = *b.Commit
 	}
+	in.Bases = b.Bases
 	return in
 }
 

@@ -148,6 +148,9 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 		}
 		src.Dockerfile = def.Dockerfile
 		bases = image.BaseImagesWith(def.Dockerfile, img.BuildArgs)
+		// A git context's Dockerfile is only read in its pod: its bases
+		// are not recorded in the cluster.
+		recordBases(ctx, c.o, img, b, src.Dockerfile)
 	case image.ContextGit:
 		g := *def.Git
 		src.Git = &g

@@ -113,8 +113,17 @@ type Options struct {
 	Pushes Pusher
 	// Registerer gets the build metrics (see metrics); none when nil.
 	Registerer prometheus.Registerer
+	// Bases, when set, resolves the digests of a build's FROMs when it
+	// starts, which the build records (the rebuild policy watches them).
+	Bases BaseResolver
 
 	metrics *metrics // made by New and NewCluster from Registerer
+}
+
+// BaseResolver resolves the digests a Dockerfile's bases have now, as a
+// workspace reads them (rebuild.Registry).
+type BaseResolver interface {
+	Resolve(ctx context.Context, ws, dockerfile string) []build.Base
 }
 
 // withDefaults fills in what o leaves unset.
@@ -490,6 +499,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(build.ReasonDockerfile, "%s", problem), false
 	}
 	spec.Secrets = secrets
+	recordBases(ctx, d.o, img, b, dockerfile)
 	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImagesWith(dockerfile, img.BuildArgs), log)
 	if bpe, ok := errors.AsType[*basePullError](err); ok {
 		log.Notef("%v", bpe)
@@ -549,6 +559,26 @@ func (o Options) built(img image.Image, end func(*build.Build) error) func(*buil
 	}
 }
 
+// recordBases records on build b the digests its bases resolve to now.
+func recordBases(ctx context.Context, o Options, img image.Image, b build.Build, dockerfile string) {
+	if o.Bases == nil {
+		return
+	}
+	bases := o.Bases.Resolve(ctx, img.Workspace, dockerfile)
+	if len(bases) == 0 {
+		return
+	}
+	if _, err := o.Store.UpdateBuild(ctx, b.Image, b.Number, func(b *build.Build) error {
+		if !b.Status.Active() {
+			return build.ErrTransition
+		}
+		b.SetBases(bases)
+		return nil
+	}); err != nil && !errors.Is(err, build.ErrTransition) {
+		o.Log.Warn("recording the build's base digests", "build", b.ID(), "error", err)
+	}
+}
+
 // baseSpec is what every runner gets for build b of img: its ID, limits,
 // the internal destination and the layer cache.
 func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
@@ -560,7 +590,7 @@ func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 		spec.InsecureRegistries = []string{o.Registry}
 	}
 	spec.Reproducible = o.Reproducible
-	if o.Cache {
+	if o.Cache && b.Trigger != build.TriggerSchedule {
 		spec.CacheRepo = o.Registry + "/" + image.CacheRepository(img.Name)
 	}
 	for _, k := range slices.Sorted(maps.Keys(img.BuildArgs)) {

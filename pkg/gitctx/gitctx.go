@@ -587,3 +587,44 @@ func resolveDir(dest, dir, commit string) (string, error) {
 	}
 	return p, nil
 }
+
+// Head returns the commit g.Ref names on the remote now, from the remote's
+// ref listing alone (git ls-remote; nothing is fetched): a branch's or a
+// tag's tip (an annotated tag peeled), the default branch's when g.Ref is
+// empty. A full commit SHA is returned as it is (it never moves); a short
+// one cannot be told from a listing and gives "". Errors are as Fetch's.
+func (f *Fetcher) Head(ctx context.Context, g image.Git, auth *Auth) (string, error) {
+	s := &session{url: g.URL, caPEM: f.CABundle, parent: ctx, timeout: f.Timeout}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
+	}
+	var cancel context.CancelFunc
+	s.ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.setAuth(auth, f.AllowFile); err != nil {
+		return "", err
+	}
+	refs, err := s.listRefs()
+	if err != nil {
+		return "", err
+	}
+	p, err := s.plan(g.Ref, refs)
+	if err != nil {
+		return "", err
+	}
+	if p.sha != "" {
+		if fullSHA.MatchString(p.sha) {
+			return p.sha, nil
+		}
+		return "", nil
+	}
+	name := p.attempts[0].spec.Src()
+	if peeled := refs[plumbing.ReferenceName(name+"^{}")]; peeled != nil {
+		return peeled.Hash().String(), nil
+	}
+	r := refs[plumbing.ReferenceName(name)]
+	if r == nil || r.Type() != plumbing.HashReference {
+		return "", s.fail("ref %q of %s is not a commit", g.Ref, s.url)
+	}
+	return r.Hash().String(), nil
+}

@@ -101,6 +101,10 @@ type Image struct {
 	// LatestBuild is a copy of the newest build, nil if none; stores keep it
 	// current in the transactions that change that build.
 	LatestBuild *build.Build
+
+	// Rebuild is the rebuild policy and RebuildState its bookkeeping.
+	Rebuild      Rebuild
+	RebuildState RebuildState
 }
 
 // Definition is the image's build definition: what a build of it builds.

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
+	"github.com/slipway-dev/slipway/pkg/rebuild"
 )
 
 // Config is every setting of `slipway serve`. DefaultConfig holds the
@@ -63,6 +64,11 @@ type Config struct {
 	// the image: an unchanged definition rebuilds to the same digest).
 	BuildReproducible bool
 	ReconcileInterval time.Duration // how often stuck builds are looked for
+
+	// RebuildCheckInterval is how often the rebuild policy checks base
+	// images and git refs (schedules are looked at every minute, or every
+	// interval when that is shorter).
+	RebuildCheckInterval time.Duration
 
 	// A Git context's fetch runs in a child process bounded by these.
 	GitMaxFiles int64         // entries (files, directories, links) checked out
@@ -133,7 +139,8 @@ var EnvVars = map[string]string{
 	"SLIPWAY_EVENTS_OIDC_ISSUER": "events-oidc-issuer", "SLIPWAY_EVENTS_OIDC_AUDIENCE": "events-oidc-audience",
 	"SLIPWAY_GIT_MAX_FILES": "git-max-files", "SLIPWAY_GIT_MAX_BYTES": "git-max-bytes",
 	"SLIPWAY_GIT_MEMORY": "git-memory", "SLIPWAY_GIT_TIMEOUT": "git-timeout",
-	"SLIPWAY_REGISTRY_GC_INTERVAL": "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
+	"SLIPWAY_REBUILD_CHECK_INTERVAL": "rebuild-check-interval",
+	"SLIPWAY_REGISTRY_GC_INTERVAL":   "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
 	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
 	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
 }
@@ -192,6 +199,9 @@ func (c *Config) Validate() error {
 	if c.RegistryGCInterval < 0 || c.RegistryGCQuiet < 0 || c.RegistryUploadMaxAge <= 0 || c.RegistryMaxUpload < 0 {
 		return errors.New("registry housekeeping: a non-negative GC interval and quiet period, a positive upload age, a non-negative upload cap")
 	}
+	if c.RebuildCheckInterval < time.Second {
+		return errors.New("--rebuild-check-interval must be at least 1s")
+	}
 	if c.GitMaxFiles < 1 || c.GitMaxBytes < 1 || c.GitMemory < 1<<30 || c.GitTimeout <= 0 {
 		return errors.New("git fetch limits: at least one file and one byte, a memory of at least 1Gi (the fetch process's address space), a positive timeout")
 	}
@@ -222,6 +232,8 @@ func DefaultConfig() Config {
 		BuildCache:        false,
 		BuildReproducible: true,
 		ReconcileInterval: 30 * time.Second,
+
+		RebuildCheckInterval: rebuild.DefaultInterval,
 
 		GitMaxFiles: buildcontext.DefaultFiles,
 		GitMaxBytes: buildcontext.DefaultBytes,
@@ -334,6 +346,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.DurationVar(&c.GitTimeout, "git-timeout", c.GitTimeout, "wall-clock limit of a Git context's fetch")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often stuck builds are looked for")
+	fs.DurationVar(&c.RebuildCheckInterval, "rebuild-check-interval", c.RebuildCheckInterval, "how often the rebuild policy checks base images and git refs for changes")
 	fs.DurationVar(&c.RegistryGCInterval, "registry-gc-interval", c.RegistryGCInterval, "how often the embedded registry's unreferenced blobs are collected (also at start); 0: only at start")
 	fs.BoolVar(&c.RegistryGCRemoveUntagged, "registry-gc-remove-untagged", c.RegistryGCRemoveUntagged, "the collection also deletes manifests no tag points to: earlier builds' references stop resolving")
 	fs.DurationVar(&c.RegistryGCQuiet, "registry-gc-quiet", c.RegistryGCQuiet, "a collection waits until the registry saw no write for this long")

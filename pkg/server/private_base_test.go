@@ -93,11 +93,20 @@ func TestPrivateBaseGetsAScopedPullToken(t *testing.T) {
 	}
 
 	// The token server issued the build's token with the workspace's
-	// credential, for pulling the base alone.
+	// credential, for pulling the base alone, and one more of the same
+	// scope for Slipway's own HEAD that records the base's digest on the
+	// build (the rebuild policy's on_base_image_update compares it).
 	issued := reg.Issued(reader)
-	if len(issued) != 1 || !slices.Equal(issued[0].Scopes, []string{"repository:private/base:pull"}) ||
-		len(issued[0].Granted) != 1 || !slices.Equal(issued[0].Granted[0].Actions, []string{"pull"}) {
-		t.Fatalf("tokens issued with the workspace's credential: %+v", issued)
+	if len(issued) != 2 {
+		t.Fatalf("tokens issued with the workspace's credential: %+v; want the build's and the base digest lookup's", issued)
+	}
+	for _, tok := range issued {
+		if !slices.Equal(tok.Scopes, []string{"repository:private/base:pull"}) || len(tok.Granted) != 1 || !slices.Equal(tok.Granted[0].Actions, []string{"pull"}) {
+			t.Fatalf("tokens issued with the workspace's credential: %+v", issued)
+		}
+	}
+	if got := e.buildsOf(img.ID)[0].Bases; len(got) != 1 || got[0].Ref != reg.Host+"/private/base:1" || got[0].Digest == "" {
+		t.Fatalf("the build's bases: %+v", got)
 	}
 
 	// The docker config the build's RUN step read holds that token and no
@@ -114,7 +123,8 @@ func TestPrivateBaseGetsAScopedPullToken(t *testing.T) {
 	if err := json.Unmarshal([]byte(seen), &cfg); err != nil {
 		t.Fatalf("the build's docker config: %v\n%s", err, seen)
 	}
-	if got := cfg.Auths[reg.Host]; len(got) != 1 || got["registrytoken"] != issued[0].Token {
+	// The digest lookup runs first: the build's token is the last issued.
+	if got := cfg.Auths[reg.Host]; len(got) != 1 || got["registrytoken"] != issued[len(issued)-1].Token {
 		t.Fatalf("the build's docker config for %s is %v; want only the issued registrytoken", reg.Host, got)
 	}
 	noSecret(t, "the build's docker config", []byte(seen), reader, password)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,8 +30,10 @@ import (
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
+	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/outbox"
+	"github.com/slipway-dev/slipway/pkg/rebuild"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
@@ -63,10 +66,15 @@ type Server struct {
 	RegistryTokens *token.Authority
 	builds         *dispatch.Dispatcher
 	metrics        *prometheus.Registry // what /metrics serves
-	ready          atomic.Bool
-	mux            *http.ServeMux
-	http           *http.Server
-	ln             net.Listener
+	// Rebuilds requests the builds of the images' rebuild policies; nil
+	// in the roles that request none.
+	Rebuilds *rebuild.Rebuilder
+	// Bases resolves base images' digests for the rebuild policy.
+	Bases *rebuild.Registry
+	ready atomic.Bool
+	mux   *http.ServeMux
+	http  *http.Server
+	ln    net.Listener
 	// buildHTTP serves builds the registry alone, on buildLn (see
 	// listenForBuilds).
 	buildHTTP *http.Server
@@ -78,7 +86,9 @@ type Server struct {
 	content *registry.Content
 	gate    *gate.Gate
 	stopGC  context.CancelFunc
-	relay   *outbox.Relay
+	// stopRebuilds stops the rebuild policy's ticker and waits for it.
+	stopRebuilds func()
+	relay        *outbox.Relay
 }
 
 // NewLogger returns the structured JSON logger of the given level.
@@ -186,6 +196,12 @@ func (s *Server) open() error {
 		IgnoreWorkspaces: s.cfg.Role != "all" && s.cfg.Role != "receiver",
 	}
 	role := s.cfg.Role
+	if err := s.newRebuilder(box); err != nil {
+		return err
+	}
+	if role == "all" || role == "api" || role == "receiver" {
+		deps.Rebuilds, deps.Opener = s.Rebuilds, box
+	}
 	if s.cfg.Registry == "" && (role == "all" || role == "api") {
 		s.gate = gate.New()
 		if s.content, err = registry.NewContent(ctx, s.cfg.DataDir, s.gate); err != nil {
@@ -207,6 +223,18 @@ func (s *Server) open() error {
 			return err
 		}
 		deps.Handlers = cluster.Handlers(role)
+		if role == "reconciler" {
+			// The PingSource drives the rebuild policy too, and a build's
+			// end starts the build coalesced behind it.
+			const ping = "dev.knative.sources.ping"
+			reconcile := deps.Handlers[ping]
+			deps.Handlers[ping] = func(ctx context.Context, e cloudevents.Event) error {
+				return errors.Join(reconcile(ctx, e), s.Rebuilds.OnPing(ctx, e))
+			}
+			for _, typ := range rebuild.BuildEnded {
+				deps.Handlers[typ] = s.Rebuilds.OnBuildEnded
+			}
+		}
 	case role == "api":
 		// ?follow=true streams a running build's log from its pod.
 		pods, _, err := s.kubeRunner()
@@ -233,6 +261,7 @@ func (s *Server) open() error {
 			s.mux.Handle(token.Path, s.RegistryTokens)
 		}
 		s.mux.Handle("/api/", api)
+		s.mux.Handle(functions.HookPath, api)
 		s.mux.Handle("/", web.Handler())
 	}
 	if role != "api" {
@@ -334,7 +363,33 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Gate:            s.pushGate(),
 		Registerer:      s.metrics,
 		Pushes:          s.publisher(box),
+		Bases:           s.Bases,
 	}
+}
+
+// newRebuilder sets up the rebuild policy: base images resolved in the
+// internal registry with tokens of its own authority (with an external
+// registry, with the workspaces' credentials), git refs listed with the
+// workspaces' git credentials.
+func (s *Server) newRebuilder(box *secret.Box) error {
+	s.Bases = &rebuild.Registry{Store: s.Store, Secrets: box, Internal: s.RegistryHost(), InsecureInternal: s.cfg.Registry == ""}
+	if s.RegistryTokens != nil {
+		s.Bases.Tokens = s.RegistryTokens
+	}
+	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit, Timeout: s.cfg.GitTimeout}
+	if s.cfg.GitCAFile != "" {
+		ca, err := os.ReadFile(s.cfg.GitCAFile)
+		if err != nil {
+			return fmt.Errorf("git CA file: %w", err)
+		}
+		fetcher.CABundle = ca
+	}
+	s.Rebuilds = rebuild.New(rebuild.Options{
+		Store: s.Store, Events: s.Events, Bases: s.Bases,
+		Commits:  &rebuild.GitRemote{Fetcher: fetcher, Store: s.Store, Secrets: box},
+		Interval: s.cfg.RebuildCheckInterval, Log: s.log,
+	})
+	return nil
 }
 
 // registryTokens is the dispatcher's view of the token authority: none
@@ -449,6 +504,9 @@ func (s *Server) newDispatcher(box *secret.Box) (*dispatch.Dispatcher, error) {
 	o.ExecutorVersion = executorVersion(s.cfg.executor())
 	d := dispatch.New(o)
 	d.Subscribe(s.Events)
+	for _, typ := range rebuild.BuildEnded {
+		s.Events.Subscribe(typ, s.Rebuilds.OnBuildEnded)
+	}
 	return d, nil
 }
 
@@ -512,6 +570,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	if s.builds != nil {
+		// Schedules are looked at every minute, base images and git refs
+		// every RebuildCheckInterval (see rebuild.Rebuilder.Tick).
+		rebuildCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { s.Rebuilds.Run(rebuildCtx, min(time.Minute, s.cfg.RebuildCheckInterval)); close(done) }()
+		s.stopRebuilds = func() { stop(); <-done }
+	}
 	if s.cfg.Demo {
 		if err := s.demo(); err != nil {
 			s.log.Error("demo workspace", "error", err)
@@ -551,6 +617,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeParts() {
+	if s.stopRebuilds != nil {
+		s.stopRebuilds()
+	}
 	if s.stopGC != nil {
 		s.stopGC()
 	}

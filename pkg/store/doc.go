@@ -31,6 +31,10 @@ type imageDoc struct {
 	BuiltDefinition string    `json:"built_definition,omitempty"`
 	Reference       string    `json:"reference"`
 	LatestBuild     *buildDoc `json:"latest_build"`
+	// Rebuild is the rebuild policy and RebuildState its bookkeeping
+	// (package rebuild).
+	Rebuild      *image.Rebuild      `json:"rebuild,omitempty"`
+	RebuildState *image.RebuildState `json:"rebuild_state,omitempty"`
 }
 
 // buildDoc is the stored document of a build: its JSON form and the field
@@ -74,6 +78,12 @@ func EncodeImage(img image.Image) (string, error) {
 		lb := newBuildDoc(*img.LatestBuild)
 		d.LatestBuild = &lb
 	}
+	if img.Rebuild.Any() {
+		d.Rebuild = &img.Rebuild
+	}
+	if img.RebuildState != (image.RebuildState{}) {
+		d.RebuildState = &img.RebuildState
+	}
 	doc, err := marshal(d)
 	if err != nil {
 		return "", fmt.Errorf("encoding image %s: %w", img.ID, err)
@@ -102,6 +112,12 @@ func DecodeImage(doc string) (image.Image, error) {
 	if d.LatestBuild != nil {
 		lb := d.LatestBuild.build()
 		img.LatestBuild = &lb
+	}
+	if d.Rebuild != nil {
+		img.Rebuild = *d.Rebuild
+	}
+	if d.RebuildState != nil {
+		img.RebuildState = *d.RebuildState
 	}
 	return img, nil
 }

@@ -146,6 +146,29 @@ type Store interface {
 	// An error from change aborts and is returned.
 	UpdateBuild(ctx context.Context, imageID string, number int, change func(*build.Build) error) (build.Build, error)
 
+	// RequestBuild is CreateBuild for the builds Slipway starts by itself
+	// (package rebuild). In one transaction it records key, an idempotency
+	// key such as "schedule/<image>/<slot>" or an event's source and id
+	// (ErrDuplicate, and nothing changes, when key was recorded before),
+	// applies change (when not nil) to the image's rebuild state, and
+	// creates b. While another build of the image is queued or running, b
+	// is kept as the image's pending build instead (RebuildState.Pending;
+	// one at most: a later request while one is pending only counts in its
+	// cause's Coalesced), and pending is true. A created build is announced
+	// as for CreateBuild.
+	RequestBuild(ctx context.Context, key string, b build.Build, change func(*image.RebuildState)) (created build.Build, pending bool, err error)
+	// StartPending creates the image's pending build and clears it, in one
+	// transaction: ErrNotFound when none is pending (or no such image),
+	// ErrBuildActive while a build of the image is queued or running.
+	StartPending(ctx context.Context, imageID string) (build.Build, error)
+	// UpdateRebuildState applies change to an image's rebuild state without
+	// changing its version; an error from change aborts and is returned.
+	UpdateRebuildState(ctx context.Context, imageID string, change func(*image.RebuildState) error) error
+	// ListAutomatic returns, across all workspaces, the images with a
+	// rebuild policy or a pending build (image.Image.Automatic), ordered by
+	// name, and the cursor of the next page ("" on the last).
+	ListAutomatic(ctx context.Context, p Page) ([]image.Image, string, error)
+
 	// AppendLog appends to a build's log; ReadLog returns it from offset.
 	AppendLog(ctx context.Context, imageID string, number int, p []byte) error
 	ReadLog(ctx context.Context, imageID string, number int, offset int64) ([]byte, error)
@@ -203,6 +226,25 @@ func StampDefinition(b *build.Build, img image.Image) {
 func KeepBuildResults(img *image.Image, cur image.Image) {
 	img.Built, img.BuiltRev, img.Reference, img.LatestBuild = cur.Built, cur.BuiltRev, cur.Reference, cur.LatestBuild
 	img.BuiltDefinition = cur.BuiltDefinition
+	img.RebuildState.KeepTriggerState(cur.RebuildState)
+}
+
+// PendBuild keeps b as img's pending build, or counts it in the pending
+// build's cause when one is pending already. Backends call it in
+// RequestBuild's transaction when a build of img is active.
+func PendBuild(img *image.Image, b build.Build) {
+	if p := img.RebuildState.Pending; p != nil {
+		next := *p
+		c := build.Cause{}
+		if next.Cause != nil {
+			c = *next.Cause
+		}
+		c.Coalesced++
+		next.Cause = &c
+		img.RebuildState.Pending = &next
+		return
+	}
+	img.RebuildState.Pending = &b
 }
 
 // SortOldestFirst orders builds by queue time, as the build queue serves them.

@@ -131,6 +131,8 @@ export const api = {
     if (follow) q.set("follow", "true");
     return request(`/api/v1/images/${enc(id)}/builds/${n}/log?${q}`, { raw: true, signal, quiet: quiet || follow, headers: { Accept: "text/plain" } });
   },
+  getWebhook: (id) => request(`/api/v1/images/${enc(id)}/webhook`),
+  newWebhook: (id) => request(`/api/v1/images/${enc(id)}/webhook`, { method: "POST" }),
   listCredentials: (ws) => request(`/api/v1/workspaces/${enc(ws)}/credentials`, { quiet: true }),
   putCredential: (ws, name, body) => request(`/api/v1/workspaces/${enc(ws)}/credentials/${enc(name)}`, { method: "PUT", body }),
   deleteCredential: (ws, name) => request(`/api/v1/workspaces/${enc(ws)}/credentials/${enc(name)}`, { method: "DELETE" }),

@@ -4,6 +4,7 @@
 // raw log, which follows a running build live and has a refresh button.
 import { api } from "./api.js";
 import { BUILD_STATUS, clear, clock, duration, h, icon, isActive, timeEl } from "./dom.js";
+import { causeText, TRIGGERS } from "./rebuild.js";
 import { busyButton } from "./ui.js";
 import { pushList } from "./pushes.js";
 
@@ -12,7 +13,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
   const empty = h("p", { class: "muted", hidden: true }, "No builds yet. Press Build to start the first one.");
   const error = h("p", { class: "field-error", hidden: true, role: "alert" });
   const refreshBtn = h("button", { type: "button", class: "icon-btn", "aria-label": "Refresh the build list", "data-action": "refresh-builds" }, icon("refresh", { size: 18 }));
-  const head = h("div", { class: "build-list-head", "aria-hidden": "true", hidden: true }, h("span"), h("span", null, "Build"), h("span", null, "Started"), h("span", null, "Status"), h("span", null, "Duration"));
+  const head = h("div", { class: "build-list-head", "aria-hidden": "true", hidden: true }, h("span"), h("span", null, "Build"), h("span", null, "Started"), h("span", null, "Status"), h("span", null, "Trigger"), h("span", null, "Duration"));
   section.append(
     h("div", { class: "card-head" }, h("h2", { id: "builds-title" }, "Build log"), refreshBtn),
     head, list, empty, error);
@@ -69,6 +70,7 @@ export function createBuildList(section, ctx, imageId, { onChange } = {}) {
         b.unchanged ? h("span", { class: "build-unchanged muted small", title: "Same digest as the image already had: nothing changed" }, "no change") : null),
       h("span", { class: "build-start" }, b.started_at ? timeEl(b.started_at, true) : h("span", { class: "muted" }, `queued ${clock(b.queued_at)}`)),
       statusBadge(b),
+      h("span", { class: `build-trigger trigger-${b.trigger}`, "data-testid": "build-trigger", title: causeText(b) }, TRIGGERS[b.trigger] || b.trigger),
       h("span", { class: "build-dur" }, b.duration_seconds != null ? duration(b.duration_seconds) : "–"));
     r.toggle.setAttribute("aria-label", `Build ${b.number}, ${BUILD_STATUS[b.status]?.label || b.status}${b.duration_seconds != null ? ", " + duration(b.duration_seconds) : ""}. ${r.expanded ? "Hide" : "Show"} its steps and log.`);
     const reason = ctx.role === "member" ? "Only the workspace's owner can cancel builds." : "";

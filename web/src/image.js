@@ -5,6 +5,7 @@ import { createBuildList } from "./builds.js";
 import { createCredentials } from "./credentials.js";
 import { BUILD_STATUS, IMAGE_STATUS, NAME_RE, append, clear, h, icon, isActive, plainMessage, timeEl } from "./dom.js";
 import { createDockerfileEditor } from "./editor.js";
+import { createRebuildPolicy } from "./rebuild.js";
 import { ownerOnlyReason, statusIcon } from "./tiles.js";
 import { banner, busyButton, confirmDialog, toast } from "./ui.js";
 
@@ -133,6 +134,7 @@ export function renderImage(main, ctx, id) {
   const statusCard = h("div", { class: "status-card", "data-testid": "status" });
   const historyList = h("dl", { class: "history" });
   const credSlot = h("section", { class: "card card-creds", "aria-labelledby": "cred-title" });
+  const rebuildSlot = h("section", { class: "card card-rebuild", "aria-labelledby": "rebuild-title", hidden: isNew, "data-testid": "rebuild-policy" });
   const buildsSlot = h("section", { class: "card", "aria-labelledby": "builds-title" });
 
   main.append(
@@ -175,12 +177,18 @@ export function renderImage(main, ctx, id) {
       h("aside", { class: "col-side", "aria-label": "Status and history" },
         h("section", { class: "card card-status", "aria-labelledby": "status-title" }, h("h2", { id: "status-title" }, "Status"), statusCard),
         h("section", { class: "card card-history", "aria-labelledby": "history-title" }, h("h2", { id: "history-title" }, "Change history"), historyList),
+        rebuildSlot,
         credSlot)));
 
   ctx.setCrumbs([{ label: `Workspace ${ctx.workspace}` }, { label: "Resources" }, { label: "Docker Images", href: "#/" }, { label: isNew ? "New image" : "…" }]);
 
   const editor = createDockerfileEditor(editorHost, {
     doc: TEMPLATE, label: "Dockerfile", describedBy: "dockerfile-error", onChange: () => changed(),
+  });
+
+  // ---- Rebuild policy: saved on its own; the definition's edits stay ----
+  const policy = isNew ? null : createRebuildPolicy(rebuildSlot, ctx, {
+    onSaved: (data, etag) => { st.etag = etag || st.etag; showImage({ ...data }); },
   });
 
   // ---- Credentials (and the selects that name them) ----
@@ -343,6 +351,7 @@ export function renderImage(main, ctx, id) {
     const hist = img.history || {};
     const row = (label, stamp, none) => [h("dt", null, label), h("dd", null, stamp ? [h("span", { class: "who" }, stamp.by), " · ", timeEl(stamp.at)] : h("span", { class: "muted" }, none))];
     clear(historyList).append(...row("Created", hist.created), ...row("Modified", hist.modified), ...row("Built", hist.built, "Not built yet"));
+    policy?.show(img, st.etag);
     updateBuildState();
     showDiff(img);
   }
@@ -418,6 +427,7 @@ export function renderImage(main, ctx, id) {
       }
       const { data, etag } = await busyButton(saveBtn, "Saving…", () => api.patchImage(st.image.id, st.etag, def));
       st.etag = etag || st.etag;
+      policy?.etag(st.etag);
       st.base = definition(data);
       st.conflict = false;
       banner(conflictBox, "warning", "");

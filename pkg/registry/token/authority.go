@@ -291,6 +291,22 @@ func (a *Authority) PullCredential(image string, number int, repo string, ttl ti
 	return a.Signer.BuildCredential(BuildClaims{Image: image, Number: number, Pull: []string{repo}, Publish: true}, ttl)
 }
 
+// WatchToken is an access token that pulls repo, when workspace ws may
+// read it (as its builds may: library/ and the workspace's own images),
+// and nothing otherwise: what Slipway checks a workspace's internal base
+// images with (package rebuild). It never leaves the server.
+func (a *Authority) WatchToken(ctx context.Context, ws, repo string) (string, error) {
+	pulls, err := a.Rights.BuildPulls(ctx, ws, []string{repo})
+	if err != nil {
+		return "", err
+	}
+	var access []Access
+	if len(pulls) > 0 {
+		access = []Access{{Type: "repository", Name: repo, Actions: []string{Pull}}}
+	}
+	return a.Signer.AccessToken("slipway-rebuild:"+ws, access, a.Signer.now().Add(AccessTTL))
+}
+
 // Builds finds a build by image and number (store.ErrNotFound if none).
 type Builds interface {
 	GetBuild(ctx context.Context, imageID string, number int) (build.Build, error)

@@ -171,6 +171,8 @@ type (
 		Name      string `firestore:"name"`
 		Version   int64  `firestore:"version"`
 		Usable    bool   `firestore:"usable"`
+		// Automatic: the rebuild policy looks at it (image.Image.Automatic).
+		Automatic bool   `firestore:"automatic"`
 		Doc       string `firestore:"doc"`
 	}
 	nameDoc struct {
@@ -206,7 +208,7 @@ func encodeImage(img image.Image) (imageDoc, error) {
 	if err != nil {
 		return imageDoc{}, err
 	}
-	return imageDoc{Workspace: img.Workspace, Name: img.Name, Version: img.Version, Usable: img.Reference != "", Doc: doc}, nil
+	return imageDoc{Workspace: img.Workspace, Name: img.Name, Version: img.Version, Usable: img.Reference != "", Automatic: img.Automatic(), Doc: doc}, nil
 }
 
 func decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
@@ -626,7 +628,133 @@ func (s *Store) purge(ctx context.Context, q fs.Query, then func([]*fs.DocumentR
 func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, error) {
 	ref := s.imageRef(b.Image)
 	err := s.run(ctx, store.ErrBuildActive, func(tx *fs.Transaction) error {
-		snaps, err := tx.GetAll([]*fs.DocumentRef{ref, activeRef(ref)})
+		img, active, err := s.readForBuild(tx, ref)
+		if err != nil {
+			return err
+		}
+		if active && b.Status.Active() {
+			return store.ErrBuildActive
+		}
+		b, err = s.createBuild(ctx, tx, ref, img, b)
+		return err
+	})
+	return b, err
+}
+
+// readForBuild reads an image and whether it has an active build, in tx.
+func (s *Store) readForBuild(tx *fs.Transaction, ref *fs.DocumentRef) (image.Image, bool, error) {
+	snaps, err := tx.GetAll([]*fs.DocumentRef{ref, activeRef(ref)})
+	if err != nil {
+		return image.Image{}, false, err
+	}
+	if !snaps[0].Exists() {
+		return image.Image{}, false, store.ErrNotFound
+	}
+	img, err := decodeImage(snaps[0])
+	return img, snaps[1].Exists(), err
+}
+
+// createBuild numbers b after img's latest build, stores it with its
+// active marker, records it as img's latest and announces it, in tx. The
+// caller has read the marker absent.
+func (s *Store) createBuild(ctx context.Context, tx *fs.Transaction, ref *fs.DocumentRef, img image.Image, b build.Build) (build.Build, error) {
+	b.Number = 1
+	if img.LatestBuild != nil {
+		b.Number = img.LatestBuild.Number + 1
+	}
+	store.StampDefinition(&b, img)
+	if b.Status.Active() {
+		if err := tx.Create(activeRef(ref), activeDoc{Number: b.Number}); err != nil {
+			return b, err
+		}
+	}
+	bd, err := encodeBuild(b)
+	if err != nil {
+		return b, err
+	}
+	if err := tx.Create(buildRef(ref, b.Number), bd); err != nil {
+		return b, err
+	}
+	latest := b
+	img.LatestBuild = &latest
+	d, err := encodeImage(img)
+	if err != nil {
+		return b, err
+	}
+	if err := tx.Set(ref, d); err != nil {
+		return b, err
+	}
+	return b, s.appendOutbox(ctx, tx, b)
+}
+
+// RequestBuild implements store.Store. The event document, created and not
+// read, makes a second request of one key fail with AlreadyExists.
+func (s *Store) RequestBuild(ctx context.Context, key string, b build.Build, change func(*image.RebuildState)) (build.Build, bool, error) {
+	ref := s.imageRef(b.Image)
+	var pending bool
+	want := b
+	err := s.run(ctx, store.ErrDuplicate, func(tx *fs.Transaction) error {
+		pending, b = false, want
+		img, active, err := s.readForBuild(tx, ref)
+		if err != nil {
+			return err
+		}
+		if err := tx.Create(s.eventRef(key), eventDoc{Key: key}); err != nil {
+			return err
+		}
+		if change != nil {
+			change(&img.RebuildState)
+		}
+		b.DefinitionRev = img.DefinitionRev // what it will build
+		if active {
+			pending = true
+			store.PendBuild(&img, b)
+			return s.setImage(tx, ref, img)
+		}
+		b, err = s.createBuild(ctx, tx, ref, img, b)
+		return err
+	})
+	return b, pending, err
+}
+
+func (s *Store) setImage(tx *fs.Transaction, ref *fs.DocumentRef, img image.Image) error {
+	d, err := encodeImage(img)
+	if err != nil {
+		return err
+	}
+	return tx.Set(ref, d)
+}
+
+// StartPending implements store.Store.
+func (s *Store) StartPending(ctx context.Context, imageID string) (build.Build, error) {
+	ref := s.imageRef(imageID)
+	var b build.Build
+	err := s.run(ctx, nil, func(tx *fs.Transaction) error {
+		img, active, err := s.readForBuild(tx, ref)
+		if err != nil {
+			return err
+		}
+		p := img.RebuildState.Pending
+		switch {
+		case p == nil:
+			return store.ErrNotFound
+		case active:
+			return store.ErrBuildActive
+		}
+		img.RebuildState.Pending = nil
+		next := *p
+		next.DefinitionRev = img.DefinitionRev // the definition of now, not of the request
+		b, err = s.createBuild(ctx, tx, ref, img, next)
+		return err
+	})
+	return b, err
+}
+
+// UpdateRebuildState implements store.Store.
+func (s *Store) UpdateRebuildState(ctx context.Context, imageID string, change func(*image.RebuildState) error) error {
+	ref := s.imageRef(imageID)
+	return s.run(ctx, nil, func(tx *fs.Transaction) error {
+		snaps, err := tx.GetAll([]*fs.DocumentRef{ref})
 		if err != nil {
 			return err
 		}
@@ -637,38 +765,43 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if err != nil {
 			return err
 		}
-		b.Number = 1
-		if img.LatestBuild != nil {
-			b.Number = img.LatestBuild.Number + 1
-		}
-		store.StampDefinition(&b, img)
-		if b.Status.Active() {
-			if snaps[1].Exists() {
-				return store.ErrBuildActive
-			}
-			if err := tx.Create(activeRef(ref), activeDoc{Number: b.Number}); err != nil {
-				return err
-			}
-		}
-		bd, err := encodeBuild(b)
-		if err != nil {
+		if err := change(&img.RebuildState); err != nil {
 			return err
 		}
-		if err := tx.Create(buildRef(ref, b.Number), bd); err != nil {
-			return err
-		}
-		latest := b
-		img.LatestBuild = &latest
-		d, err := encodeImage(img)
-		if err != nil {
-			return err
-		}
-		if err := tx.Set(ref, d); err != nil {
-			return err
-		}
-		return s.appendOutbox(ctx, tx, b)
+		return s.setImage(tx, ref, img)
 	})
-	return b, err
+}
+
+// ListAutomatic implements store.Store; it needs the composite index
+// images (automatic, name).
+func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image, string, error) {
+	after, err := store.DecodeCursor(p.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	limit := max(p.Limit, 1)
+	q := s.images().Where("automatic", "==", true)
+	if after != "" {
+		q = q.Where("name", ">", after)
+	}
+	snaps, err := q.OrderBy("name", fs.Asc).Limit(limit + 1).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, "", err
+	}
+	var imgs []image.Image
+	for _, snap := range snaps {
+		img, err := decodeImage(snap)
+		if err != nil {
+			return nil, "", err
+		}
+		imgs = append(imgs, img)
+	}
+	next := ""
+	if len(imgs) > limit {
+		imgs = imgs[:limit]
+		next = store.EncodeCursor(imgs[limit-1].Name)
+	}
+	return imgs, next, nil
 }
 
 // GetBuild implements store.Store.

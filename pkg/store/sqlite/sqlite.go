@@ -82,6 +82,10 @@ CREATE TABLE credentials (
 	`ALTER TABLE workspaces ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE workspaces ADD COLUMN seq TEXT NOT NULL DEFAULT '';
 ALTER TABLE workspaces ADD COLUMN time TEXT NOT NULL DEFAULT '';
+`,
+	// The images the rebuild policy looks at (image.Image.Automatic).
+	`ALTER TABLE images ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX images_automatic ON images (name) WHERE automatic = 1;
 `}
 
 // Store is a SQLite-backed store.Store.
@@ -142,6 +146,14 @@ func cloneImage(img image.Image) image.Image {
 		b := *img.LatestBuild
 		b.Pushes = slices.Clone(b.Pushes)
 		img.LatestBuild = &b
+	}
+	if img.Rebuild.Schedule != nil {
+		sc := *img.Rebuild.Schedule
+		img.Rebuild.Schedule = &sc
+	}
+	if p := img.RebuildState.Pending; p != nil {
+		b := *p
+		img.RebuildState.Pending = &b
 	}
 	return img
 }
@@ -295,6 +307,13 @@ func usable(img image.Image) int {
 	return 0
 }
 
+func automatic(img image.Image) int {
+	if img.Automatic() {
+		return 1
+	}
+	return 0
+}
+
 // CreateImage implements store.Store.
 func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 	doc, err := encodeImage(img)
@@ -302,8 +321,8 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 		return err
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, doc) VALUES (?, ?, ?, ?, ?, ?)",
-			img.ID, img.Workspace, img.Name, img.Version, usable(img), doc)
+		_, err := tx.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, automatic, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+			img.ID, img.Workspace, img.Name, img.Version, usable(img), automatic(img), doc)
 		if isUnique(err) {
 			return store.ErrNameTaken
 		}
@@ -409,8 +428,8 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, doc = ? WHERE id = ?",
-			img.Name, img.Version, usable(img), doc, img.ID)
+		_, err = tx.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, automatic = ?, doc = ? WHERE id = ?",
+			img.Name, img.Version, usable(img), automatic(img), doc, img.ID)
 		if isUnique(err) {
 			return store.ErrNameTaken
 		}
@@ -440,7 +459,7 @@ func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, "UPDATE images SET usable = ?, doc = ? WHERE id = ?", usable(img), doc, img.ID)
+	_, err = tx.ExecContext(ctx, "UPDATE images SET usable = ?, automatic = ?, doc = ? WHERE id = ?", usable(img), automatic(img), doc, img.ID)
 	return err
 }
 
@@ -451,29 +470,133 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if err != nil {
 			return err
 		}
-		b.Number = 1
-		if img.LatestBuild != nil {
-			b.Number = img.LatestBuild.Number + 1
+		b, err = s.createBuild(ctx, tx, img, b)
+		return err
+	})
+	return b, err
+}
+
+// createBuild numbers b after img's latest build, stores it, records it as
+// img's latest (writing img's document) and announces it, in tx.
+func (s *Store) createBuild(ctx context.Context, tx *sql.Tx, img image.Image, b build.Build) (build.Build, error) {
+	b.Number = 1
+	if img.LatestBuild != nil {
+		b.Number = img.LatestBuild.Number + 1
+	}
+	store.StampDefinition(&b, img)
+	doc, err := store.EncodeBuild(b)
+	if err != nil {
+		return b, err
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO builds (image, number, status, doc) VALUES (?, ?, ?, ?)",
+		b.Image, b.Number, b.Status, string(doc)); err != nil {
+		if isUnique(err) {
+			return b, store.ErrBuildActive
 		}
-		store.StampDefinition(&b, img)
-		doc, err := store.EncodeBuild(b)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO builds (image, number, status, doc) VALUES (?, ?, ?, ?)",
-			b.Image, b.Number, b.Status, string(doc)); err != nil {
+		return b, err
+	}
+	img.LatestBuild = &b
+	if err := putImageDoc(ctx, tx, img); err != nil {
+		return b, err
+	}
+	return b, appendOutbox(ctx, tx, b)
+}
+
+// RequestBuild implements store.Store.
+func (s *Store) RequestBuild(ctx context.Context, key string, b build.Build, change func(*image.RebuildState)) (build.Build, bool, error) {
+	pending := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (key) VALUES (?)", key); err != nil {
 			if isUnique(err) {
-				return store.ErrBuildActive
+				return store.ErrDuplicate
 			}
 			return err
 		}
-		img.LatestBuild = &b
-		if err := putImageDoc(ctx, tx, img); err != nil {
+		img, err := s.getImage(ctx, tx, b.Image)
+		if err != nil {
 			return err
 		}
-		return appendOutbox(ctx, tx, b)
+		if change != nil {
+			change(&img.RebuildState)
+		}
+		b.DefinitionRev = img.DefinitionRev // what it will build
+		if img.LatestBuild != nil && img.LatestBuild.Status.Active() {
+			pending = true
+			store.PendBuild(&img, b)
+			return putImageDoc(ctx, tx, img)
+		}
+		b, err = s.createBuild(ctx, tx, img, b)
+		return err
+	})
+	return b, pending, err
+}
+
+// StartPending implements store.Store.
+func (s *Store) StartPending(ctx context.Context, imageID string) (build.Build, error) {
+	var b build.Build
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		img, err := s.getImage(ctx, tx, imageID)
+		if err != nil {
+			return err
+		}
+		p := img.RebuildState.Pending
+		if p == nil {
+			return store.ErrNotFound
+		}
+		if img.LatestBuild != nil && img.LatestBuild.Status.Active() {
+			return store.ErrBuildActive
+		}
+		img.RebuildState.Pending = nil
+		next := *p
+		next.DefinitionRev = img.DefinitionRev // the definition of now, not of the request
+		b, err = s.createBuild(ctx, tx, img, next)
+		return err
 	})
 	return b, err
+}
+
+// UpdateRebuildState implements store.Store.
+func (s *Store) UpdateRebuildState(ctx context.Context, imageID string, change func(*image.RebuildState) error) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		img, err := s.getImage(ctx, tx, imageID)
+		if err != nil {
+			return err
+		}
+		if err := change(&img.RebuildState); err != nil {
+			return err
+		}
+		return putImageDoc(ctx, tx, img)
+	})
+}
+
+// ListAutomatic implements store.Store.
+func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image, string, error) {
+	after, err := store.DecodeCursor(p.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := s.db.QueryContext(ctx, "SELECT "+imageColumns+" FROM images WHERE automatic = 1 AND name > ? ORDER BY name LIMIT ?", after, p.Limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var imgs []image.Image
+	for rows.Next() {
+		img, err := s.scanImage(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		imgs = append(imgs, img)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(imgs) > p.Limit {
+		imgs = imgs[:p.Limit]
+		next = store.EncodeCursor(imgs[len(imgs)-1].Name)
+	}
+	return imgs, next, nil
 }
 
 func decodeBuild(doc string) (build.Build, error) { return store.DecodeBuild(doc) }

@@ -85,12 +85,13 @@ func TestWorkspacesFromBeforeOrders(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	// Back to schema 2: the workspaces table as it was.
+	// Back to schema 2: the workspaces and images tables as they were.
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{"ALTER TABLE workspaces DROP COLUMN deleted", "ALTER TABLE workspaces DROP COLUMN seq", "ALTER TABLE workspaces DROP COLUMN time",
+		"DROP INDEX images_automatic", "ALTER TABLE images DROP COLUMN automatic",
 		`INSERT INTO workspaces (id, owner, members) VALUES ('ws1', 'alice', '["bob"]')`, "PRAGMA user_version = 2"} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)

@@ -52,6 +52,10 @@ func Run(t *testing.T, open Opener) {
 		{"OutboxHoldsAnnouncedEventsInOrder", outboxInOrder},
 		{"OutboxEventsOnlyWithTheirChange", outboxAtomic},
 		{"OutboxHoldsImageChanges", outboxImages},
+		{"RebuildRequestsAreIdempotentAndCoalesced", rebuildRequests},
+		{"RebuildStateKeptAcrossEdits", rebuildStateKept},
+		{"ListAutomaticAcrossWorkspaces", listAutomatic},
+		{"ConcurrentRebuildRequestsOneBuild", concurrentRequests},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
