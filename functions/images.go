@@ -95,8 +95,8 @@ type imageBody struct {
 	BuildArgs    *map[string]string   `json:"build_args"`
 	Secrets      *[]string            `json:"secrets"`
 	// Target is a stage name; null or "" is the last stage.
-	Target *string `json:"target"`
-	Rebuild      *rebuildBody         `json:"rebuild"`
+	Target  *string      `json:"target"`
+	Rebuild *rebuildBody `json:"rebuild"`
 }
 
 // definition reports whether the body changes more than the rebuild policy.
