@@ -108,7 +108,7 @@ func TestClientCatchesUndocumentedResponses(t *testing.T) {
 const imageJSON = `{"id":"x","workspace":"ws","name":"team/app","description":"","status":"not_built",
 	"context":{"type":"local","dockerfile":"FROM alpine\n"},
 	"history":{"created":{"by":"alice","at":"2024-01-01T00:00:00Z"},"modified":{"by":"alice","at":"2024-01-01T00:00:00Z"},"built":null},
-	"destinations":[],"reference":null,"latest_build":null,
+	"destinations":[],"build_args":{},"secrets":[],"target":"","reference":null,"latest_build":null,
 	"rebuild":{"schedule":null,"on_base_image_update":false,"on_git_commit":false,"set_by":null,"checked_at":null,"up_to_date":false,"pending":false,"webhook":false}}`
 
 func TestClientAcceptsDocumentedResponses(t *testing.T) {

@@ -110,10 +110,11 @@ func Start(t testing.TB, cfg server.Config) *Server {
 	return s
 }
 
-// WaitReady waits until the server at base answers its readiness probe.
+// WaitReady waits until the server at base answers its readiness probe, up
+// to a minute (a loaded CI machine starts a server slowly; no test times it).
 func WaitReady(t testing.TB, base string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if res, err := http.Get(base + "/health/readiness"); err == nil {
 			res.Body.Close()
