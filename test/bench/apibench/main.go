@@ -64,6 +64,7 @@ type options struct {
 	smoke     bool
 	serverCPU string
 	clientCPU string
+	profile   string
 }
 
 func run(args []string) error {
@@ -80,6 +81,7 @@ func run(args []string) error {
 	fs.BoolVar(&o.smoke, "smoke", false, "one short round of everything: checks the harness runs, its figures mean nothing")
 	fs.StringVar(&o.serverCPU, "server-cpu", "0", "the core the servers are pinned to")
 	fs.StringVar(&o.clientCPU, "client-cpu", "1", "the core the client runs on")
+	fs.StringVar(&o.profile, "profile", "", "also write CPU profiles of the real server under each load to this `DIR` (through --pprof-addr)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,7 +117,16 @@ func run(args []string) error {
 		defer os.RemoveAll(dir)
 	}
 
-	real, err := startReal(slipway, filepath.Join(dir, "data"), pin, o.serverCPU)
+	pprofAddr := ""
+	if o.profile != "" {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return err
+		}
+	}
+	real, err := startReal(slipway, filepath.Join(dir, "data"), pin, o.serverCPU, pprofAddr)
 	if err != nil {
 		return err
 	}
@@ -139,10 +150,15 @@ func run(args []string) error {
 
 	fmt.Printf("apibench: %d rounds, %s per server per round, %d connections, GOMAXPROCS of the client %d\n",
 		o.rounds, o.duration, o.conns, runtime.GOMAXPROCS(0))
-	for _, ep := range []struct{ name, path string }{
-		{fmt.Sprintf("list %d images", o.images), fix.listPath},
-		{"get one image", fix.getPath},
+	for _, ep := range []struct{ name, path, file string }{
+		{fmt.Sprintf("list %d images", o.images), fix.listPath, "list.prof"},
+		{"get one image", fix.getPath, "get.prof"},
 	} {
+		if o.profile != "" {
+			if err := profile(real, pprofAddr, ep.path, fix.auth, o.conns, 4*o.duration, filepath.Join(o.profile, ep.file)); err != nil {
+				return err
+			}
+		}
 		var ratios []float64
 		for r := range o.rounds {
 			order := []*server{base, real}
@@ -293,7 +309,7 @@ func launch(name string, argv []string, pin bool, cpu, url, ready string, stderr
 	return nil, fmt.Errorf("the %s server did not get ready within a minute", name)
 }
 
-func startReal(slipway, data string, pin bool, cpu string) (*server, error) {
+func startReal(slipway, data string, pin bool, cpu, pprofAddr string) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -303,8 +319,11 @@ func startReal(slipway, data string, pin bool, cpu string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return launch("real", []string{slipway, "serve", "--addr", addr, "--data", data, "--log-level", "warn", "--drain-delay", "0s"},
-		pin, cpu, "http://"+addr, "/health/readiness", log)
+	argv := []string{slipway, "serve", "--addr", addr, "--data", data, "--log-level", "warn", "--drain-delay", "0s"}
+	if pprofAddr != "" {
+		argv = append(argv, "--pprof-addr", pprofAddr)
+	}
+	return launch("real", argv, pin, cpu, "http://"+addr, "/health/readiness", log)
 }
 
 func startBaseline(responses string, pin bool, cpu string) (*server, error) {
@@ -629,4 +648,29 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// profile writes a CPU profile of s, taken through its profiling endpoint,
+// while it serves GET path for d.
+func profile(s *server, pprofAddr, path, auth string, conns int, d time.Duration, file string) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := throughput(s, path, auth, conns, d+d/2)
+		errc <- err
+	}()
+	time.Sleep(d / 4)
+	res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, max(1, int(d.Seconds()))))
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	prof, err := io.ReadAll(res.Body)
+	if err == nil && res.StatusCode != 200 {
+		err = fmt.Errorf("profile: %d %s", res.StatusCode, prof)
+	}
+	if err := errors.Join(err, <-errc); err != nil {
+		return err
+	}
+	fmt.Println("  wrote", file)
+	return os.WriteFile(file, prof, 0o644)
 }
