@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -115,6 +116,23 @@ type Store struct {
 	// SQLite has a single writer; writers that queued in its busy handler
 	// instead slept in growing steps (up to 100 ms) and starved under load.
 	writer chan struct{}
+	// gen counts the write transactions committed. A read made through
+	// the pool under one count is served again from memory while the
+	// count holds (see fresh): the store is the only writer of its file,
+	// as the server locks its data dir.
+	gen        atomic.Int64
+	workspaces readWorkspaces
+}
+
+// readWorkspaces remembers workspaces read under a write count.
+type readWorkspaces struct {
+	mu sync.Mutex
+	m  map[string]readWorkspace
+}
+
+type readWorkspace struct {
+	ws  store.Workspace
+	gen int64
 }
 
 // maxConns bounds the pool: readers run concurrently in WAL mode, and
@@ -191,6 +209,7 @@ type decoded struct {
 type decodedImage struct {
 	doc string
 	img image.Image
+	gen int64 // the write count it was read under; -1: read in a transaction
 }
 
 // maxDecoded bounds the cache; when full it starts over.
@@ -206,13 +225,24 @@ func (d *decoded) get(id, doc string) (image.Image, bool) {
 	return cloneImage(e.img), true
 }
 
-func (d *decoded) put(id, doc string, img image.Image) {
+// fresh returns the image id as read under write count gen, if it was.
+func (d *decoded) fresh(id string, gen int64) (image.Image, bool) {
+	d.mu.Lock()
+	e, ok := d.m[id]
+	d.mu.Unlock()
+	if !ok || e.gen != gen {
+		return image.Image{}, false
+	}
+	return cloneImage(e.img), true
+}
+
+func (d *decoded) put(id, doc string, img image.Image, gen int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.m == nil || len(d.m) >= maxDecoded {
 		d.m = map[string]decodedImage{}
 	}
-	d.m[id] = decodedImage{doc: doc, img: cloneImage(img)}
+	d.m[id] = decodedImage{doc: doc, img: cloneImage(img), gen: gen}
 }
 
 // cloneImage copies what an image points to, so that no two callers share
@@ -310,7 +340,9 @@ func (s *Store) tx(ctx context.Context, f func(q) error) error {
 			tx.Rollback()
 			return err
 		}
-		return tx.Commit()
+		err = tx.Commit()
+		s.gen.Add(1) // after the commit, so that no read under the old count sees it late
+		return err
 	})
 }
 
@@ -350,6 +382,28 @@ func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, ws store.Wo
 
 // GetWorkspace implements store.Store.
 func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, error) {
+	gen := s.gen.Load()
+	s.workspaces.mu.Lock()
+	e, ok := s.workspaces.m[id]
+	s.workspaces.mu.Unlock()
+	if ok && e.gen == gen {
+		e.ws.Members = slices.Clone(e.ws.Members)
+		return e.ws, nil
+	}
+	ws, err := s.readWorkspace(ctx, id)
+	if err == nil {
+		s.workspaces.mu.Lock()
+		if s.workspaces.m == nil || len(s.workspaces.m) >= maxDecoded {
+			s.workspaces.m = map[string]readWorkspace{}
+		}
+		s.workspaces.m[id] = readWorkspace{ws: ws, gen: gen}
+		s.workspaces.mu.Unlock()
+		ws.Members = slices.Clone(ws.Members)
+	}
+	return ws, err
+}
+
+func (s *Store) readWorkspace(ctx context.Context, id string) (store.Workspace, error) {
 	ws := store.Workspace{ID: id}
 	var members string
 	err := s.pool().queryRow(ctx, "SELECT owner, members, catalogue FROM workspaces WHERE id = ?", id).Scan(&ws.Owner, &members, &ws.Catalogue)
@@ -398,25 +452,35 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 
 const imageColumns = "id, workspace, name, version, doc"
 
-func (s *Store) scanImage(row interface{ Scan(...any) error }) (image.Image, error) {
+// scanImage reads an image's row, read under write count gen (-1 in a
+// transaction, whose reads are never served again).
+func (s *Store) scanImage(row interface{ Scan(...any) error }, gen int64) (image.Image, error) {
 	var id, ws, name, doc string
 	var version int64
 	if err := row.Scan(&id, &ws, &name, &version, &doc); err != nil {
 		return image.Image{}, err
 	}
-	if img, ok := s.images.get(id, doc); ok {
-		img.Workspace, img.Name, img.Version = ws, name, version
-		return img, nil
+	img, ok := s.images.get(id, doc)
+	img.Workspace, img.Name, img.Version = ws, name, version
+	if !ok {
+		var err error
+		if img, err = decodeImage(id, ws, name, version, doc); err != nil {
+			return img, err
+		}
 	}
-	img, err := decodeImage(id, ws, name, version, doc)
-	if err == nil {
-		s.images.put(id, doc, img)
-	}
-	return img, err
+	s.images.put(id, doc, img, gen)
+	return img, nil
 }
 
 func (s *Store) getImage(ctx context.Context, c q, id string) (image.Image, error) {
-	img, err := s.scanImage(c.queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id))
+	gen := int64(-1)
+	if c.tx == nil {
+		gen = s.gen.Load()
+		if img, ok := s.images.fresh(id, gen); ok {
+			return img, nil
+		}
+	}
+	img, err := s.scanImage(c.queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id), gen)
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, store.ErrNotFound
 	}
@@ -430,7 +494,7 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 
 // GetImageByName implements store.Store.
 func (s *Store) GetImageByName(ctx context.Context, name string) (image.Image, error) {
-	img, err := s.scanImage(s.pool().queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE name = ?", name))
+	img, err := s.scanImage(s.pool().queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE name = ?", name), -1)
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, store.ErrNotFound
 	}
@@ -455,7 +519,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	defer rows.Close()
 	var imgs []image.Image
 	for rows.Next() {
-		img, err := s.scanImage(rows)
+		img, err := s.scanImage(rows, -1)
 		if err != nil {
 			return nil, "", err
 		}
