@@ -184,7 +184,7 @@ func (c q) query(ctx context.Context, query string, args ...any) (*sql.Rows, err
 	if c.tx != nil {
 		return c.tx.QueryContext(ctx, query, args...)
 	}
-	return c.s.pool().query(ctx, query, args...)
+	return c.s.db.QueryContext(ctx, query, args...)
 }
 
 func (c q) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
@@ -194,7 +194,7 @@ func (c q) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
 	if c.tx != nil {
 		return c.tx.QueryRowContext(ctx, query, args...)
 	}
-	return c.s.pool().queryRow(ctx, query, args...)
+	return c.s.db.QueryRowContext(ctx, query, args...)
 }
 
 // decoded remembers images decoded from their stored documents: a listing
