@@ -133,6 +133,8 @@ const (
 // Store is a Firestore-backed store.Store.
 type Store struct {
 	c *fs.Client
+	// decoded spares listings decoding documents they decoded before.
+	decoded store.Decoded
 }
 
 // Open connects to the Firestore database of projectID (the emulator at
@@ -200,12 +202,12 @@ func encodeImage(img image.Image) (imageDoc, error) {
 	return imageDoc{Workspace: img.Workspace, Name: img.Name, Version: img.Version, Usable: img.Reference != "", Doc: doc}, nil
 }
 
-func decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
+func (s *Store) decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
 	var d imageDoc
 	if err := snap.DataTo(&d); err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	img, err := store.DecodeImage(d.Doc)
+	img, err := s.decoded.Decode(snap.Ref.Path, d.Doc)
 	if err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
@@ -380,7 +382,7 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	if err != nil {
 		return image.Image{}, err
 	}
-	return decodeImage(snap)
+	return s.decodeImage(snap)
 }
 
 // GetImageByName implements store.Store: the name's claim document leads
@@ -421,7 +423,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	}
 	var imgs []image.Image
 	for _, snap := range snaps {
-		img, err := decodeImage(snap)
+		img, err := s.decodeImage(snap)
 		if err != nil {
 			return nil, "", err
 		}
@@ -447,7 +449,7 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		cur, err := decodeImage(snaps[0])
+		cur, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -501,7 +503,7 @@ func (s *Store) deleteImage(ctx context.Context, ref *fs.DocumentRef) error {
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		img, err := decodeImage(snaps[0])
+		img, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -572,7 +574,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		img, err := decodeImage(snaps[0])
+		img, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -717,7 +719,7 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if b, err = decodeBuild(snaps[0]); err != nil {
 			return err
 		}
-		img, err := decodeImage(snaps[1])
+		img, err := s.decodeImage(snaps[1])
 		if err != nil {
 			return err
 		}

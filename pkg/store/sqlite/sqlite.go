@@ -245,25 +245,7 @@ func (d *decoded) put(id, doc string, img image.Image, gen int64) {
 	d.m[id] = decodedImage{doc: doc, img: cloneImage(img), gen: gen}
 }
 
-// cloneImage copies what an image points to, so that no two callers share
-// memory through the cache.
-func cloneImage(img image.Image) image.Image {
-	if img.Context.Git != nil {
-		g := *img.Context.Git
-		img.Context.Git = &g
-	}
-	img.Destinations = slices.Clone(img.Destinations)
-	if img.Built != nil {
-		b := *img.Built
-		img.Built = &b
-	}
-	if img.LatestBuild != nil {
-		b := *img.LatestBuild
-		b.Pushes = slices.Clone(b.Pushes)
-		img.LatestBuild = &b
-	}
-	return img
-}
+func cloneImage(img image.Image) image.Image { return store.CloneImage(img) }
 
 // Open opens (creating if needed) the database file at path and migrates it.
 func Open(path string) (*Store, error) {

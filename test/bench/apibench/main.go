@@ -65,6 +65,7 @@ type options struct {
 	serverCPU string
 	clientCPU string
 	profile   string
+	serveArgs []string
 }
 
 func run(args []string) error {
@@ -82,6 +83,10 @@ func run(args []string) error {
 	fs.StringVar(&o.serverCPU, "server-cpu", "0", "the core the servers are pinned to")
 	fs.StringVar(&o.clientCPU, "client-cpu", "1", "the core the client runs on")
 	fs.StringVar(&o.profile, "profile", "", "also write CPU profiles of the real server under each load to this `DIR` (through --pprof-addr)")
+	fs.Func("serve-arg", "one more argument of the real server's serve command, e.g. -serve-arg=--store=firestore (repeatable)", func(v string) error {
+		o.serveArgs = append(o.serveArgs, v)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -126,7 +131,7 @@ func run(args []string) error {
 			return err
 		}
 	}
-	real, err := startReal(slipway, filepath.Join(dir, "data"), pin, o.serverCPU, pprofAddr)
+	real, err := startReal(slipway, filepath.Join(dir, "data"), pin, o.serverCPU, pprofAddr, o.serveArgs)
 	if err != nil {
 		return err
 	}
@@ -309,7 +314,7 @@ func launch(name string, argv []string, pin bool, cpu, url, ready string, stderr
 	return nil, fmt.Errorf("the %s server did not get ready within a minute", name)
 }
 
-func startReal(slipway, data string, pin bool, cpu, pprofAddr string) (*server, error) {
+func startReal(slipway, data string, pin bool, cpu, pprofAddr string, extra []string) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -323,6 +328,7 @@ func startReal(slipway, data string, pin bool, cpu, pprofAddr string) (*server, 
 	if pprofAddr != "" {
 		argv = append(argv, "--pprof-addr", pprofAddr)
 	}
+	argv = append(argv, extra...)
 	return launch("real", argv, pin, cpu, "http://"+addr, "/health/readiness", log)
 }
 
@@ -564,8 +570,13 @@ func throughput(s *server, path, auth string, conns int, d time.Duration) (resul
 	return result{n: n, cpu: cpu1 - cpu0, wall: wall}, nil
 }
 
-// createCapacity is the creates per second 10 clients get back to back.
+// createCapacity is the creates per second 10 clients get back to back;
+// it prints them per CPU-second of the server too.
 func createCapacity(s *server, f *fixture, d time.Duration) (float64, error) {
+	cpu0, err := s.cpu()
+	if err != nil {
+		return 0, err
+	}
 	c := newClient(10)
 	defer c.CloseIdleConnections()
 	var n atomic.Int64
@@ -588,7 +599,13 @@ func createCapacity(s *server, f *fixture, d time.Duration) (float64, error) {
 		}()
 	}
 	wg.Wait()
-	return float64(n.Load()) / time.Since(t0).Seconds(), firstErr
+	wall := time.Since(t0)
+	cpu1, err := s.cpu()
+	if err != nil {
+		return 0, err
+	}
+	fmt.Printf("  creates: %.0f per CPU-second of the server (10 clients back to back)\n", float64(n.Load())/(cpu1-cpu0))
+	return float64(n.Load()) / wall.Seconds(), firstErr
 }
 
 // creates runs n clients for d that together offer rate creates per
