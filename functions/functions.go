@@ -116,6 +116,7 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 type api struct {
 	Deps
+	answers answers
 }
 
 // authenticate verifies the bearer token before calling h, and reads the
@@ -313,7 +314,7 @@ func New(d Deps) http.Handler {
 	if d.LogPoll == 0 {
 		d.LogPoll = 250 * time.Millisecond
 	}
-	a := &api{d}
+	a := &api{Deps: d}
 	mux := http.NewServeMux()
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticate(h)) }
 	// The contract: every /api/ request carries a token, even these.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -142,7 +143,8 @@ func newID() string {
 }
 
 func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
-	if _, _, err := a.workspaceRole(r.Context(), r.PathValue("ws")); err != nil {
+	ws, _, err := a.workspaceRole(r.Context(), r.PathValue("ws"))
+	if err != nil {
 		return err
 	}
 	p, err := page(r, 50, 200)
@@ -157,7 +159,14 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return errorf(http.StatusBadRequest, "invalid_argument", "usable must be true or false")
 	}
-	imgs, next, err := a.Store.ListImages(r.Context(), r.PathValue("ws"), f, p)
+	// The workspace's catalogue number was read before its images: what
+	// is cached under it is at least as new as it.
+	key := "list\x00" + ws.ID + "\x00" + strconv.FormatBool(f.Usable) + "\x00" + strconv.Itoa(p.Limit) + "\x00" + p.Cursor
+	if e, ok := a.answers.get(key, ws.Catalogue); ok {
+		writeBody(w, http.StatusOK, e.body)
+		return nil
+	}
+	imgs, next, err := a.Store.ListImages(r.Context(), ws.ID, f, p)
 	if err != nil {
 		return err
 	}
@@ -166,7 +175,14 @@ func (a *api) listImages(w http.ResponseWriter, r *http.Request) error {
 	for i, img := range imgs {
 		views[i] = a.viewImage(img, now)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"images": views, "next_page_token": next})
+	body, err := encodeJSON(map[string]any{"images": views, "next_page_token": next})
+	if err != nil {
+		return err
+	}
+	if timeless(imgs...) {
+		a.answers.put(key, answer{catalogue: ws.Catalogue, body: body})
+	}
+	writeBody(w, http.StatusOK, body)
 	return nil
 }
 
@@ -220,12 +236,38 @@ func (a *api) createImage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *api) getImage(w http.ResponseWriter, r *http.Request) error {
-	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
+	ctx, id := r.Context(), r.PathValue("id")
+	img, err := a.Store.GetImage(ctx, id)
 	if err != nil {
 		return err
 	}
-	w.Header().Set("ETag", etag(img.Version))
-	writeJSON(w, http.StatusOK, a.viewImage(img, a.Now()))
+	ws, _, err := a.workspaceRole(ctx, img.Workspace)
+	if err != nil {
+		return err
+	}
+	key := "image\x00" + id
+	if e, ok := a.answers.get(key, ws.Catalogue); ok {
+		w.Header().Set("ETag", e.etag)
+		writeBody(w, http.StatusOK, e.body)
+		return nil
+	}
+	if ws.Catalogue != 0 {
+		// Read after the catalogue number, so that what is cached under it
+		// is at least as new as it.
+		if img, err = a.Store.GetImage(ctx, id); err != nil {
+			return err
+		}
+	}
+	body, err := encodeJSON(a.viewImage(img, a.Now()))
+	if err != nil {
+		return err
+	}
+	e := answer{catalogue: ws.Catalogue, body: body, etag: etag(img.Version)}
+	if img.Workspace == ws.ID && timeless(img) {
+		a.answers.put(key, e)
+	}
+	w.Header().Set("ETag", e.etag)
+	writeBody(w, http.StatusOK, body)
 	return nil
 }
 

@@ -23,7 +23,7 @@ func TestPanickingHandlerAnswers500(t *testing.T) {
 	}
 	tok, _ := iss.Issue("alice", time.Hour)
 	var logs strings.Builder
-	a := &api{Deps{Verifier: iss, Log: slog.New(slog.NewTextHandler(&logs, nil)), MaxBody: 1 << 20}}
+	a := &api{Deps: Deps{Verifier: iss, Log: slog.New(slog.NewTextHandler(&logs, nil)), MaxBody: 1 << 20}}
 	srv := httptest.NewServer(a.authenticate(func(w http.ResponseWriter, r *http.Request) error {
 		panic("a parser fell over")
 	}))

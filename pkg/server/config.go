@@ -110,6 +110,11 @@ type Config struct {
 	// reach, as runc.Options.Forwards: only tests set it (export_test.go),
 	// to serve a private base registry on loopback.
 	buildReach []int
+	// PprofAddr, when set, serves net/http/pprof on this HOST:PORT, a
+	// listener apart from Addr's; empty (the default): no profiling
+	// endpoint. The host must be a loopback address unless PprofAnyHost.
+	PprofAddr    string
+	PprofAnyHost bool
 }
 
 func (c *Config) credentialsKeyDir() string {
@@ -143,6 +148,7 @@ var EnvVars = map[string]string{
 	"SLIPWAY_REGISTRY_GC_INTERVAL":   "registry-gc-interval", "SLIPWAY_REGISTRY_GC_REMOVE_UNTAGGED": "registry-gc-remove-untagged",
 	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
 	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
+	"SLIPWAY_PPROF_ADDR":          "pprof-addr",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -371,6 +377,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OIDCAudience, "oidc-audience", c.OIDCAudience, "the audience OIDC tokens must carry")
 	fs.StringVar(&c.EventsOIDCIssuer, "events-oidc-issuer", c.EventsOIDCIssuer, "also accept tokens from this issuer `URL` (Knative Eventing's deliveries)")
 	fs.StringVar(&c.EventsOIDCAudience, "events-oidc-audience", c.EventsOIDCAudience, "the audience Knative Eventing's tokens carry for this service")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve Go's profiling endpoint (net/http/pprof, /debug/pprof/) on this loopback `HOST:PORT`, apart from --addr (default off)")
+	fs.BoolVar(&c.PprofAnyHost, "pprof-any-host", c.PprofAnyHost, "let --pprof-addr be a non-loopback address, reachable from other machines (it has no authentication)")
 	fs.StringVar(&c.CredentialsKeyDir, "credentials-key-dir", c.CredentialsKeyDir, "`DIR` holding the key that seals workspace credentials (default: the data dir)")
 }
 

@@ -34,6 +34,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/outbox"
 	"github.com/slipway-dev/slipway/pkg/rebuild"
+	"github.com/slipway-dev/slipway/pkg/profiling"
 	"github.com/slipway-dev/slipway/pkg/registry"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/registry/token"
@@ -79,6 +80,10 @@ type Server struct {
 	// listenForBuilds).
 	buildHTTP *http.Server
 	buildLn   net.Listener
+	// pprofHTTP serves the profiling endpoint on pprofLn; both nil unless
+	// Config.PprofAddr is set.
+	pprofHTTP *http.Server
+	pprofLn   net.Listener
 	lock      *dataDirLock
 
 	// content is the embedded registry's content and gate what keeps its
@@ -125,6 +130,14 @@ func Listen(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Addr, err)
 	}
 	s := &Server{cfg: cfg, log: log, ln: ln, mux: http.NewServeMux(), lock: lock}
+	if cfg.PprofAddr != "" {
+		if s.pprofLn, err = profiling.Listen(cfg.PprofAddr, cfg.PprofAnyHost); err != nil {
+			ln.Close()
+			lock.Close()
+			return nil, err
+		}
+		s.pprofHTTP = profiling.NewServer()
+	}
 	if err := s.open(); err != nil {
 		ln.Close()
 		s.closeParts()
@@ -537,6 +550,14 @@ func (s *Server) RegistryHost() string {
 	return net.JoinHostPort(host, strconv.Itoa(addr.Port))
 }
 
+// PprofAddr is the profiling endpoint's HOST:PORT; empty when it is off.
+func (s *Server) PprofAddr() string {
+	if s.pprofLn == nil {
+		return ""
+	}
+	return s.pprofLn.Addr().String()
+}
+
 // URL is the server's base URL.
 func (s *Server) URL() string { return "http://" + s.RegistryHost() }
 
@@ -557,6 +578,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.http.Serve(s.ln) }()
 	if s.buildLn != nil {
 		go s.buildHTTP.Serve(s.buildLn)
+	}
+	if s.pprofLn != nil {
+		go s.pprofHTTP.Serve(s.pprofLn)
+		s.log.Info("profiling endpoint", "addr", s.pprofLn.Addr().String())
 	}
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan struct{})
@@ -625,6 +650,12 @@ func (s *Server) closeParts() {
 	}
 	if s.buildLn != nil {
 		s.buildLn.Close()
+	}
+	if s.pprofHTTP != nil {
+		s.pprofHTTP.Close()
+	}
+	if s.pprofLn != nil {
+		s.pprofLn.Close()
 	}
 	if s.builds != nil {
 		s.builds.Close()

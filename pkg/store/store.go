@@ -31,6 +31,12 @@ type Workspace struct {
 	ID      string   `json:"id"`
 	Owner   string   `json:"owner"`
 	Members []string `json:"members"`
+	// Catalogue, as GetWorkspace reads it, changes whenever one of the
+	// workspace's images is created, changed (builds too) or deleted, and
+	// never takes a value again for other content: a listing read after it
+	// may be cached under it. 0 when the backend does not keep it (nothing
+	// is cached then). Ignored by ApplyWorkspace.
+	Catalogue int64 `json:"-"`
 }
 
 // Role is what a user may do in a workspace.

@@ -137,6 +137,8 @@ const (
 // Store is a Firestore-backed store.Store.
 type Store struct {
 	c *fs.Client
+	// decoded spares listings decoding documents they decoded before.
+	decoded store.Decoded
 }
 
 // Open connects to the Firestore database of projectID (the emulator at
@@ -211,12 +213,12 @@ func encodeImage(img image.Image) (imageDoc, error) {
 	return imageDoc{Workspace: img.Workspace, Name: img.Name, Version: img.Version, Usable: img.Reference != "", Automatic: img.Automatic(), Doc: doc}, nil
 }
 
-func decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
+func (s *Store) decodeImage(snap *fs.DocumentSnapshot) (image.Image, error) {
 	var d imageDoc
 	if err := snap.DataTo(&d); err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
-	img, err := store.DecodeImage(d.Doc)
+	img, err := s.decoded.Decode(snap.Ref.Path, d.Doc)
 	if err != nil {
 		return image.Image{}, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
 	}
@@ -443,7 +445,7 @@ func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
 	if err != nil {
 		return image.Image{}, err
 	}
-	return decodeImage(snap)
+	return s.decodeImage(snap)
 }
 
 // GetImageByName implements store.Store: the name's claim document leads
@@ -484,7 +486,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	}
 	var imgs []image.Image
 	for _, snap := range snaps {
-		img, err := decodeImage(snap)
+		img, err := s.decodeImage(snap)
 		if err != nil {
 			return nil, "", err
 		}
@@ -510,7 +512,7 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		cur, err := decodeImage(snaps[0])
+		cur, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -564,7 +566,7 @@ func (s *Store) deleteImage(ctx context.Context, ref *fs.DocumentRef) error {
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		img, err := decodeImage(snaps[0])
+		img, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -650,7 +652,7 @@ func (s *Store) readForBuild(tx *fs.Transaction, ref *fs.DocumentRef) (image.Ima
 	if !snaps[0].Exists() {
 		return image.Image{}, false, store.ErrNotFound
 	}
-	img, err := decodeImage(snaps[0])
+	img, err := s.decodeImage(snaps[0])
 	return img, snaps[1].Exists(), err
 }
 
@@ -761,7 +763,7 @@ func (s *Store) UpdateRebuildState(ctx context.Context, imageID string, change f
 		if !snaps[0].Exists() {
 			return store.ErrNotFound
 		}
-		img, err := decodeImage(snaps[0])
+		img, err := s.decodeImage(snaps[0])
 		if err != nil {
 			return err
 		}
@@ -790,7 +792,7 @@ func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image,
 	}
 	var imgs []image.Image
 	for _, snap := range snaps {
-		img, err := decodeImage(snap)
+		img, err := s.decodeImage(snap)
 		if err != nil {
 			return nil, "", err
 		}
@@ -912,7 +914,7 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if b, err = decodeBuild(snaps[0]); err != nil {
 			return err
 		}
-		img, err := decodeImage(snaps[1])
+		img, err := s.decodeImage(snaps[1])
 		if err != nil {
 			return err
 		}

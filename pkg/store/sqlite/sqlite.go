@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -86,12 +87,124 @@ ALTER TABLE workspaces ADD COLUMN time TEXT NOT NULL DEFAULT '';
 	// The images the rebuild policy looks at (image.Image.Automatic).
 	`ALTER TABLE images ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX images_automatic ON images (name) WHERE automatic = 1;
+`,
+	// A workspace's catalogue number (store.Workspace.Catalogue): the
+	// triggers give it the next number of one sequence on every change of
+	// its images, so that no write path can forget it and a workspace
+	// deleted and announced again never repeats an old number.
+	`CREATE TABLE catalogue_seq (n INTEGER NOT NULL);
+INSERT INTO catalogue_seq (n) VALUES (0);
+ALTER TABLE workspaces ADD COLUMN catalogue INTEGER NOT NULL DEFAULT 0;
+UPDATE workspaces SET catalogue = rowid;
+UPDATE catalogue_seq SET n = COALESCE((SELECT MAX(rowid) FROM workspaces), 0);
+CREATE TRIGGER catalogue_workspace AFTER INSERT ON workspaces BEGIN
+	UPDATE catalogue_seq SET n = n + 1;
+	UPDATE workspaces SET catalogue = (SELECT n FROM catalogue_seq) WHERE id = NEW.id;
+END;
+CREATE TRIGGER catalogue_insert AFTER INSERT ON images BEGIN
+	UPDATE catalogue_seq SET n = n + 1;
+	UPDATE workspaces SET catalogue = (SELECT n FROM catalogue_seq) WHERE id = NEW.workspace;
+END;
+CREATE TRIGGER catalogue_update AFTER UPDATE ON images BEGIN
+	UPDATE catalogue_seq SET n = n + 1;
+	UPDATE workspaces SET catalogue = (SELECT n FROM catalogue_seq) WHERE id IN (OLD.workspace, NEW.workspace);
+END;
+CREATE TRIGGER catalogue_delete AFTER DELETE ON images BEGIN
+	UPDATE catalogue_seq SET n = n + 1;
+	UPDATE workspaces SET catalogue = (SELECT n FROM catalogue_seq) WHERE id = OLD.workspace;
+END;
 `}
 
 // Store is a SQLite-backed store.Store.
 type Store struct {
 	db     *sql.DB
 	images decoded
+	// stmts holds every statement prepared once: preparing one again on
+	// each call cost about as much as running it.
+	stmts sync.Map // query string -> *sql.Stmt
+	// writer admits one write transaction at a time, in arrival order.
+	// SQLite has a single writer; writers that queued in its busy handler
+	// instead slept in growing steps (up to 100 ms) and starved under load.
+	writer chan struct{}
+	// gen counts the write transactions committed. A read made through
+	// the pool under one count is served again from memory while the
+	// count holds (see fresh): the store is the only writer of its file,
+	// as the server locks its data dir.
+	gen        atomic.Int64
+	workspaces readWorkspaces
+}
+
+// readWorkspaces remembers workspaces read under a write count.
+type readWorkspaces struct {
+	mu sync.Mutex
+	m  map[string]readWorkspace
+}
+
+type readWorkspace struct {
+	ws  store.Workspace
+	gen int64
+}
+
+// maxConns bounds the pool: readers run concurrently in WAL mode, and
+// connections are kept rather than opened again per request.
+const maxConns = 16
+
+// q runs statements prepared once and reused, on the pool or in a
+// transaction.
+type q struct {
+	s  *Store
+	tx *sql.Tx
+}
+
+func (s *Store) pool() q { return q{s: s} }
+
+// stmt is query prepared, for tx when in one; nil if it does not prepare
+// (the caller then runs it unprepared, which reports the error).
+func (c q) stmt(ctx context.Context, query string) *sql.Stmt {
+	st, ok := c.s.stmts.Load(query)
+	if !ok {
+		prepared, err := c.s.db.PrepareContext(ctx, query)
+		if err != nil {
+			return nil
+		}
+		if st, ok = c.s.stmts.LoadOrStore(query, prepared); ok {
+			prepared.Close()
+		}
+	}
+	if c.tx != nil {
+		return c.tx.StmtContext(ctx, st.(*sql.Stmt))
+	}
+	return st.(*sql.Stmt)
+}
+
+func (c q) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	if c.tx != nil {
+		return c.tx.ExecContext(ctx, query, args...)
+	}
+	return c.s.db.ExecContext(ctx, query, args...)
+}
+
+func (c q) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	if c.tx != nil {
+		return c.tx.QueryContext(ctx, query, args...)
+	}
+	return c.s.db.QueryContext(ctx, query, args...)
+}
+
+func (c q) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	if c.tx != nil {
+		return c.tx.QueryRowContext(ctx, query, args...)
+	}
+	return c.s.db.QueryRowContext(ctx, query, args...)
 }
 
 // decoded remembers images decoded from their stored documents: a listing
@@ -106,6 +219,7 @@ type decoded struct {
 type decodedImage struct {
 	doc string
 	img image.Image
+	gen int64 // the write count it was read under; -1: read in a transaction
 }
 
 // maxDecoded bounds the cache; when full it starts over.
@@ -121,42 +235,27 @@ func (d *decoded) get(id, doc string) (image.Image, bool) {
 	return cloneImage(e.img), true
 }
 
-func (d *decoded) put(id, doc string, img image.Image) {
+// fresh returns the image id as read under write count gen, if it was.
+func (d *decoded) fresh(id string, gen int64) (image.Image, bool) {
+	d.mu.Lock()
+	e, ok := d.m[id]
+	d.mu.Unlock()
+	if !ok || e.gen != gen {
+		return image.Image{}, false
+	}
+	return cloneImage(e.img), true
+}
+
+func (d *decoded) put(id, doc string, img image.Image, gen int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.m == nil || len(d.m) >= maxDecoded {
 		d.m = map[string]decodedImage{}
 	}
-	d.m[id] = decodedImage{doc: doc, img: cloneImage(img)}
+	d.m[id] = decodedImage{doc: doc, img: cloneImage(img), gen: gen}
 }
 
-// cloneImage copies what an image points to, so that no two callers share
-// memory through the cache.
-func cloneImage(img image.Image) image.Image {
-	if img.Context.Git != nil {
-		g := *img.Context.Git
-		img.Context.Git = &g
-	}
-	img.Destinations = slices.Clone(img.Destinations)
-	if img.Built != nil {
-		b := *img.Built
-		img.Built = &b
-	}
-	if img.LatestBuild != nil {
-		b := *img.LatestBuild
-		b.Pushes = slices.Clone(b.Pushes)
-		img.LatestBuild = &b
-	}
-	if img.Rebuild.Schedule != nil {
-		sc := *img.Rebuild.Schedule
-		img.Rebuild.Schedule = &sc
-	}
-	if p := img.RebuildState.Pending; p != nil {
-		b := *p
-		img.RebuildState.Pending = &b
-	}
-	return img
-}
+func cloneImage(img image.Image) image.Image { return store.CloneImage(img) }
 
 // Open opens (creating if needed) the database file at path and migrates it.
 func Open(path string) (*Store, error) {
@@ -166,7 +265,9 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
-	s := &Store{db: db}
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	s := &Store{db: db, writer: make(chan struct{}, 1)}
 	if err := s.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)
@@ -175,7 +276,12 @@ func Open(path string) (*Store, error) {
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	err = func() error {
 		var v int
 		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 			return err
@@ -190,22 +296,46 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 		_, err := tx.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(len(migrations)))
 		return err
-	})
-}
-
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
-
-func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	}()
 	if err != nil {
 		return err
 	}
-	if err := f(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
 	return tx.Commit()
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	s.stmts.Range(func(_, st any) bool { st.(*sql.Stmt).Close(); return true })
+	return s.db.Close()
+}
+
+// write runs f as the only writer of this store (see Store.writer).
+func (s *Store) write(ctx context.Context, f func() error) error {
+	select {
+	case s.writer <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.writer }()
+	return f()
+}
+
+// tx runs f in a write transaction (BEGIN IMMEDIATE: _txlock in the DSN).
+// Callers encode what they can before it, to keep the lock short.
+func (s *Store) tx(ctx context.Context, f func(q) error) error {
+	return s.write(ctx, func() error {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := f(q{s: s, tx: tx}); err != nil {
+			tx.Rollback()
+			return err
+		}
+		err = tx.Commit()
+		s.gen.Add(1) // after the commit, so that no read under the old count sees it late
+		return err
+	})
 }
 
 func isUnique(err error) bool {
@@ -216,8 +346,8 @@ func isUnique(err error) bool {
 // ApplyWorkspace implements store.Store.
 func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store.Order, ws store.Workspace, deleted bool) error {
 	stale := false
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (key) VALUES (?)", eventKey); err != nil {
+	err := s.tx(ctx, func(tx q) error {
+		if _, err := tx.exec(ctx, "INSERT INTO processed_events (key) VALUES (?)", eventKey); err != nil {
 			if isUnique(err) {
 				return store.ErrDuplicate
 			}
@@ -237,7 +367,7 @@ func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store
 				"DELETE FROM images WHERE workspace = ?",
 				"DELETE FROM credentials WHERE workspace = ?",
 			} {
-				if _, err := tx.ExecContext(ctx, q, ws.ID); err != nil {
+				if _, err := tx.exec(ctx, q, ws.ID); err != nil {
 					return err
 				}
 			}
@@ -245,7 +375,7 @@ func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store
 		} else {
 			members, _ = json.Marshal(ws.Members)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO workspaces (id, owner, members, deleted, seq, time) VALUES (?, ?, ?, ?, ?, ?)
+		_, err = tx.exec(ctx, `INSERT INTO workspaces (id, owner, members, deleted, seq, time) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, members = excluded.members,
 				deleted = excluded.deleted, seq = excluded.seq, time = excluded.time`,
 			ws.ID, owner, string(members), deleted, order.Sequence, store.EncodeOrderTime(order))
@@ -257,13 +387,9 @@ func (s *Store) ApplyWorkspace(ctx context.Context, eventKey string, order store
 	return err
 }
 
-type queryer interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func workspaceOrder(ctx context.Context, q queryer, id string) (store.Order, error) {
+func workspaceOrder(ctx context.Context, c q, id string) (store.Order, error) {
 	var seq, t string
-	err := q.QueryRowContext(ctx, "SELECT seq, time FROM workspaces WHERE id = ?", id).Scan(&seq, &t)
+	err := c.queryRow(ctx, "SELECT seq, time FROM workspaces WHERE id = ?", id).Scan(&seq, &t)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Order{}, nil
 	}
@@ -275,14 +401,36 @@ func workspaceOrder(ctx context.Context, q queryer, id string) (store.Order, err
 
 // WorkspaceOrder implements store.Store.
 func (s *Store) WorkspaceOrder(ctx context.Context, id string) (store.Order, error) {
-	return workspaceOrder(ctx, s.db, id)
+	return workspaceOrder(ctx, s.pool(), id)
 }
 
 // GetWorkspace implements store.Store.
 func (s *Store) GetWorkspace(ctx context.Context, id string) (store.Workspace, error) {
+	gen := s.gen.Load()
+	s.workspaces.mu.Lock()
+	e, ok := s.workspaces.m[id]
+	s.workspaces.mu.Unlock()
+	if ok && e.gen == gen {
+		e.ws.Members = slices.Clone(e.ws.Members)
+		return e.ws, nil
+	}
+	ws, err := s.readWorkspace(ctx, id)
+	if err == nil {
+		s.workspaces.mu.Lock()
+		if s.workspaces.m == nil || len(s.workspaces.m) >= maxDecoded {
+			s.workspaces.m = map[string]readWorkspace{}
+		}
+		s.workspaces.m[id] = readWorkspace{ws: ws, gen: gen}
+		s.workspaces.mu.Unlock()
+		ws.Members = slices.Clone(ws.Members)
+	}
+	return ws, err
+}
+
+func (s *Store) readWorkspace(ctx context.Context, id string) (store.Workspace, error) {
 	ws := store.Workspace{ID: id}
 	var members string
-	err := s.db.QueryRowContext(ctx, "SELECT owner, members FROM workspaces WHERE id = ? AND NOT deleted", id).Scan(&ws.Owner, &members)
+	err := s.pool().queryRow(ctx, "SELECT owner, members, catalogue FROM workspaces WHERE id = ? AND NOT deleted", id).Scan(&ws.Owner, &members, &ws.Catalogue)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ws, store.ErrNotFound
 	}
@@ -320,8 +468,8 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 	if err != nil {
 		return err
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "INSERT INTO images (id, workspace, name, version, usable, automatic, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+	return s.tx(ctx, func(tx q) error {
+		_, err := tx.exec(ctx, "INSERT INTO images (id, workspace, name, version, usable, automatic, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
 			img.ID, img.Workspace, img.Name, img.Version, usable(img), automatic(img), doc)
 		if isUnique(err) {
 			return store.ErrNameTaken
@@ -335,27 +483,35 @@ func (s *Store) CreateImage(ctx context.Context, img image.Image) error {
 
 const imageColumns = "id, workspace, name, version, doc"
 
-func (s *Store) scanImage(row interface{ Scan(...any) error }) (image.Image, error) {
+// scanImage reads an image's row, read under write count gen (-1 in a
+// transaction, whose reads are never served again).
+func (s *Store) scanImage(row interface{ Scan(...any) error }, gen int64) (image.Image, error) {
 	var id, ws, name, doc string
 	var version int64
 	if err := row.Scan(&id, &ws, &name, &version, &doc); err != nil {
 		return image.Image{}, err
 	}
-	if img, ok := s.images.get(id, doc); ok {
-		img.Workspace, img.Name, img.Version = ws, name, version
-		return img, nil
+	img, ok := s.images.get(id, doc)
+	img.Workspace, img.Name, img.Version = ws, name, version
+	if !ok {
+		var err error
+		if img, err = decodeImage(id, ws, name, version, doc); err != nil {
+			return img, err
+		}
 	}
-	img, err := decodeImage(id, ws, name, version, doc)
-	if err == nil {
-		s.images.put(id, doc, img)
-	}
-	return img, err
+	s.images.put(id, doc, img, gen)
+	return img, nil
 }
 
-func (s *Store) getImage(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, id string) (image.Image, error) {
-	img, err := s.scanImage(q.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id))
+func (s *Store) getImage(ctx context.Context, c q, id string) (image.Image, error) {
+	gen := int64(-1)
+	if c.tx == nil {
+		gen = s.gen.Load()
+		if img, ok := s.images.fresh(id, gen); ok {
+			return img, nil
+		}
+	}
+	img, err := s.scanImage(c.queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE id = ?", id), gen)
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, store.ErrNotFound
 	}
@@ -364,12 +520,12 @@ func (s *Store) getImage(ctx context.Context, q interface {
 
 // GetImage implements store.Store.
 func (s *Store) GetImage(ctx context.Context, id string) (image.Image, error) {
-	return s.getImage(ctx, s.db, id)
+	return s.getImage(ctx, s.pool(), id)
 }
 
 // GetImageByName implements store.Store.
 func (s *Store) GetImageByName(ctx context.Context, name string) (image.Image, error) {
-	img, err := s.scanImage(s.db.QueryRowContext(ctx, "SELECT "+imageColumns+" FROM images WHERE name = ?", name))
+	img, err := s.scanImage(s.pool().queryRow(ctx, "SELECT "+imageColumns+" FROM images WHERE name = ?", name), -1)
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, store.ErrNotFound
 	}
@@ -387,14 +543,14 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 		q += " AND usable = 1"
 	}
 	q += " ORDER BY name LIMIT ?"
-	rows, err := s.db.QueryContext(ctx, q, workspace, after, p.Limit+1)
+	rows, err := s.pool().query(ctx, q, workspace, after, p.Limit+1)
 	if err != nil {
 		return nil, "", err
 	}
 	defer rows.Close()
 	var imgs []image.Image
 	for rows.Next() {
-		img, err := s.scanImage(rows)
+		img, err := s.scanImage(rows, -1)
 		if err != nil {
 			return nil, "", err
 		}
@@ -415,7 +571,7 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 // BuiltRev, BuiltDefinition, Reference, LatestBuild) are kept as stored: a build may have
 // ended since the caller read the image, without changing its version.
 func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx q) error {
 		cur, err := s.getImage(ctx, tx, img.ID)
 		if err != nil {
 			return err
@@ -428,7 +584,7 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, automatic = ?, doc = ? WHERE id = ?",
+		_, err = tx.exec(ctx, "UPDATE images SET name = ?, version = ?, usable = ?, automatic = ?, doc = ? WHERE id = ?",
 			img.Name, img.Version, usable(img), automatic(img), doc, img.ID)
 		if isUnique(err) {
 			return store.ErrNameTaken
@@ -442,30 +598,30 @@ func (s *Store) UpdateImage(ctx context.Context, img image.Image, wantVersion in
 
 // DeleteImage implements store.Store.
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx q) error {
 		img, err := s.getImage(ctx, tx, id)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM images WHERE id = ?", id); err != nil {
+		if _, err := tx.exec(ctx, "DELETE FROM images WHERE id = ?", id); err != nil {
 			return err
 		}
 		return appendOutbox(ctx, tx, img)
 	})
 }
 
-func putImageDoc(ctx context.Context, tx *sql.Tx, img image.Image) error {
+func putImageDoc(ctx context.Context, tx q, img image.Image) error {
 	doc, err := encodeImage(img)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, "UPDATE images SET usable = ?, automatic = ?, doc = ? WHERE id = ?", usable(img), automatic(img), doc, img.ID)
+	_, err = tx.exec(ctx, "UPDATE images SET usable = ?, automatic = ?, doc = ? WHERE id = ?", usable(img), automatic(img), doc, img.ID)
 	return err
 }
 
 // CreateBuild implements store.Store.
 func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, error) {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx q) error {
 		img, err := s.getImage(ctx, tx, b.Image)
 		if err != nil {
 			return err
@@ -478,7 +634,7 @@ func (s *Store) CreateBuild(ctx context.Context, b build.Build) (build.Build, er
 
 // createBuild numbers b after img's latest build, stores it, records it as
 // img's latest (writing img's document) and announces it, in tx.
-func (s *Store) createBuild(ctx context.Context, tx *sql.Tx, img image.Image, b build.Build) (build.Build, error) {
+func (s *Store) createBuild(ctx context.Context, tx q, img image.Image, b build.Build) (build.Build, error) {
 	b.Number = 1
 	if img.LatestBuild != nil {
 		b.Number = img.LatestBuild.Number + 1
@@ -488,7 +644,7 @@ func (s *Store) createBuild(ctx context.Context, tx *sql.Tx, img image.Image, b 
 	if err != nil {
 		return b, err
 	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO builds (image, number, status, doc) VALUES (?, ?, ?, ?)",
+	if _, err := tx.exec(ctx, "INSERT INTO builds (image, number, status, doc) VALUES (?, ?, ?, ?)",
 		b.Image, b.Number, b.Status, string(doc)); err != nil {
 		if isUnique(err) {
 			return b, store.ErrBuildActive
@@ -505,8 +661,8 @@ func (s *Store) createBuild(ctx context.Context, tx *sql.Tx, img image.Image, b 
 // RequestBuild implements store.Store.
 func (s *Store) RequestBuild(ctx context.Context, key string, b build.Build, change func(*image.RebuildState)) (build.Build, bool, error) {
 	pending := false
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (key) VALUES (?)", key); err != nil {
+	err := s.tx(ctx, func(tx q) error {
+		if _, err := tx.exec(ctx, "INSERT INTO processed_events (key) VALUES (?)", key); err != nil {
 			if isUnique(err) {
 				return store.ErrDuplicate
 			}
@@ -534,7 +690,7 @@ func (s *Store) RequestBuild(ctx context.Context, key string, b build.Build, cha
 // StartPending implements store.Store.
 func (s *Store) StartPending(ctx context.Context, imageID string) (build.Build, error) {
 	var b build.Build
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx q) error {
 		img, err := s.getImage(ctx, tx, imageID)
 		if err != nil {
 			return err
@@ -557,7 +713,7 @@ func (s *Store) StartPending(ctx context.Context, imageID string) (build.Build, 
 
 // UpdateRebuildState implements store.Store.
 func (s *Store) UpdateRebuildState(ctx context.Context, imageID string, change func(*image.RebuildState) error) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx q) error {
 		img, err := s.getImage(ctx, tx, imageID)
 		if err != nil {
 			return err
@@ -575,14 +731,14 @@ func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image,
 	if err != nil {
 		return nil, "", err
 	}
-	rows, err := s.db.QueryContext(ctx, "SELECT "+imageColumns+" FROM images WHERE automatic = 1 AND name > ? ORDER BY name LIMIT ?", after, p.Limit+1)
+	rows, err := s.pool().query(ctx, "SELECT "+imageColumns+" FROM images WHERE automatic = 1 AND name > ? ORDER BY name LIMIT ?", after, p.Limit+1)
 	if err != nil {
 		return nil, "", err
 	}
 	defer rows.Close()
 	var imgs []image.Image
 	for rows.Next() {
-		img, err := s.scanImage(rows)
+		img, err := s.scanImage(rows, -1)
 		if err != nil {
 			return nil, "", err
 		}
@@ -601,11 +757,9 @@ func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image,
 
 func decodeBuild(doc string) (build.Build, error) { return store.DecodeBuild(doc) }
 
-func getBuild(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, imageID string, number int) (build.Build, error) {
+func getBuild(ctx context.Context, c q, imageID string, number int) (build.Build, error) {
 	var doc string
-	err := q.QueryRowContext(ctx, "SELECT doc FROM builds WHERE image = ? AND number = ?", imageID, number).Scan(&doc)
+	err := c.queryRow(ctx, "SELECT doc FROM builds WHERE image = ? AND number = ?", imageID, number).Scan(&doc)
 	if errors.Is(err, sql.ErrNoRows) {
 		return build.Build{}, store.ErrNotFound
 	}
@@ -617,11 +771,11 @@ func getBuild(ctx context.Context, q interface {
 
 // GetBuild implements store.Store.
 func (s *Store) GetBuild(ctx context.Context, imageID string, number int) (build.Build, error) {
-	return getBuild(ctx, s.db, imageID, number)
+	return getBuild(ctx, s.pool(), imageID, number)
 }
 
 func (s *Store) queryBuilds(ctx context.Context, q string, args ...any) ([]build.Build, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.pool().query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -679,7 +833,7 @@ func (s *Store) ListActiveBuilds(ctx context.Context) ([]build.Build, error) {
 // UpdateBuild implements store.Store.
 func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, change func(*build.Build) error) (build.Build, error) {
 	var b build.Build
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx q) error {
 		var err error
 		if b, err = getBuild(ctx, tx, imageID, number); err != nil {
 			return err
@@ -692,7 +846,7 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, "UPDATE builds SET status = ?, doc = ? WHERE image = ? AND number = ?",
+		if _, err := tx.exec(ctx, "UPDATE builds SET status = ?, doc = ? WHERE image = ? AND number = ?",
 			b.Status, string(doc), imageID, number); err != nil {
 			return err
 		}
@@ -716,13 +870,13 @@ func (s *Store) UpdateBuild(ctx context.Context, imageID string, number int, cha
 
 // appendOutbox writes the events ctx's Announcement makes of what a change
 // stored (a build.Build or an image.Image).
-func appendOutbox(ctx context.Context, tx *sql.Tx, changed any) error {
+func appendOutbox(ctx context.Context, tx q, changed any) error {
 	evs, err := store.Announced(ctx, changed, time.Now())
 	if err != nil {
 		return err
 	}
 	for _, e := range evs {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO outbox (id, type, subject, time, data) VALUES (?, ?, ?, ?, ?)",
+		if _, err := tx.exec(ctx, "INSERT INTO outbox (id, type, subject, time, data) VALUES (?, ?, ?, ?, ?)",
 			e.ID, e.Type, e.Subject, e.Time.Format(time.RFC3339Nano), string(e.Data)); err != nil {
 			return err
 		}
@@ -732,7 +886,7 @@ func appendOutbox(ctx context.Context, tx *sql.Tx, changed any) error {
 
 // PendingEvents implements store.Outbox.
 func (s *Store) PendingEvents(ctx context.Context, limit int) ([]store.OutboxEvent, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT seq, id, type, subject, time, data FROM outbox ORDER BY seq LIMIT ?", limit)
+	rows, err := s.pool().query(ctx, "SELECT seq, id, type, subject, time, data FROM outbox ORDER BY seq LIMIT ?", limit)
 	if err != nil {
 		return nil, err
 	}
@@ -755,9 +909,9 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]store.OutboxEve
 
 // DeliveredEvents implements store.Outbox.
 func (s *Store) DeliveredEvents(ctx context.Context, ids ...string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx q) error {
 		for _, id := range ids {
-			if _, err := tx.ExecContext(ctx, "DELETE FROM outbox WHERE id = ?", id); err != nil {
+			if _, err := tx.exec(ctx, "DELETE FROM outbox WHERE id = ?", id); err != nil {
 				return err
 			}
 		}
@@ -770,9 +924,12 @@ func (s *Store) AppendLog(ctx context.Context, imageID string, number int, p []b
 	if len(p) == 0 {
 		return nil
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO build_logs (image, number, start, data)
+	err := s.write(ctx, func() error {
+		_, err := s.pool().exec(ctx, `INSERT INTO build_logs (image, number, start, data)
 		SELECT ?, ?, COALESCE(MAX(start + length(data)), 0), ? FROM build_logs WHERE image = ? AND number = ?`,
-		imageID, number, p, imageID, number)
+			imageID, number, p, imageID, number)
+		return err
+	})
 	if err != nil && strings.Contains(err.Error(), "FOREIGN KEY") {
 		return store.ErrNotFound
 	}
@@ -784,7 +941,7 @@ func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset 
 	if _, err := s.GetBuild(ctx, imageID, number); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT start, data FROM build_logs
+	rows, err := s.pool().query(ctx, `SELECT start, data FROM build_logs
 		WHERE image = ? AND number = ? AND start + length(data) > ? ORDER BY start`, imageID, number, offset)
 	if err != nil {
 		return nil, err
@@ -811,9 +968,11 @@ func (s *Store) PutCredential(ctx context.Context, c store.Credential) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO credentials (workspace, name, doc) VALUES (?, ?, ?)
+	return s.write(ctx, func() error {
+		_, err := s.pool().exec(ctx, `INSERT INTO credentials (workspace, name, doc) VALUES (?, ?, ?)
 		ON CONFLICT (workspace, name) DO UPDATE SET doc = excluded.doc`, c.Workspace, c.Name, string(doc))
-	return err
+		return err
+	})
 }
 
 type credentialDoc struct {
@@ -822,7 +981,7 @@ type credentialDoc struct {
 }
 
 func (s *Store) queryCredentials(ctx context.Context, q string, args ...any) ([]store.Credential, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.pool().query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -863,7 +1022,11 @@ func (s *Store) ListCredentials(ctx context.Context, workspace string) ([]store.
 
 // DeleteCredential implements store.Store.
 func (s *Store) DeleteCredential(ctx context.Context, workspace, name string) error {
-	res, err := s.db.ExecContext(ctx, "DELETE FROM credentials WHERE workspace = ? AND name = ?", workspace, name)
+	var res sql.Result
+	err := s.write(ctx, func() (err error) {
+		res, err = s.pool().exec(ctx, "DELETE FROM credentials WHERE workspace = ? AND name = ?", workspace, name)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -90,7 +90,9 @@ func TestWorkspacesFromBeforeOrders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{"ALTER TABLE workspaces DROP COLUMN deleted", "ALTER TABLE workspaces DROP COLUMN seq", "ALTER TABLE workspaces DROP COLUMN time",
+	for _, q := range []string{"DROP TRIGGER catalogue_workspace", "DROP TRIGGER catalogue_insert", "DROP TRIGGER catalogue_update",
+		"DROP TRIGGER catalogue_delete", "DROP TABLE catalogue_seq", "ALTER TABLE workspaces DROP COLUMN catalogue",
+		"ALTER TABLE workspaces DROP COLUMN deleted", "ALTER TABLE workspaces DROP COLUMN seq", "ALTER TABLE workspaces DROP COLUMN time",
 		"DROP INDEX images_automatic", "ALTER TABLE images DROP COLUMN automatic",
 		`INSERT INTO workspaces (id, owner, members) VALUES ('ws1', 'alice', '["bob"]')`, "PRAGMA user_version = 2"} {
 		if _, err := db.Exec(q); err != nil {

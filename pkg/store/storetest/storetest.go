@@ -56,6 +56,7 @@ func Run(t *testing.T, open Opener) {
 		{"RebuildStateKeptAcrossEdits", rebuildStateKept},
 		{"ListAutomaticAcrossWorkspaces", listAutomatic},
 		{"ConcurrentRebuildRequestsOneBuild", concurrentRequests},
+		{"CatalogueChangesWithEveryImageChange", catalogueChanges},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open(t)) })
@@ -898,4 +899,62 @@ func outboxImages(t *testing.T, s store.Store) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("outbox:\n%s\nwant (created, updated, deleted)\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// catalogueChanges: a workspace's Catalogue takes a new value, never one
+// seen before, with every change of its images (builds too), also across a
+// delete and a new announcement of the workspace; or it is always 0 (the
+// backend keeps none, and nothing is cached).
+func catalogueChanges(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustWorkspace(t, s, "ws2", "alice")
+	first, err := s.GetWorkspace(ctx, "ws1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int64]string{first.Catalogue: "announced"}
+	step := func(what string) {
+		t.Helper()
+		ws, err := s.GetWorkspace(ctx, "ws1")
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if first.Catalogue == 0 {
+			if ws.Catalogue != 0 {
+				t.Fatalf("%s: catalogue %d after a 0 one: a backend keeps it always or never", what, ws.Catalogue)
+			}
+			return
+		}
+		if before, ok := seen[ws.Catalogue]; ok {
+			t.Fatalf("%s: catalogue %d again, as after %q", what, ws.Catalogue, before)
+		}
+		seen[ws.Catalogue] = what
+	}
+	img := mustImage(t, s, "img1", "ws1", "team/a")
+	step("create")
+	next := img
+	next.Description = "changed"
+	img.Edit(next, "alice", t0.Add(time.Minute))
+	if err := s.UpdateImage(ctx, img, 1); err != nil {
+		t.Fatal(err)
+	}
+	step("update")
+	b := mustBuild(t, s, "img1", img.DefinitionRev)
+	step("build queued")
+	succeed(t, s, b)
+	step("build succeeded")
+	mustImage(t, s, "img2", "ws2", "team/b")
+	if ws2, _ := s.GetWorkspace(ctx, "ws2"); first.Catalogue != 0 && ws2.Catalogue == 0 {
+		t.Fatal("ws2's catalogue did not change with its image")
+	}
+	if err := s.DeleteImage(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	step("delete")
+	if err := s.ApplyWorkspace(ctx, "test/catalogue-delete", store.Order{Sequence: fmt.Sprint(seq.Add(1))}, store.Workspace{ID: "ws1"}, true); err != nil {
+		t.Fatal(err)
+	}
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img3", "ws1", "team/a")
+	step("deleted, announced again, image created")
 }
