@@ -79,6 +79,9 @@ type Build struct {
 	Commit      *string    `json:"commit"`
 	Pushes      []Push     `json:"pushes"`
 	Failure     *Failure   `json:"failure"`
+	// LogPruned says that the build's log was deleted by the log
+	// retention (the record stays).
+	LogPruned bool `json:"log_pruned,omitempty"`
 	// DefinitionRev is the image definition revision this build builds.
 	DefinitionRev int64 `json:"-"`
 }
@@ -107,6 +110,11 @@ var ErrTransition = errors.New("build: transition not allowed")
 func New(image string, rev int64, by string, trigger Trigger, now time.Time) Build {
 	return Build{Image: image, Status: Queued, RequestedBy: by, Trigger: trigger, QueuedAt: now, DefinitionRev: rev, Pushes: []Push{}}
 }
+
+// Stamp sets the build's queue time. A store calls it in the transaction
+// that queues the build, so that queue times follow the order in which
+// builds were queued: the queue serves them by it.
+func (b *Build) Stamp(now time.Time) { b.QueuedAt = now }
 
 // Start moves a queued build to running.
 func (b *Build) Start(now time.Time) error {
