@@ -16,6 +16,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 )
 
@@ -273,7 +274,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")
 	fs.DurationVar(&c.BuildTimeout, "build-timeout", c.BuildTimeout, "wall-clock limit of one build")
-	fs.Func("build-memory", "memory limit of one build, in bytes or as a quantity such as 2Gi (default 2Gi)", func(v string) error {
+	fs.Func(build.MemoryFlag, "memory limit of one build, in bytes or as a quantity such as 2Gi (default 2Gi)", func(v string) error {
 		q, err := resource.ParseQuantity(v)
 		if err != nil {
 			return err
