@@ -219,3 +219,38 @@ func TestManualRebuildsCacheScheduledDoNot(t *testing.T) {
 		}
 	}
 }
+
+// The page's template for a new image (GET /api/v1/info) passes SAVE and
+// builds for real from the shared base image in the server's own registry
+// (what `serve --demo` publishes), with no image hub: its only FROM is on
+// the server's registry, on loopback.
+func TestNewImageTemplateBuildsOffline(t *testing.T) {
+	e := buildEnv(t, nil)
+	var info struct {
+		Registry   string `json:"registry"`
+		Dockerfile string `json:"new_image_dockerfile"`
+	}
+	if res := e.call("GET", "/api/v1/info", "alice", nil, &info); res.StatusCode != 200 || info.Dockerfile == "" {
+		t.Fatalf("info: %d %+v", res.StatusCode, info)
+	}
+	var froms []string
+	for _, l := range strings.Split(info.Dockerfile, "\n") {
+		if strings.HasPrefix(l, "FROM ") {
+			froms = append(froms, strings.TrimPrefix(l, "FROM "))
+		}
+	}
+	if len(froms) != 1 || froms[0] != e.srv.RegistryHost()+"/library/busybox" {
+		t.Fatalf("the template's FROM lines: %q", froms)
+	}
+	if !strings.Contains(info.Dockerfile, "#   FROM python:3.12-slim") {
+		t.Fatalf("the template does not show how to use a hub's image:\n%s", info.Dockerfile)
+	}
+	img := e.newImage(localImage("team/fromtemplate", info.Dockerfile)) // SAVE: 201
+	b := e.waitFor(img.ID, e.startBuild(img.ID), 2*time.Minute, ended)
+	if b.Status != "succeeded" || b.Reference == nil {
+		t.Fatalf("build: %+v\n%s", b, e.buildLog(img.ID, b.Number))
+	}
+	if got := files(t, e.pull("alice", *b.Reference))["/hello"]; got != "hello from Slipway\n" {
+		t.Fatalf("/hello in the built image: %q", got)
+	}
+}
