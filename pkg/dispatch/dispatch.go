@@ -481,7 +481,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		log.Notef("the runner failed: %v", err)
 		return d.fail(build.ReasonInternal, "the build could not run: %v", err)
 	}
-	log.Notef("the executor ended after %.1f s with exit code %d", time.Since(started).Seconds(), outcome.ExitCode)
+	log.Notef("the executor ended after %.1f s with exit code %d%s", time.Since(started).Seconds(), outcome.ExitCode, memoryNote(outcome.Memory, d.o.Limits))
 	if f := build.Classify(outcome, d.o.Limits, log.Tail()); f != nil {
 		return d.fail(f.Reason, "%s", f.Message)
 	}
@@ -497,6 +497,18 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		}
 	}
 	return func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }
+}
+
+// memoryNote says how much memory the build's largest process used, of
+// its limit, where the runner measured it.
+func memoryNote(m build.Memory, l build.Limits) string {
+	if m.MaxRSS <= 0 {
+		return ""
+	}
+	if l.MemoryBytes > 0 {
+		return fmt.Sprintf("; its largest process peaked at %d MiB of the %d MiB limit (--%s)", m.MaxRSS>>20, l.MemoryBytes>>20, build.MemoryFlag)
+	}
+	return fmt.Sprintf("; its largest process peaked at %d MiB", m.MaxRSS>>20)
 }
 
 // baseSpec is what every runner gets for build b of img: its ID, limits,

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,6 +125,7 @@ func TestLogCapKeepsHeadAndTail(t *testing.T) {
 		"RUN echo after > /after",
 		"Pushing image to " + e.srv.RegistryHost() + "/team/chatty",
 		"[slipway] the executor ended after",
+		"MiB of the 2048 MiB limit (--build-memory)",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the log lacks %q", want)
@@ -252,5 +255,48 @@ func TestNewImageTemplateBuildsOffline(t *testing.T) {
 	}
 	if got := files(t, e.pull("alice", *b.Reference))["/hello"]; got != "hello from Slipway\n" {
 		t.Fatalf("/hello in the built image: %q", got)
+	}
+}
+
+// A burst of build requests for different images, with one build slot,
+// runs in the order of the builds' queued_at (stamped as each is queued).
+func TestBurstRunsInQueuedAtOrder(t *testing.T) {
+	e := buildEnv(t, func(c *server.Config) { c.BuildSlots = 1 })
+	const n = 6
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = e.newImage(localImage(fmt.Sprintf("team/burst%d", i), "FROM "+e.base()+"\nRUN true\n")).ID
+	}
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", e.baseURL+"/api/v1/images/"+id+"/builds", nil)
+			req.Header.Set("Authorization", "Bearer "+e.token("alice"))
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			res.Body.Close()
+			if res.StatusCode != 202 {
+				t.Errorf("build %s: %d", id, res.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	bs := make([]buildJSON, n)
+	for i, id := range ids {
+		bs[i] = e.waitFor(id, 1, 3*time.Minute, ended)
+		if bs[i].Status != "succeeded" || bs[i].StartedAt == nil {
+			t.Fatalf("build of %s: %+v", id, bs[i])
+		}
+	}
+	slices.SortFunc(bs, func(a, b buildJSON) int { return a.QueuedAt.Compare(b.QueuedAt) })
+	for i := 1; i < n; i++ {
+		if !bs[i].StartedAt.After(*bs[i-1].StartedAt) {
+			t.Fatalf("queued at %s, started at %s; but queued at %s started at %s", bs[i].QueuedAt, bs[i].StartedAt, bs[i-1].QueuedAt, bs[i-1].StartedAt)
+		}
 	}
 }
