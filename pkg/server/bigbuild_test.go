@@ -18,14 +18,17 @@ import (
 
 // Large images build within the default limits (2 GiB of memory): a layer
 // of 1 GiB of random data, generated inside the build, is pushed whole.
-// Slow (about a minute and a half): one build, not in parallel.
+// Slow (about a minute and a half): one build, not in parallel. On a loaded
+// machine with Debian's passt 0.0~git20230309 the push has been seen to
+// stall in pasta's forward to the registry (the last ~2 MB of the upload
+// never reach the server); this test then fails after its wait.
 func TestBuildOneGiBLayerWithinDefaultLimits(t *testing.T) {
 	e := buildEnv(t, nil)
 	if def := server.DefaultConfig(); e.cfg.BuildMemory != def.BuildMemory || e.cfg.BuildMemory != 2<<30 {
 		t.Fatalf("the test runs under the default memory limit, not %d", e.cfg.BuildMemory)
 	}
 	img := e.newImage(localImage("team/big", "FROM "+e.base()+"\nRUN head -c 1073741824 /dev/urandom > /big\n"))
-	b := e.waitFor(img.ID, e.startBuild(img.ID), 15*time.Minute, ended)
+	b := e.waitFor(img.ID, e.startBuild(img.ID), 10*time.Minute, ended)
 	if b.Status != "succeeded" || b.Reference == nil {
 		t.Fatalf("build: %+v\n%s", b, e.buildLog(img.ID, b.Number))
 	}
