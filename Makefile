@@ -18,7 +18,11 @@ bin/slipway: FORCE
 
 build: bin/slipway bin/executor
 
+# run installs what local builds need first (deps-build: a no-op when it is
+# all there); when it cannot (not root, no package mirror), the server still
+# serves and says why builds are off.
 run: build
+	@$(MAKE) --no-print-directory deps-build || echo "run: local builds stay off until the packages above are installed (as root: make deps)" >&2
 	./bin/slipway serve --demo
 
 vet:

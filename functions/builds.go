@@ -211,7 +211,12 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 	}
 	follow := r.URL.Query().Get("follow") == "true"
 	ctx := r.Context()
-	chunk, err := a.Store.ReadLog(ctx, b.Image, b.Number, offset)
+	if b.LogPruned {
+		return errorf(http.StatusGone, "log_pruned", "the log of build %d was deleted by the log retention, which keeps the logs of each image's newest builds; the build's record stays", b.Number)
+	}
+	// The log is read in pieces of logPart bytes, so that a reader holds
+	// no more of it than that however long it is.
+	first, size, err := a.Store.ReadLogPart(ctx, b.Image, b.Number, offset, logPart)
 	if err != nil {
 		return err
 	}
@@ -219,25 +224,43 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Build-Status", string(b.Status))
 	if !follow {
-		w.Header().Set("X-Next-Offset", strconv.FormatInt(offset+int64(len(chunk)), 10))
-		w.Write(chunk)
+		// The log as it was when the request came: up to its size then.
+		end := max(offset, size)
+		w.Header().Set("X-Next-Offset", strconv.FormatInt(end, 10))
+		w.Header().Set("Content-Length", strconv.FormatInt(end-offset, 10))
+		for part := first; len(part) > 0 && offset < end; {
+			part = part[:min(int64(len(part)), end-offset)]
+			if _, err := w.Write(part); err != nil {
+				return nil
+			}
+			if offset += int64(len(part)); offset >= end {
+				break
+			}
+			if part, _, err = a.Store.ReadLogPart(ctx, b.Image, b.Number, offset, min(logPart, end-offset)); err != nil {
+				return nil // the status line is sent: the short body says it
+			}
+		}
 		return nil
 	}
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	chunk := first
 	for {
-		if len(chunk) > 0 {
+		for len(chunk) > 0 {
 			if _, err := w.Write(chunk); err != nil {
 				return nil
 			}
 			offset += int64(len(chunk))
+			if chunk, _, err = a.Store.ReadLogPart(ctx, b.Image, b.Number, offset, logPart); err != nil {
+				return nil
+			}
 		}
 		rc.Flush()
 		if !b.Status.Active() {
 			return nil
 		}
-		if a.Live != nil && len(chunk) == 0 && b.Status == build.Running {
+		if a.Live != nil && b.Status == build.Running {
 			// The runner is elsewhere: its log reaches the store when the
 			// build ends, so stream it from the runner meanwhile.
 			n, err := a.Live.Follow(ctx, b.ID(), offset, flushing{w, rc})
@@ -256,11 +279,14 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 		}
 		// Read after the status so that a build's last lines, written
 		// before it ended, are never missed.
-		if chunk, err = a.Store.ReadLog(ctx, b.Image, b.Number, offset); err != nil {
+		if chunk, _, err = a.Store.ReadLogPart(ctx, b.Image, b.Number, offset, logPart); err != nil {
 			return nil
 		}
 	}
 }
+
+// logPart is the most of a build's log a reader reads from the store at once.
+const logPart = 256 << 10
 
 // flushing writes to an HTTP response and flushes each write to the client.
 type flushing struct {

@@ -391,7 +391,7 @@ func (a *api) getWorkspace(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string]string{"registry": a.Registry, "version": a.Version})
+	writeJSON(w, http.StatusOK, map[string]string{"registry": a.Registry, "version": a.Version, "new_image_dockerfile": image.Template(a.Registry)})
 	return nil
 }
 

@@ -156,6 +156,9 @@ type Build struct {
 	// Bases are the digests the build's FROMs resolved to when it started
 	// (empty until then, and where they could not be resolved).
 	Bases []Base `json:"bases"`
+	// LogPruned says that the build's log was deleted by the log
+	// retention (the record stays).
+	LogPruned bool `json:"log_pruned,omitempty"`
 	// DefinitionRev is the image definition revision this build builds.
 	DefinitionRev int64 `json:"-"`
 }
@@ -184,6 +187,11 @@ var ErrTransition = errors.New("build: transition not allowed")
 func New(image string, rev int64, by string, trigger Trigger, now time.Time) Build {
 	return Build{Image: image, Status: Queued, RequestedBy: by, Trigger: trigger, QueuedAt: now, DefinitionRev: rev, Pushes: []Push{}}
 }
+
+// Stamp sets the build's queue time. A store calls it in the transaction
+// that queues the build, so that queue times follow the order in which
+// builds were queued: the queue serves them by it.
+func (b *Build) Stamp(now time.Time) { b.QueuedAt = now }
 
 // Start moves a queued build to running.
 func (b *Build) Start(now time.Time) error {

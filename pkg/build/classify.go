@@ -8,6 +8,10 @@ import (
 	"github.com/slipway-dev/slipway/pkg/build/steps"
 )
 
+// MemoryFlag is the name of the server's flag that sets every build's
+// memory limit (Limits.MemoryBytes): an out-of-memory failure names it.
+const MemoryFlag = "build-memory"
+
 // Classify maps what a runner observed to the failure a user sees: the one
 // place where an executor's exit, a kill by the memory limit, a timeout, a
 // cancellation, a failed fetch of the context or a failure of the runner
@@ -24,7 +28,8 @@ func Classify(o Outcome, limits Limits, logTail string, at *steps.Failure) *Fail
 	case o.TimedOut:
 		return &Failure{Reason: ReasonTimeout, Message: fmt.Sprintf("the build ran longer than its time limit of %s and was stopped", limits.Timeout)}
 	case o.OOMKilled:
-		return &Failure{Reason: ReasonOOM, Message: fmt.Sprintf("the build ran out of memory: it needed more than its limit of %d MiB%s", limits.MemoryBytes>>20, failingStep(logTail))}
+		return &Failure{Reason: ReasonOOM, Message: fmt.Sprintf("the build ran out of memory: it needed more than its limit of %d MiB%s; the server's --%s setting (SLIPWAY_BUILD_MEMORY) raises the limit of every build",
+			limits.MemoryBytes>>20, failingStep(logTail), MemoryFlag)}
 	case o.ContextFailed:
 		if line := lastLine(logTail); line != "" {
 			return &Failure{Reason: ReasonGit, Message: "fetching the build context failed: " + trimErr(line)}

@@ -26,6 +26,7 @@ func TestClassify(t *testing.T) {
 		{"cancelled", Outcome{Cancelled: true, ExitCode: 137}, runLog, ReasonCancelled, "cancelled"},
 		{"timeout", Outcome{TimedOut: true, ExitCode: 137}, runLog, ReasonTimeout, "10m0s"},
 		{"oom", Outcome{OOMKilled: true, ExitCode: 137}, runLog, ReasonOOM, "512 MiB"},
+		{"oom names the setting", Outcome{OOMKilled: true, ExitCode: 137}, runLog, ReasonOOM, "; the server's --build-memory setting (SLIPWAY_BUILD_MEMORY) raises the limit"},
 		{"failing RUN", Outcome{ExitCode: 1}, runLog, ReasonDockerfile, `instruction "RUN exit 3" failed with exit code 3`},
 		{"base image", Outcome{ExitCode: 1}, "INFO[0000] Retrieving image manifest 127.0.0.1:5000/nope\nerror building image: unable to complete operation after 0 attempts, last error: GET http://127.0.0.1:5000/v2/nope/manifests/latest: MANIFEST_UNKNOWN: manifest unknown\n", ReasonBaseImage, "MANIFEST_UNKNOWN"},
 		{"push", Outcome{ExitCode: 1}, "error pushing image: failed to push to destination r.example/x:latest: UNAUTHORIZED\n", ReasonPush, "r.example/x"},

@@ -37,6 +37,9 @@ type Spec struct {
 	// outside every snapshot, keep them only for the build's lifetime and
 	// redact them from the log.
 	Secrets map[string][]byte
+	// Tuning, when not nil, replaces DefaultTuning(): the executor's
+	// settings for memory and snapshots (the measurements set it).
+	Tuning []string
 	// Limits bound the build's resources and duration.
 	Limits Limits
 	// Reproducible strips timestamps from the image (Kaniko's
@@ -68,11 +71,25 @@ type Outcome struct {
 	// Commit is the git commit the build context was fetched at, when the
 	// runner fetched it; "" otherwise.
 	Commit string
+	// Memory is what the runner measured of the build's memory use, where
+	// it can (the runc runner); zero otherwise.
+	Memory Memory
 	// Problem, when not "", is the runner's own failure rather than the
 	// build's, said for the user: the executor's image could not be
 	// pulled, the build was evicted for anything but memory, someone else
 	// deleted it, and the like.
 	Problem string
+}
+
+// Memory is a build's measured memory use, in bytes.
+type Memory struct {
+	// MaxRSS is the peak resident set of the build's largest process
+	// (the executor, or a RUN step's), its own memory.
+	MaxRSS int64
+	// CgroupPeak is the peak of the build's memory cgroup: its processes'
+	// memory and the page cache of what they wrote (reclaimable, so it
+	// may reach the limit without harm).
+	CgroupPeak int64
 }
 
 // Runner executes builds. Run blocks until the build's executor has ended,
@@ -105,6 +122,7 @@ type Runner interface {
 //   - --reproducible when spec.Reproducible is set.
 //   - --build-arg for each of spec.BuildArgs, and --target spec.Target
 //     when that is set.
+//   - spec.Tuning, or DefaultTuning() when that is nil.
 //
 // The executor's own path, when the runner needs it first, is not included.
 func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string {
@@ -137,5 +155,23 @@ func ExecutorArgs(spec Spec, dockerfile, contextDir, digestFile string) []string
 	if spec.Target != "" {
 		args = append(args, "--target", spec.Target)
 	}
-	return args
+	if spec.Tuning != nil {
+		return append(args, spec.Tuning...)
+	}
+	return append(args, DefaultTuning()...)
+}
+
+// DefaultTuning returns the executor's settings for memory and snapshots
+// that every build gets, chosen by measurement (see the README's "Large
+// images"):
+//
+//   - --compressed-caching=false: Kaniko's default keeps a compressed copy
+//     of each layer in memory while it builds, so a 1 GiB layer of random
+//     data needed more than the default 2 GiB build limit; without it the
+//     layer is compressed as it is pushed and the executor stays small.
+//   - --snapshot-mode=full (Kaniko's default, said here so it is chosen):
+//     it hashes file contents, so a step that changes a file without
+//     changing its size or time still shows up in the layer.
+func DefaultTuning() []string {
+	return []string{"--compressed-caching=false", "--snapshot-mode=full"}
 }

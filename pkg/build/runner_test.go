@@ -18,7 +18,7 @@ func TestExecutorArgs(t *testing.T) {
 		want []string
 	}{
 		{"destinations only", Spec{Destinations: []string{"r.internal:5000/app:latest"}},
-			append(slices.Clone(common), "--destination", "r.internal:5000/app:latest")},
+			append(slices.Clone(common), "--destination", "r.internal:5000/app:latest", "--compressed-caching=false", "--snapshot-mode=full")},
 		{"everything", Spec{
 			ID:                 "app-1",
 			ContextDir:         "/ignored",
@@ -34,8 +34,11 @@ func TestExecutorArgs(t *testing.T) {
 			"--insecure-registry", "r.internal:5000", "--skip-tls-verify-registry", "r.internal:5000",
 			"--insecure-registry", "127.0.0.1:5001", "--skip-tls-verify-registry", "127.0.0.1:5001",
 			"--cache=true", "--cache-repo", "r.internal:5000/slipway-cache/app",
+			"--compressed-caching=false", "--snapshot-mode=full",
 		)},
-		{"no destination", Spec{}, common},
+		{"no destination", Spec{}, append(slices.Clone(common), "--compressed-caching=false", "--snapshot-mode=full")},
+		{"own tuning", Spec{Tuning: []string{"--single-snapshot"}}, append(slices.Clone(common), "--single-snapshot")},
+		{"Kaniko's own defaults", Spec{Tuning: []string{}}, common},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := ExecutorArgs(tc.spec, "/workspace/sub/Dockerfile", "/workspace/sub", "/dev/termination-log")

@@ -84,7 +84,8 @@ type Options struct {
 	Slots            int          // builds run at once
 	Limits           build.Limits // per build
 	LogCap           int64        // bytes of log kept per build
-	Cache            bool         // Kaniko's layer cache in the internal registry
+	LogKeep          int          // logs kept per image (its newest builds'); 0 keeps all
+	Cache            bool         // Kaniko's layer cache in the internal registry, for all but scheduled builds
 	// Reproducible runs Kaniko with --reproducible: no timestamps in the
 	// image, so equal inputs give an equal digest.
 	Reproducible bool
@@ -274,10 +275,28 @@ func (d *Dispatcher) onCancelled(_ context.Context, e cloudevents.Event) error {
 	return nil
 }
 
-// next pops the oldest queued build and marks it running.
+// next pops the oldest queued build and marks it running. The store's
+// queued_at orders the queue: it is stamped in the transaction that
+// queues a build, while the events that bring builds here arrive in any
+// order (concurrent requests publish after their commits, in whatever order
+// they get to it), so the store is asked which queued build came first,
+// and a build whose event has not arrived yet is taken in its turn.
 func (d *Dispatcher) next() (ref, context.Context, bool) {
 	d.mu.Lock()
+	empty := len(d.queue) == 0
+	d.mu.Unlock()
+	if empty {
+		return ref{}, nil, false
+	}
+	active, err := d.o.Store.ListActiveBuilds(d.ctx)
+	if err != nil && d.ctx.Err() == nil {
+		d.o.Log.Warn("listing queued builds; serving them in arrival order", "error", err)
+	}
+	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err == nil {
+		d.order(active)
+	}
 	if len(d.queue) == 0 {
 		return ref{}, nil, false
 	}
@@ -292,6 +311,37 @@ func (d *Dispatcher) next() (ref, context.Context, bool) {
 		}
 	}
 	return r, ctx, true
+}
+
+// order sorts the queue by the store's queue order (active: oldest
+// first) and adds the store's queued builds it lacks; builds the store
+// does not list as queued (ended meanwhile) go last, where starting them
+// finds out. d.mu is held.
+func (d *Dispatcher) order(active []build.Build) {
+	rank := map[ref]int{}
+	for _, b := range active {
+		if b.Status != build.Queued {
+			continue
+		}
+		r := ref{b.Image, b.Number}
+		rank[r] = len(rank)
+		if _, ok := d.running[r.id()]; !ok && !slices.Contains(d.queue, r) {
+			d.queue = append(d.queue, r)
+		}
+	}
+	slices.SortStableFunc(d.queue, func(a, b ref) int {
+		ra, oka := rank[a]
+		rb, okb := rank[b]
+		switch {
+		case oka && okb:
+			return ra - rb
+		case oka:
+			return -1
+		case okb:
+			return 1
+		}
+		return 0
+	})
 }
 
 func (d *Dispatcher) slot() {
@@ -377,6 +427,13 @@ func settle(ctx context.Context, o Options, r ref, end func(*build.Build) error)
 	typ := map[build.Status]string{build.Succeeded: events.BuildSucceeded, build.Failed: events.BuildFailed, build.Cancelled: events.BuildCancelled}[b.Status]
 	o.Events.Publish(typ, b.ID(), b.View(o.Now()))
 	o.Log.Info("build ended", "build", b.ID(), "status", b.Status, "reason", failureReason(b))
+	// The log retention: a build that ended may push an older one's log
+	// out of the image's newest LogKeep.
+	if o.LogKeep > 0 {
+		if _, err := o.Store.PruneLogs(ctx, r.Image, o.LogKeep); err != nil && !errors.Is(err, store.ErrNotFound) {
+			o.Log.Warn("pruning old build logs", "image", r.Image, "error", err)
+		}
+	}
 }
 
 func failureReason(b build.Build) string {
@@ -522,7 +579,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		log.Notef("the runner failed: %v", err)
 		return d.fail(build.ReasonInternal, "the build could not run: %v", err), false
 	}
-	log.Notef("the executor ended after %.1f s with exit code %d", time.Since(started).Seconds(), outcome.ExitCode)
+	log.Notef("the executor ended after %.1f s with exit code %d%s", time.Since(started).Seconds(), outcome.ExitCode, memoryNote(outcome.Memory, d.o.Limits))
 	parser.Flush()
 	if f := build.Classify(outcome, d.o.Limits, log.Tail(), parser.Failure()); f != nil {
 		return d.fail(f.Reason, "%s", f.Message), false
@@ -579,8 +636,23 @@ func recordBases(ctx context.Context, o Options, img image.Image, b build.Build,
 	}
 }
 
+// memoryNote says how much memory the build's largest process used, of
+// its limit, where the runner measured it.
+func memoryNote(m build.Memory, l build.Limits) string {
+	if m.MaxRSS <= 0 {
+		return ""
+	}
+	if l.MemoryBytes > 0 {
+		return fmt.Sprintf("; its largest process peaked at %d MiB of the %d MiB limit (--%s)", m.MaxRSS>>20, l.MemoryBytes>>20, build.MemoryFlag)
+	}
+	return fmt.Sprintf("; its largest process peaked at %d MiB", m.MaxRSS>>20)
+}
+
 // baseSpec is what every runner gets for build b of img: its ID, limits,
-// the internal destination and the layer cache.
+// the internal destination and the layer cache. A scheduled build is
+// cold: it is meant to pick up what changed upstream (new packages behind
+// an unchanged RUN line), which cached layers would hide; every other
+// build uses the cache when it is on.
 func baseSpec(o Options, img image.Image, b build.Build) build.Spec {
 	spec := build.Spec{
 		ID: b.ID(), Dockerfile: "Dockerfile", Limits: o.Limits,

@@ -70,9 +70,23 @@ func TestLogWriterCapsAndFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := s.ReadLog(context.Background(), "img1", 1, 0)
-	marker := "[slipway: the log is cut here at 1 MiB; the build goes on]"
-	if !strings.HasSuffix(strings.TrimSpace(string(got)), marker) || len(got) > 1<<20+200 || len(got) < 1<<20 {
-		t.Fatalf("log of %d bytes ends %q", len(got), got[len(got)-80:])
+	// The head (half the cap), a marker, a line saying what was cut, and
+	// the tail (the rest of the cap, from a line start), ending with the
+	// last line written.
+	log := string(got)
+	cutAt := strings.Index(log, "\n[slipway: the log passed half of its cap of 1 MiB here: its middle is cut, and its last 512 KiB follow when the build ends]\n")
+	if cutAt != 512<<10 {
+		t.Fatalf("the cut marker is at %d, want %d", cutAt, 512<<10)
+	}
+	if !strings.Contains(log, "KiB of the log's middle were cut here; its last ") || len(got) > 1<<20+400 || len(got) < 1<<20-2048 {
+		t.Fatalf("log of %d bytes, without the cut's size", len(got))
+	}
+	if !strings.HasSuffix(log, "x\n[slipway] the end\n") {
+		t.Fatalf("log ends %q", log[len(log)-80:])
+	}
+	mid := strings.Index(log, "were cut here;")
+	if after := log[strings.Index(log[mid:], "\n")+mid+1:]; !strings.HasPrefix(after, strings.Repeat("x", 1023)+"\n") {
+		t.Fatalf("the tail does not start at a line: %q", after[:40])
 	}
 	// The tail keeps what came after the cut, for classifying the failure.
 	if !strings.HasSuffix(w.Tail(), "[slipway] the end\n") || len(w.Tail()) > tailSize {

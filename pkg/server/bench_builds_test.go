@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +15,8 @@ import (
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
+	"github.com/slipway-dev/slipway/pkg/dispatch"
+	"github.com/slipway-dev/slipway/pkg/registry/token"
 	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
@@ -102,4 +107,107 @@ func benchBuildEnv(b *testing.B, configure func(*server.Config)) *env {
 	}
 	e.announce("platform.workspace.created", "ws1", "alice")
 	return e
+}
+
+// bigLayers are the two shapes of a large image's layer, generated inside
+// the build (nothing large is kept in the repository).
+var bigLayers = []struct{ name, run string }{
+	{"random-1GiB", "head -c 1073741824 /dev/urandom > /big"},
+	{"files-100k", "mkdir /many && cd /many && seq 100000 | while read i; do echo $i > $i; done"},
+}
+
+// executorTunings are the executor settings measured for big layers; nil
+// is Slipway's DefaultTuning.
+var executorTunings = []struct {
+	name   string
+	tuning []string
+	memory int64 // the build's limit; 0: the default 2 GiB
+}{
+	{"kaniko-defaults", []string{}, 0},
+	{"kaniko-defaults-8GiB", []string{}, 8 << 30},
+	{"nocompcache-full", []string{"--compressed-caching=false", "--snapshot-mode=full"}, 0},
+	{"nocompcache-redo", []string{"--compressed-caching=false", "--snapshot-mode=redo"}, 0},
+	{"nocompcache-time", []string{"--compressed-caching=false", "--snapshot-mode=time"}, 0},
+	{"nocompcache-newrun", []string{"--compressed-caching=false", "--use-new-run"}, 0},
+	{"nocompcache-single", []string{"--compressed-caching=false", "--single-snapshot"}, 0},
+	{"nocompcache-gzip1", []string{"--compressed-caching=false", "--compression-level=1"}, 0},
+}
+
+// BenchmarkExecutorTuning builds each big layer with each executor setting,
+// by the runc runner directly, and reports the executor's peak resident
+// set, the cgroup's peak (with page cache) and the time. Run it once:
+// go test -run '^$' -bench ExecutorTuning -benchtime 1x ./pkg/server/
+// (-count 2 repeats the whole table, interleaving the settings).
+func BenchmarkExecutorTuning(b *testing.B) {
+	// No reconciler while it runs: the build record below only stands for
+	// the builds' credential, which needs an active build.
+	e := benchBuildEnv(b, func(c *server.Config) { c.ReconcileInterval = 24 * time.Hour })
+	host := e.srv.RegistryHost()
+	_, port, _ := net.SplitHostPort(host)
+	p, _ := strconv.Atoi(port)
+	img := e.newImage(localImage("bench/tuning", "FROM "+e.base()+"\n"))
+	rec, err := e.srv.Store.CreateBuild(context.Background(), build.New(img.ID, 1, "alice", build.TriggerManual, time.Now()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cred, err := e.srv.RegistryTokens.BuildCredential(context.Background(), token.BuildClaims{
+		Image: rec.Image, Number: rec.Number, Workspace: "ws1", Push: []string{"bench/tuning"}, Pull: []string{"library/busybox"},
+	}, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dockerConfig, _ := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte(dispatch.BuildUser + ":" + cred))}}})
+	state := b.TempDir()
+	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(state, "bundles"), Root: filepath.Join(state, "state"),
+		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for _, layer := range bigLayers {
+		dir := b.TempDir()
+		os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf("FROM %s\nRUN %s\n", e.base(), layer.run)), 0o600)
+		for _, tu := range executorTunings {
+			b.Run(layer.name+"/"+tu.name, func(b *testing.B) {
+				limit := tu.memory
+				if limit == 0 {
+					limit = e.cfg.BuildMemory
+				}
+				var log bytes.Buffer
+				for range b.N {
+					n++
+					start := time.Now()
+					o, err := r.Run(context.Background(), build.Spec{
+						ID: fmt.Sprintf("tuning-%d", n), ContextDir: dir, Dockerfile: "Dockerfile",
+						Destinations: []string{host + "/bench/tuning:latest"}, InsecureRegistries: []string{host},
+						Limits: build.Limits{MemoryBytes: limit, CPUs: e.cfg.BuildCPUs, Pids: e.cfg.BuildPids, Timeout: 15 * time.Minute},
+						Tuning: tu.tuning, DockerConfig: dockerConfig,
+					}, &log)
+					if err != nil {
+						b.Fatal(err)
+					}
+					ok := 1.0
+					if o.ExitCode != 0 || o.Digest == "" {
+						ok = 0
+						tail := log.String()
+						b.Logf("failed: %+v\n%s", o, tail[max(0, len(tail)-2000):])
+					}
+					log.Reset()
+					b.ReportMetric(ok, "succeeded")
+					b.ReportMetric(boolMetric(o.OOMKilled), "oom")
+					b.ReportMetric(float64(o.Memory.MaxRSS>>20), "MiB-maxrss")
+					b.ReportMetric(float64(o.Memory.CgroupPeak>>20), "MiB-cgroup-peak")
+					b.ReportMetric(time.Since(start).Seconds(), "s-build")
+				}
+			})
+		}
+	}
+}
+
+func boolMetric(v bool) float64 {
+	if v {
+		return 1
+	}
+	return 0
 }

@@ -16,6 +16,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/rebuild"
 )
@@ -58,8 +59,9 @@ type Config struct {
 	BuildCPURequest    float64
 	BuildMemoryRequest int64
 	BuildPids          int64 // process limit of one build
-	BuildLogCap        int64 // bytes of log kept per build
-	BuildCache         bool  // Kaniko's layer cache in the internal registry
+	BuildLogCap        int64 // bytes of log kept per build: its head and its tail past that
+	BuildLogKeep       int   // logs kept per image: the newest builds'; older ones are pruned
+	BuildCache         bool  // Kaniko's layer cache in the internal registry (default on), for all but scheduled builds
 	// BuildReproducible runs Kaniko with --reproducible (no timestamps in
 	// the image: an unchanged definition rebuilds to the same digest).
 	BuildReproducible bool
@@ -149,6 +151,7 @@ var EnvVars = map[string]string{
 	"SLIPWAY_REGISTRY_GC_QUIET": "registry-gc-quiet", "SLIPWAY_REGISTRY_UPLOAD_MAX_AGE": "registry-upload-max-age",
 	"SLIPWAY_REGISTRY_MAX_UPLOAD": "registry-max-upload",
 	"SLIPWAY_PPROF_ADDR":          "pprof-addr",
+	"SLIPWAY_BUILD_LOG_CAP":       "build-log-cap", "SLIPWAY_BUILD_LOG_KEEP": "build-log-keep",
 }
 
 // ApplyEnv sets the flags of fs named by EnvVars from the environment.
@@ -198,9 +201,9 @@ func (c *Config) Validate() error {
 	if c.BodyTimeout <= 0 {
 		return errors.New("--body-timeout must be positive")
 	}
-	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 ||
+	if c.BuildSlots < 1 || c.BuildTimeout <= 0 || c.BuildMemory < 0 || c.BuildCPUs < 0 || c.BuildLogCap < 1024 || c.BuildLogKeep < 1 ||
 		c.BuildCPURequest < 0 || c.BuildMemoryRequest < 0 || c.DrainDelay < 0 {
-		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory, CPUs, requests and drain delay, a log cap of at least 1 KiB")
+		return errors.New("build limits: slots ≥ 1, a positive timeout, non-negative memory, CPUs, requests and drain delay, a log cap of at least 1 KiB, at least one log kept per image")
 	}
 	if c.RegistryGCInterval < 0 || c.RegistryGCQuiet < 0 || c.RegistryUploadMaxAge <= 0 || c.RegistryMaxUpload < 0 {
 		return errors.New("registry housekeeping: a non-negative GC interval and quiet period, a positive upload age, a non-negative upload cap")
@@ -235,7 +238,8 @@ func DefaultConfig() Config {
 		BuildCPUs:         1,
 		BuildPids:         4096,
 		BuildLogCap:       4 << 20,
-		BuildCache:        false,
+		BuildLogKeep:      20,
+		BuildCache:        true,
 		BuildReproducible: true,
 		ReconcileInterval: 30 * time.Second,
 
@@ -297,7 +301,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Executor, "executor", c.Executor, "the Kaniko executor `PATH` (default: beside this binary, then bin/executor)")
 	fs.IntVar(&c.BuildSlots, "build-slots", c.BuildSlots, "builds that run at once")
 	fs.DurationVar(&c.BuildTimeout, "build-timeout", c.BuildTimeout, "wall-clock limit of one build")
-	fs.Func("build-memory", "memory limit of one build, in bytes or as a quantity such as 2Gi (default 2Gi)", func(v string) error {
+	fs.Func(build.MemoryFlag, "memory limit of one build, in bytes or as a quantity such as 2Gi (default 2Gi)", func(v string) error {
 		q, err := resource.ParseQuantity(v)
 		if err != nil {
 			return err
@@ -330,8 +334,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.Int64Var(&c.BuildPids, "build-pids", c.BuildPids, "process limit of one build")
-	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build")
-	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry")
+	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build: past it, its first and last halves, with a marker where the middle was cut")
+	fs.IntVar(&c.BuildLogKeep, "build-log-keep", c.BuildLogKeep, "logs kept per image: those of its newest builds; older builds keep their records, their logs answer 410 log_pruned")
+	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry for manual and automatic builds; scheduled builds never use it")
 	fs.BoolVar(&c.BuildReproducible, "build-reproducible", c.BuildReproducible, "reproducible builds (Kaniko's --reproducible): an unchanged definition rebuilds to the same digest")
 	fs.Int64Var(&c.GitMaxFiles, "git-max-files", c.GitMaxFiles, "entries (files, directories, links) a Git context may check out")
 	fs.Func("git-max-bytes", "bytes a Git context may check out, and of any one file its fetch writes, or a quantity such as 1Gi (default 1Gi)", func(v string) error {

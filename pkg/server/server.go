@@ -370,7 +370,7 @@ func (s *Server) dispatchOptions(box *secret.Box) dispatch.Options {
 		Store: s.Store, Events: s.Events, Secrets: box,
 		Registry: s.RegistryHost(), InsecureRegistry: s.cfg.Registry == "", Slots: s.cfg.BuildSlots,
 		Limits: build.Limits{MemoryBytes: s.cfg.BuildMemory, CPUs: s.cfg.BuildCPUs, Pids: s.cfg.BuildPids, Timeout: s.cfg.BuildTimeout},
-		LogCap: s.cfg.BuildLogCap, Cache: s.cfg.BuildCache, Reproducible: s.cfg.BuildReproducible, Log: s.log,
+		LogCap: s.cfg.BuildLogCap, LogKeep: s.cfg.BuildLogKeep, Cache: s.cfg.BuildCache, Reproducible: s.cfg.BuildReproducible, Log: s.log,
 		ExecutorVersion: s.cfg.KanikoImage, // the cluster's; newDispatcher asks the local executor
 		RegistryTokens:  s.registryTokens(),
 		Gate:            s.pushGate(),

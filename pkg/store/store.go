@@ -132,7 +132,9 @@ type Store interface {
 	// name; ErrNotFound if absent.
 	DeleteImage(ctx context.Context, id string) error
 
-	// CreateBuild numbers b (one more than the image's newest build), stores
+	// CreateBuild numbers b (one more than the image's newest build), stamps
+	// its queued_at in the same transaction (the queue's order: a build
+	// queued after another, of any image, has a later queued_at), stores
 	// it queued with the image's current definition (StampDefinition), and
 	// records it as the image's latest build; ErrBuildActive
 	// while another build of the image is queued or running. The events of
@@ -178,6 +180,14 @@ type Store interface {
 	// AppendLog appends to a build's log; ReadLog returns it from offset.
 	AppendLog(ctx context.Context, imageID string, number int, p []byte) error
 	ReadLog(ctx context.Context, imageID string, number int, offset int64) ([]byte, error)
+	// ReadLogPart returns at most max bytes of a build's log from offset,
+	// and the log's size when it was read, so that a reader can stream a
+	// log of any size in bounded pieces; ErrNotFound for an unknown build.
+	ReadLogPart(ctx context.Context, imageID string, number int, offset, max int64) ([]byte, int64, error)
+	// PruneLogs deletes the logs of the image's ended builds except its
+	// newest keep builds (keep ≥ 1), and marks those builds' LogPruned;
+	// the build records stay. It returns how many logs it deleted.
+	PruneLogs(ctx context.Context, imageID string, keep int) (int, error)
 
 	// PutCredential creates or replaces a credential.
 	PutCredential(ctx context.Context, c Credential) error

@@ -102,6 +102,7 @@ export async function request(path, opts = {}) {
 const enc = encodeURIComponent;
 
 export const api = {
+  info: () => request("/api/v1/info", { quiet: true }),
   workspace: (ws) => request(`/api/v1/workspaces/${enc(ws)}`, { quiet: true }),
   async listImages(ws) {
     const images = [];

@@ -9,12 +9,19 @@ import { createRebuildPolicy } from "./rebuild.js";
 import { ownerOnlyReason, statusIcon } from "./tiles.js";
 import { banner, busyButton, confirmDialog, toast } from "./ui.js";
 
-const TEMPLATE = `# Built when you press BUILD; every line is checked when you save.
-FROM debian:bookworm-slim
-RUN apt-get update \\
- && apt-get install -y --no-install-recommends ca-certificates python3 \\
- && rm -rf /var/lib/apt/lists/*
+// TEMPLATE is a new image's Dockerfile: the server's (GET /api/v1/info),
+// which builds offline from the shared base image in its registry; until
+// the page has it, the same text with the page's host as the registry.
+let TEMPLATE = `# Built when you press BUILD; every line is checked when you save.
+FROM ${location.host}/library/busybox
+RUN echo "hello from Slipway" > /hello
+CMD ["cat", "/hello"]
 `;
+
+// setTemplate replaces the new-image template with the server's.
+export function setTemplate(text) {
+  if (typeof text === "string" && text) TEMPLATE = text;
+}
 
 // definition is the editable part of an image, in a canonical shape.
 function definition(img) {

@@ -3,7 +3,7 @@
 import "./style.css";
 import { api, onBusy, onUnauthorized, session, takeFragment } from "./api.js";
 import { clear, h, icon } from "./dom.js";
-import { renderImage } from "./image.js";
+import { renderImage, setTemplate } from "./image.js";
 import { renderTiles } from "./tiles.js";
 
 const main = document.getElementById("main");
@@ -35,6 +35,19 @@ function renderUser() {
   if (!session.token) return;
   el.append(icon("user", { size: 18 }), h("span", { class: "user-name" }, session.subject || "signed in"));
   if (ctx.role !== "unknown") el.append(h("span", { class: `role role-${ctx.role}` }, ctx.role));
+}
+
+// loadTemplate asks the server for the new-image template once.
+let templateLoaded = false;
+async function loadTemplate() {
+  if (templateLoaded) return;
+  try {
+    const { data } = await api.info();
+    setTemplate(data && data.new_image_dockerfile);
+    templateLoaded = true;
+  } catch {
+    // Offline or an older server: the page's own template stays.
+  }
 }
 
 async function loadRole() {
@@ -99,6 +112,7 @@ async function route(force = false) {
     ctx.subject = session.subject;
     await loadRole();
   }
+  await loadTemplate();
   renderUser();
   clear(main);
   const m = path.match(/^\/images\/([^/]+)$/);

@@ -46,6 +46,26 @@ func oomKills(id string) (int64, error) {
 	return 0, fmt.Errorf("no oom_kill count in %s (kernel older than 4.13?)", file)
 }
 
+// memoryPeak returns the highest memory use of build id's cgroup, in
+// bytes: memory.peak on cgroup v2, memory.max_usage_in_bytes on v1. It
+// counts the page cache of the files the build wrote as well as the
+// processes' own memory. The cgroup must still exist, as for oomKills.
+func memoryPeak(id string) (int64, error) {
+	dir, v2, err := memoryCgroup()
+	if err != nil {
+		return 0, err
+	}
+	file := "memory.max_usage_in_bytes"
+	if v2 {
+		file = "memory.peak"
+	}
+	b, err := os.ReadFile(filepath.Join(dir, cgroupPath(id), file))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
 // swapLimitable tells whether runc can keep a build's memory cgroup from
 // swapping: on cgroup v2, and on v1 with swap accounting (memory.memsw.*).
 func swapLimitable() bool {

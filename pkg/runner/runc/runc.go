@@ -279,6 +279,7 @@ func (r *Runner) run(ctx context.Context, spec build.Spec, bundle string, log *s
 		}
 	}
 	out.OOMKilled = oomKilled(spec, out)
+	out.Memory = memoryUse(spec.ID, cmd.ProcessState)
 	if out.ExitCode == 0 && !out.Cancelled && !out.TimedOut {
 		d, err := readDigest(filepath.Join(bundle, "rootfs", digestPath))
 		if err != nil {
@@ -301,6 +302,20 @@ func oomKilled(spec build.Spec, out build.Outcome) bool {
 		return spec.Limits.MemoryBytes > 0 && out.ExitCode == 128+int(syscall.SIGKILL) && !out.Cancelled && !out.TimedOut
 	}
 	return n > 0
+}
+
+// memoryUse reads what the build's cgroup and runc (which reaps the
+// container's processes: their peak resident set is in its usage of its
+// children) saw of its memory; zeroes where it cannot be read.
+func memoryUse(id string, st *os.ProcessState) build.Memory {
+	var m build.Memory
+	m.CgroupPeak, _ = memoryPeak(id)
+	if st != nil {
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			m.MaxRSS = ru.Maxrss << 10 // KiB on Linux
+		}
+	}
+	return m
 }
 
 // stop kills build id's container and returns what `runc run` returned. A

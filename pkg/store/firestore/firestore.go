@@ -139,6 +139,7 @@ type Store struct {
 	c *fs.Client
 	// decoded spares listings decoding documents they decoded before.
 	decoded store.Decoded
+	now     func() time.Time // stamps queued builds
 }
 
 // Open connects to the Firestore database of projectID (the emulator at
@@ -148,7 +149,7 @@ func Open(ctx context.Context, projectID string, opts ...option.ClientOption) (*
 	if err != nil {
 		return nil, fmt.Errorf("connecting to Firestore of project %s: %w", projectID, err)
 	}
-	return &Store{c: c}, nil
+	return &Store{c: c, now: func() time.Time { return time.Now().UTC() }}, nil
 }
 
 // Close closes the client.
@@ -665,6 +666,9 @@ func (s *Store) createBuild(ctx context.Context, tx *fs.Transaction, ref *fs.Doc
 		b.Number = img.LatestBuild.Number + 1
 	}
 	store.StampDefinition(&b, img)
+	// In the transaction (and again on each of its retries), after its
+	// reads: queue times follow the order builds are queued in.
+	b.Stamp(s.now())
 	if b.Status.Active() {
 		if err := tx.Create(activeRef(ref), activeDoc{Number: b.Number}); err != nil {
 			return b, err
@@ -1087,6 +1091,109 @@ func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset 
 		out = append(out, c.Data...)
 	}
 	return out, nil
+}
+
+// ReadLogPart implements store.Store.
+func (s *Store) ReadLogPart(ctx context.Context, imageID string, number int, offset, max int64) ([]byte, int64, error) {
+	bref := buildRef(s.imageRef(imageID), number)
+	if _, err := get(ctx, bref); err != nil {
+		return nil, 0, err
+	}
+	var size int64
+	last, err := logChunks(bref).Select("end").OrderBy("end", fs.Desc).Limit(1).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(last) > 0 {
+		var c logChunk
+		if err := last[0].DataTo(&c); err != nil {
+			return nil, 0, fmt.Errorf("decoding %s: %w", last[0].Ref.Path, err)
+		}
+		size = c.End
+	}
+	// Chunks hold at most logChunkSize bytes: read the ones that cover
+	// [offset, offset+max) and no more.
+	limit := int((max+logChunkSize-1)/logChunkSize) + 1
+	snaps, err := logChunks(bref).Where("end", ">", offset).OrderBy("end", fs.Asc).Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []byte
+	for _, snap := range snaps {
+		if int64(len(out)) >= max {
+			break
+		}
+		var c logChunk
+		if err := snap.DataTo(&c); err != nil {
+			return nil, 0, fmt.Errorf("decoding %s: %w", snap.Ref.Path, err)
+		}
+		if c.Start < offset {
+			c.Data = c.Data[offset-c.Start:]
+		}
+		out = append(out, c.Data[:min(int64(len(c.Data)), max-int64(len(out)))]...)
+	}
+	return out, size, nil
+}
+
+// PruneLogs implements store.Store. Each build is marked pruned in a
+// transaction, then its chunks are purged; an interrupted purge is
+// finished by the next call.
+func (s *Store) PruneLogs(ctx context.Context, imageID string, keep int) (int, error) {
+	if keep < 1 {
+		return 0, fmt.Errorf("keeping %d logs: keep at least 1", keep)
+	}
+	ref := s.imageRef(imageID)
+	snap, err := get(ctx, ref)
+	if err != nil {
+		return 0, err
+	}
+	img, err := s.decodeImage(snap)
+	if err != nil {
+		return 0, err
+	}
+	if img.LatestBuild == nil || img.LatestBuild.Number <= keep {
+		return 0, nil
+	}
+	old, err := builds(ref).Where("number", "<=", img.LatestBuild.Number-keep).Documents(ctx).GetAll()
+	if err != nil {
+		return 0, err
+	}
+	pruned := 0
+	for _, snap := range old {
+		b, err := decodeBuild(snap)
+		if err != nil {
+			return pruned, err
+		}
+		if b.Status.Active() {
+			continue
+		}
+		if !b.LogPruned {
+			err := s.run(ctx, nil, func(tx *fs.Transaction) error {
+				cur, err := tx.Get(snap.Ref)
+				if err != nil {
+					return err
+				}
+				b, err := decodeBuild(cur)
+				if err != nil {
+					return err
+				}
+				b.LogPruned = true
+				d, err := encodeBuild(b)
+				if err != nil {
+					return err
+				}
+				return tx.Set(snap.Ref, d)
+			})
+			if err != nil {
+				return pruned, err
+			}
+			pruned++
+		}
+		if err := s.purge(ctx, logChunks(snap.Ref).Query, nil); err != nil {
+			return pruned, err
+		}
+	}
+	return pruned, nil
 }
 
 // PutCredential implements store.Store.

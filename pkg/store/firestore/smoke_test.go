@@ -260,7 +260,7 @@ func TestSmokeBuilds(t *testing.T) {
 		got.Version != img.Version || got.LatestBuild.Status != build.Succeeded || got.LatestBuild.DefinitionRev != 1 {
 		t.Fatalf("image after success = %+v", got)
 	}
-	if b, err := s.GetBuild(ctx, "img1", 2); err != nil || b.Status != build.Succeeded || b.DefinitionRev != 1 || !b.QueuedAt.Equal(t0) {
+	if b, err := s.GetBuild(ctx, "img1", 2); err != nil || b.Status != build.Succeeded || b.DefinitionRev != 1 || !b.QueuedAt.Equal(b2.QueuedAt) || b.QueuedAt.Equal(t0) {
 		t.Fatalf("GetBuild = %+v, %v", b, err)
 	}
 	// An error from the change aborts it.

@@ -132,6 +132,7 @@ type Store struct {
 	// as the server locks its data dir.
 	gen        atomic.Int64
 	workspaces readWorkspaces
+	now        func() time.Time // stamps queued builds
 }
 
 // readWorkspaces remembers workspaces read under a write count.
@@ -267,7 +268,7 @@ func Open(path string) (*Store, error) {
 	}
 	db.SetMaxOpenConns(maxConns)
 	db.SetMaxIdleConns(maxConns)
-	s := &Store{db: db, writer: make(chan struct{}, 1)}
+	s := &Store{db: db, writer: make(chan struct{}, 1), now: func() time.Time { return time.Now().UTC() }}
 	if err := s.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)
@@ -640,6 +641,9 @@ func (s *Store) createBuild(ctx context.Context, tx q, img image.Image, b build.
 		b.Number = img.LatestBuild.Number + 1
 	}
 	store.StampDefinition(&b, img)
+	// Under the write lock (BEGIN IMMEDIATE): queue times follow the
+	// order the builds commit in.
+	b.Stamp(s.now())
 	doc, err := store.EncodeBuild(b)
 	if err != nil {
 		return b, err
@@ -960,6 +964,96 @@ func (s *Store) ReadLog(ctx context.Context, imageID string, number int, offset 
 		out = append(out, data...)
 	}
 	return out, rows.Err()
+}
+
+// ReadLogPart implements store.Store.
+func (s *Store) ReadLogPart(ctx context.Context, imageID string, number int, offset, max int64) ([]byte, int64, error) {
+	var out []byte
+	var size int64
+	// No transaction (every one takes the write lock here): the size is
+	// read first, and appends only grow a log.
+	err := func(tx q) error {
+		if _, err := getBuild(ctx, tx, imageID, number); err != nil {
+			return err
+		}
+		if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(start + length(data)), 0) FROM build_logs
+			WHERE image = ? AND number = ?`, imageID, number).Scan(&size); err != nil {
+			return err
+		}
+		// Each row gives at most max bytes (substr of a blob counts bytes),
+		// and the rows stop once max bytes are read.
+		rows, err := tx.query(ctx, `SELECT substr(data, MAX(? - start, 0) + 1, ?) FROM build_logs
+			WHERE image = ? AND number = ? AND start + length(data) > ? AND start < ? ORDER BY start`,
+			offset, max, imageID, number, offset, offset+max)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() && int64(len(out)) < max {
+			var data []byte
+			if err := rows.Scan(&data); err != nil {
+				return err
+			}
+			out = append(out, data[:min(int64(len(data)), max-int64(len(out)))]...)
+		}
+		return rows.Err()
+	}(s.pool())
+	return out, size, err
+}
+
+// PruneLogs implements store.Store.
+func (s *Store) PruneLogs(ctx context.Context, imageID string, keep int) (int, error) {
+	if keep < 1 {
+		return 0, fmt.Errorf("keeping %d logs: keep at least 1", keep)
+	}
+	pruned := 0
+	err := s.tx(ctx, func(tx q) error {
+		pruned = 0
+		var newest int
+		if err := tx.queryRow(ctx, "SELECT COALESCE(MAX(number), 0) FROM builds WHERE image = ?", imageID).Scan(&newest); err != nil {
+			return err
+		}
+		rows, err := tx.query(ctx, `SELECT DISTINCT number FROM build_logs WHERE image = ? AND number <= ?`, imageID, newest-keep)
+		if err != nil {
+			return err
+		}
+		var numbers []int
+		for rows.Next() {
+			var n int
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return err
+			}
+			numbers = append(numbers, n)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, n := range numbers {
+			b, err := getBuild(ctx, tx, imageID, n)
+			if err != nil {
+				return err
+			}
+			if b.Status.Active() {
+				continue
+			}
+			b.LogPruned = true
+			doc, err := store.EncodeBuild(b)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.exec(ctx, "UPDATE builds SET doc = ? WHERE image = ? AND number = ?", doc, imageID, n); err != nil {
+				return err
+			}
+			if _, err := tx.exec(ctx, "DELETE FROM build_logs WHERE image = ? AND number = ?", imageID, n); err != nil {
+				return err
+			}
+			pruned++
+		}
+		return nil
+	})
+	return pruned, err
 }
 
 // PutCredential implements store.Store.

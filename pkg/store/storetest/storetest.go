@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,10 +43,12 @@ func Run(t *testing.T, open Opener) {
 		{"RenameKeepsNamesUnique", renames},
 		{"ListPaginatesAndFilters", listImages},
 		{"BuildsAreNumberedOneActiveAtATime", buildNumbering},
+		{"BuildsQueuedAtStampedByTheStore", queuedAtStamped},
 		{"BuildSuccessRecordsOnImage", buildSuccess},
 		{"BuildsKeepTheirDefinitions", buildDefinitions},
 		{"BuildListNewestFirst", buildList},
 		{"LogsAppendAndReadFromOffset", logs},
+		{"LogRetentionKeepsTheNewest", pruneLogs},
 		{"Credentials", credentials},
 		{"DeleteImageFreesNameAndBuilds", deleteImage},
 		{"ImageByNameFollowsRenamesAndDeletes", imageByName},
@@ -562,6 +565,45 @@ func buildDefinitions(t *testing.T, s store.Store) {
 	edit(img.Context.Dockerfile, image.StatusBuilt)
 }
 
+// queuedAtStamped: CreateBuild stamps queued_at itself, in the order builds
+// are queued, whatever time the caller put on them (a request stamped
+// before it waited for the store must not jump the queue).
+func queuedAtStamped(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	var want []string
+	var last time.Time
+	for i := range 6 {
+		id := fmt.Sprintf("img%d", i)
+		mustImage(t, s, id, "ws1", "team/q"+strconv.Itoa(i))
+		before := time.Now()
+		// Each caller's time is earlier than the one before it.
+		b, err := s.CreateBuild(ctx, build.New(id, 1, "alice", build.TriggerManual, t0.Add(-time.Duration(i)*time.Minute)))
+		after := time.Now()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.QueuedAt.Before(before.Add(-time.Millisecond)) || b.QueuedAt.After(after.Add(time.Millisecond)) || b.QueuedAt.Before(last) {
+			t.Fatalf("build of %s queued at %s: want between %s and %s, not before %s", id, b.QueuedAt, before, after, last)
+		}
+		if got, err := s.GetBuild(ctx, id, b.Number); err != nil || !got.QueuedAt.Equal(b.QueuedAt) {
+			t.Fatalf("stored queued_at %v, %v; returned %v", got.QueuedAt, err, b.QueuedAt)
+		}
+		last = b.QueuedAt
+		want = append(want, id)
+	}
+	active, err := s.ListActiveBuilds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range active {
+		got = append(got, b.Image)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("active builds oldest first: %v, want %v", got, want)
+	}
+}
+
 func buildSuccess(t *testing.T, s store.Store) {
 	mustWorkspace(t, s, "ws1", "alice")
 	img := mustImage(t, s, "img1", "ws1", "team/a")
@@ -659,6 +701,78 @@ func logs(t *testing.T, s store.Store) {
 	}
 	_, err := s.ReadLog(ctx, "img1", 7, 0)
 	wantErr(t, "log of unknown build", err, store.ErrNotFound)
+	// Bounded reads: any offset and bound, pieced together, give the log.
+	for _, max := range []int64{1, 3, 7, 64, 1 << 20} {
+		for _, from := range []int64{0, 5, int64(want.Len())} {
+			var got []byte
+			for off := from; ; {
+				p, size, err := s.ReadLogPart(ctx, "img1", b.Number, off, max)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if size != int64(want.Len()) || int64(len(p)) > max {
+					t.Fatalf("ReadLogPart(%d, %d): %d bytes, size %d; want at most %d bytes, size %d", off, max, len(p), size, max, want.Len())
+				}
+				if len(p) == 0 {
+					break
+				}
+				got, off = append(got, p...), off+int64(len(p))
+			}
+			if !bytes.Equal(got, want.Bytes()[from:]) {
+				t.Fatalf("ReadLogPart pieces of %d from %d = %q, want %q", max, from, got, want.Bytes()[from:])
+			}
+		}
+	}
+	if p, size, err := s.ReadLogPart(ctx, "img1", b.Number, int64(want.Len())+10, 8); err != nil || len(p) != 0 || size != int64(want.Len()) {
+		t.Fatalf("ReadLogPart past the end = %q, %d, %v", p, size, err)
+	}
+	_, _, err = s.ReadLogPart(ctx, "img1", 7, 0, 8)
+	wantErr(t, "part of the log of an unknown build", err, store.ErrNotFound)
+}
+
+// pruneLogs: the retention deletes the logs of all but the newest builds,
+// ended ones only, and keeps every build record.
+func pruneLogs(t *testing.T, s store.Store) {
+	mustWorkspace(t, s, "ws1", "alice")
+	mustImage(t, s, "img1", "ws1", "team/a")
+	mustImage(t, s, "img2", "ws1", "team/b")
+	other := mustBuild(t, s, "img2", 1)
+	if err := s.AppendLog(ctx, "img2", other.Number, []byte("other image\n")); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 5; n++ {
+		b := mustBuild(t, s, "img1", 1)
+		if err := s.AppendLog(ctx, "img1", b.Number, []byte(fmt.Sprintf("log of build %d\n", n))); err != nil {
+			t.Fatal(err)
+		}
+		if n < 5 {
+			succeed(t, s, b)
+		}
+	}
+	// Build 5 is still queued; keeping 2 keeps builds 4 and 5.
+	pruned, err := s.PruneLogs(ctx, "img1", 2)
+	if err != nil || pruned != 3 {
+		t.Fatalf("PruneLogs = %d, %v; want 3", pruned, err)
+	}
+	for n := 1; n <= 5; n++ {
+		b, err := s.GetBuild(ctx, "img1", n)
+		if err != nil {
+			t.Fatalf("build %d after pruning: %v", n, err)
+		}
+		log, _ := s.ReadLog(ctx, "img1", n, 0)
+		if kept := n >= 4; b.LogPruned == kept || (len(log) > 0) != kept {
+			t.Fatalf("build %d: log_pruned %v, log %q", n, b.LogPruned, log)
+		}
+	}
+	if pruned, err := s.PruneLogs(ctx, "img1", 2); err != nil || pruned != 0 {
+		t.Fatalf("PruneLogs again = %d, %v; want 0", pruned, err)
+	}
+	if log, _ := s.ReadLog(ctx, "img2", other.Number, 0); string(log) != "other image\n" {
+		t.Fatalf("another image's log: %q", log)
+	}
+	if _, err := s.PruneLogs(ctx, "img1", 0); err == nil {
+		t.Fatal("PruneLogs keeping 0: no error")
+	}
 }
 
 func credentials(t *testing.T, s store.Store) {
