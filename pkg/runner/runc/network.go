@@ -57,13 +57,18 @@ type network struct {
 	ready chan error // pasta's outcome
 	once  sync.Once
 	err   error
+	// forwards are served by relay once pasta has configured the
+	// namespace (see relay).
+	forwards []Forward
+	relay    *relay
 }
 
 // startNetwork gives build bundle a network namespace of its own, bound to
 // bundle/netns, and starts pasta on it in the background: pasta configures
 // the namespace with the host's addresses and routes, so that a build's
-// connections go out through the host's sockets, and forwards only the
-// ports of Options.Forwards to the host's loopback. The gateway address
+// connections go out through the host's sockets; the ports of
+// Options.Forwards lead to the host's loopback through the runner's relay
+// (see relay), started by release. The gateway address
 // does not lead to the host (--no-map-gw), no port is forwarded into the
 // namespace, and pasta's automatic forwarding of every port bound on the
 // host is off. pasta goes to the background once the namespace is
@@ -72,7 +77,7 @@ type network struct {
 // pasta's set-up overlaps the container's: the container's process waits,
 // in a createRuntime hook, until release.
 func (r *Runner) startNetwork(bundle string) (*network, error) {
-	n := &network{netns: filepath.Join(bundle, netnsFile), gate: filepath.Join(bundle, gateFile), ready: make(chan error, 1)}
+	n := &network{netns: filepath.Join(bundle, netnsFile), gate: filepath.Join(bundle, gateFile), ready: make(chan error, 1), forwards: r.opts.Forwards}
 	if err := bindNewNetns(n.netns); err != nil {
 		return nil, fmt.Errorf("network namespace: %w", err)
 	}
@@ -95,6 +100,9 @@ func (r *Runner) startNetwork(bundle string) (*network, error) {
 func (n *network) release() error {
 	n.once.Do(func() {
 		n.err = <-n.ready
+		if n.err == nil && len(n.forwards) > 0 {
+			n.relay, n.err = startRelay(n.netns, n.forwards)
+		}
 		if _, err := n.hold.Write([]byte{1}); err != nil && n.err == nil {
 			n.err = fmt.Errorf("network gate: %w", err)
 		}
@@ -102,10 +110,14 @@ func (n *network) release() error {
 	return n.err
 }
 
-// close releases the container if release did not, and closes the gate.
+// close releases the container if release did not, closes the gate and
+// stops the relay.
 func (n *network) close() {
 	n.release()
 	n.hold.Close()
+	if n.relay != nil {
+		n.relay.stop()
+	}
 }
 
 // gateHook is the createRuntime hook that holds the container's process
@@ -119,22 +131,17 @@ func (r *Runner) gateHook(gate string) specs.Hook {
 // runPasta runs pasta on the namespace netns of bundle and returns once
 // pasta has configured it.
 func (r *Runner) runPasta(bundle, netns string) error {
-	tcpNS := []string{"-T", "none"}
-	if len(r.opts.Forwards) > 0 {
-		tcpNS = nil
-		for _, f := range r.opts.Forwards {
-			tcpNS = append(tcpNS, "-T", fmt.Sprintf("%d:%d", f.Port, f.HostPort))
-		}
-	}
-	args := append([]string{
+	// No port of the host is forwarded by pasta: the relay serves
+	// Options.Forwards (see relay).
+	args := []string{
 		// Root, as this runner is: pasta keeps only the capabilities it
 		// needs, in namespaces and a seccomp filter of its own.
 		"--runas", "0",
 		"--quiet", "--log-file", filepath.Join(bundle, pastaLogFile),
 		"--pid", filepath.Join(bundle, pastaPIDFile),
 		"--netns", netns, "--config-net", "--no-map-gw",
-		"-t", "none", "-u", "none", "-U", "none",
-	}, tcpNS...)
+		"-t", "none", "-u", "none", "-U", "none", "-T", "none",
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), pastaTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, r.opts.Pasta, args...)
