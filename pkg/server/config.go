@@ -63,7 +63,10 @@ type Config struct {
 	BuildLogKeep       int   // logs kept per image: the newest builds'; older ones are pruned
 	BuildCache         bool  // Kaniko's layer cache in the internal registry (default on), for all but scheduled builds
 	// BuildReproducible runs Kaniko with --reproducible (no timestamps in
-	// the image: an unchanged definition rebuilds to the same digest).
+	// the image: an unchanged definition rebuilds to the same digest). Off
+	// by default: Kaniko then canonicalises the image in memory
+	// (GoogleContainerTools/kaniko#862), and a build with a 1 GiB layer was
+	// killed at the default 2 GiB limit that it passes without.
 	BuildReproducible bool
 	ReconcileInterval time.Duration // how often stuck builds are looked for
 
@@ -240,7 +243,7 @@ func DefaultConfig() Config {
 		BuildLogCap:       4 << 20,
 		BuildLogKeep:      20,
 		BuildCache:        true,
-		BuildReproducible: true,
+		BuildReproducible: false,
 		ReconcileInterval: 30 * time.Second,
 
 		RebuildCheckInterval: rebuild.DefaultInterval,
@@ -337,7 +340,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.BuildLogCap, "build-log-cap", c.BuildLogCap, "bytes of log kept per build: past it, its first and last halves, with a marker where the middle was cut")
 	fs.IntVar(&c.BuildLogKeep, "build-log-keep", c.BuildLogKeep, "logs kept per image: those of its newest builds; older builds keep their records, their logs answer 410 log_pruned")
 	fs.BoolVar(&c.BuildCache, "build-cache", c.BuildCache, "use Kaniko's layer cache in the internal registry for manual and automatic builds; scheduled builds never use it")
-	fs.BoolVar(&c.BuildReproducible, "build-reproducible", c.BuildReproducible, "reproducible builds (Kaniko's --reproducible): an unchanged definition rebuilds to the same digest")
+	fs.BoolVar(&c.BuildReproducible, "build-reproducible", c.BuildReproducible, "reproducible builds (Kaniko's --reproducible): an unchanged definition rebuilds to the same digest, but Kaniko then holds the whole image in memory (a 1 GiB layer does not fit the default --build-memory), hence off")
 	fs.Int64Var(&c.GitMaxFiles, "git-max-files", c.GitMaxFiles, "entries (files, directories, links) a Git context may check out")
 	fs.Func("git-max-bytes", "bytes a Git context may check out, and of any one file its fetch writes, or a quantity such as 1Gi (default 1Gi)", func(v string) error {
 		q, err := resource.ParseQuantity(v)

@@ -96,7 +96,7 @@ func localContext(dockerfile string) map[string]any {
 // an unchanged rebuild gives the same digest and is recorded as unchanged,
 // and /metrics counts it all.
 func TestRevisions(t *testing.T) {
-	e := buildEnv(t, nil)
+	e := buildEnv(t, func(c *server.Config) { c.BuildReproducible = true })
 	d1 := "FROM " + e.base() + "\nRUN echo hello > /hello\n"
 	d2 := "FROM " + e.base() + "\nRUN echo bye > /hello\n"
 	img := e.newImage(localImage("team/revs", d1))
