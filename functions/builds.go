@@ -67,22 +67,23 @@ func (a *api) listBuilds(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// visibleBuild loads build {n} of image {id} for a caller who may read it.
-func (a *api) visibleBuild(r *http.Request) (build.Build, store.Role, error) {
+// visibleBuild loads image {id} and its build {n} for a caller who may
+// read them, with the caller's role.
+func (a *api) visibleBuild(r *http.Request) (image.Image, build.Build, store.Role, error) {
 	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
 	if err != nil {
-		return build.Build{}, role, err
+		return img, build.Build{}, role, err
 	}
 	n, err := buildNumber(r)
 	if err != nil {
-		return build.Build{}, role, err
+		return img, build.Build{}, role, err
 	}
 	b, err := a.Store.GetBuild(r.Context(), img.ID, n)
-	return b, role, err
+	return img, b, role, err
 }
 
 func (a *api) getBuild(w http.ResponseWriter, r *http.Request) error {
-	b, _, err := a.visibleBuild(r)
+	_, b, _, err := a.visibleBuild(r)
 	if err != nil {
 		return err
 	}
@@ -159,7 +160,7 @@ func (a *api) buildDefinition(ctx context.Context, imageID string, n int) (build
 }
 
 func (a *api) cancelBuild(w http.ResponseWriter, r *http.Request) error {
-	b, role, err := a.visibleBuild(r)
+	_, b, role, err := a.visibleBuild(r)
 	if err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ func (a *api) cancelAs(ctx context.Context, imageID string, n int, who string, o
 func isFinished(err error) bool { return errors.Is(err, build.ErrTransition) }
 
 func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
-	b, _, err := a.visibleBuild(r)
+	_, b, _, err := a.visibleBuild(r)
 	if err != nil {
 		return err
 	}
@@ -312,18 +313,11 @@ type pushBody struct {
 // records the result on that destination's push and answers with the
 // build. Owner only, as building is.
 func (a *api) pushAgain(w http.ResponseWriter, r *http.Request) error {
-	img, role, err := a.imageRole(r.Context(), r.PathValue("id"))
+	img, b, role, err := a.visibleBuild(r)
 	if err != nil {
 		return err
 	}
-	n, err := buildNumber(r)
-	if err != nil {
-		return err
-	}
-	b, err := a.Store.GetBuild(r.Context(), img.ID, n)
-	if err != nil {
-		return err
-	}
+	n := b.Number
 	if role != store.RoleOwner {
 		return errForbidden
 	}

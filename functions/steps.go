@@ -7,19 +7,10 @@ import (
 )
 
 // getSteps answers a build's steps: its stored log read by the steps
-// parser against the Dockerfile the build built, when the image still holds
-// it (a local context not changed since); otherwise from the log alone,
-// without lines. Whoever may read the build may read its steps.
+// parser against the Dockerfile the build built, when its record holds it
+// (a local context's); otherwise from the log alone, without lines. Whoever may read the build may read its steps.
 func (a *api) getSteps(w http.ResponseWriter, r *http.Request) error {
-	img, _, err := a.imageRole(r.Context(), r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	n, err := buildNumber(r)
-	if err != nil {
-		return err
-	}
-	b, err := a.Store.GetBuild(r.Context(), img.ID, n)
+	_, b, _, err := a.visibleBuild(r)
 	if err != nil {
 		return err
 	}

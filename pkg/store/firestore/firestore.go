@@ -473,11 +473,17 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	if err != nil {
 		return nil, "", err
 	}
-	limit := max(p.Limit, 1)
 	q := s.images().Where("workspace", "==", workspace)
 	if f.Usable {
 		q = q.Where("usable", "==", true)
 	}
+	return s.imagePage(ctx, q, after, p)
+}
+
+// imagePage reads the page p of the images of q ordered by name, after the
+// name after, and the next page's cursor.
+func (s *Store) imagePage(ctx context.Context, q fs.Query, after string, p store.Page) ([]image.Image, string, error) {
+	limit := max(p.Limit, 1)
 	if after != "" {
 		q = q.Where("name", ">", after)
 	}
@@ -785,29 +791,7 @@ func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image,
 	if err != nil {
 		return nil, "", err
 	}
-	limit := max(p.Limit, 1)
-	q := s.images().Where("automatic", "==", true)
-	if after != "" {
-		q = q.Where("name", ">", after)
-	}
-	snaps, err := q.OrderBy("name", fs.Asc).Limit(limit + 1).Documents(ctx).GetAll()
-	if err != nil {
-		return nil, "", err
-	}
-	var imgs []image.Image
-	for _, snap := range snaps {
-		img, err := s.decodeImage(snap)
-		if err != nil {
-			return nil, "", err
-		}
-		imgs = append(imgs, img)
-	}
-	next := ""
-	if len(imgs) > limit {
-		imgs = imgs[:limit]
-		next = store.EncodeCursor(imgs[limit-1].Name)
-	}
-	return imgs, next, nil
+	return s.imagePage(ctx, s.images().Where("automatic", "==", true), after, p)
 }
 
 // GetBuild implements store.Store.

@@ -543,8 +543,13 @@ func (s *Store) ListImages(ctx context.Context, workspace string, f store.ImageF
 	if f.Usable {
 		q += " AND usable = 1"
 	}
-	q += " ORDER BY name LIMIT ?"
-	rows, err := s.pool().query(ctx, q, workspace, after, p.Limit+1)
+	return s.imagePage(ctx, p, q+" ORDER BY name LIMIT ?", workspace, after, p.Limit+1)
+}
+
+// imagePage runs query, whose last argument asks for one image more than a
+// page of p, and returns the page and the next page's cursor.
+func (s *Store) imagePage(ctx context.Context, p store.Page, query string, args ...any) ([]image.Image, string, error) {
+	rows, err := s.pool().query(ctx, query, args...)
 	if err != nil {
 		return nil, "", err
 	}
@@ -735,28 +740,7 @@ func (s *Store) ListAutomatic(ctx context.Context, p store.Page) ([]image.Image,
 	if err != nil {
 		return nil, "", err
 	}
-	rows, err := s.pool().query(ctx, "SELECT "+imageColumns+" FROM images WHERE automatic = 1 AND name > ? ORDER BY name LIMIT ?", after, p.Limit+1)
-	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var imgs []image.Image
-	for rows.Next() {
-		img, err := s.scanImage(rows, -1)
-		if err != nil {
-			return nil, "", err
-		}
-		imgs = append(imgs, img)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", err
-	}
-	next := ""
-	if len(imgs) > p.Limit {
-		imgs = imgs[:p.Limit]
-		next = store.EncodeCursor(imgs[len(imgs)-1].Name)
-	}
-	return imgs, next, nil
+	return s.imagePage(ctx, p, "SELECT "+imageColumns+" FROM images WHERE automatic = 1 AND name > ? ORDER BY name LIMIT ?", after, p.Limit+1)
 }
 
 func decodeBuild(doc string) (build.Build, error) { return store.DecodeBuild(doc) }
