@@ -224,6 +224,7 @@ func TestPodLocalContext(t *testing.T) {
 		"--insecure-registry", "registry.internal:5000", "--skip-tls-verify-registry", "registry.internal:5000",
 		"--cache=true", "--cache-repo", "registry.internal:5000/slipway-cache/app",
 	}
+	wantArgs = append(wantArgs, build.DefaultTuning()...)
 	if !slices.Equal(k.Args, wantArgs) {
 		t.Errorf("args =\n%q\nwant\n%q", k.Args, wantArgs)
 	}
