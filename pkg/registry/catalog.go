@@ -16,6 +16,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage"
 	"github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+
+	"github.com/slipway-dev/slipway/pkg/image"
 )
 
 // Catalog limits: the page size without n, and the most one page holds.
@@ -38,7 +40,7 @@ type CatalogAuth interface {
 
 // Catalog serves GET /v2/_catalog as the distribution specification says
 // (n, last, a Link header to the next page), listing only the repositories
-// the caller may pull. Distribution's own catalog lists everything and, as
+// the caller may pull, and no layer cache (image.ReservedPrefix). Distribution's own catalog lists everything and, as
 // configured here, refuses every n.
 func Catalog(dataDir string, a CatalogAuth) (http.Handler, error) {
 	d := filesystem.New(filesystem.DriverParameters{
@@ -111,7 +113,9 @@ func (c *catalog) page(ctx context.Context, subject, last string, n int) (repos 
 		}
 		for _, repo := range buf[:got] {
 			last = repo
-			if strings.HasPrefix(repo, "_") {
+			// Layer caches hold no images to offer: not listed, even to
+			// the subjects that may pull them.
+			if strings.HasPrefix(repo, "_") || strings.HasPrefix(repo, image.ReservedPrefix+"/") {
 				continue
 			}
 			ok, err := c.auth.MayPull(ctx, subject, repo)
