@@ -161,7 +161,7 @@ func (f *Fetcher) checkout(ctx context.Context, g image.Git, auth *Auth, gitDir,
 		if lerr := f.checkSize(s, repo, hash); lerr != nil {
 			return nil, plumbing.ZeroHash, lerr
 		}
-		if cerr := checkoutInto(repo, hash, dest); cerr != nil {
+		if cerr := checkoutInto(repo, hash, dest, g.Dir); cerr != nil {
 			return nil, plumbing.ZeroHash, s.fail("checking out commit %s of %s: %v", hash, s.url, cerr)
 		}
 		return repo, hash, nil
@@ -235,8 +235,11 @@ func (f *Fetcher) checkSize(s *session, repo *git.Repository, hash plumbing.Hash
 	return nil
 }
 
-// checkoutInto writes the files of commit hash into dest, with no .git.
-func checkoutInto(repo *git.Repository, hash plumbing.Hash, dest string) error {
+// checkoutInto writes the files of commit hash into dest, with no .git:
+// only those under dir when dir names a folder below the root (a sparse
+// checkout: an image built from one folder of a large repository does not
+// pay for writing the others).
+func checkoutInto(repo *git.Repository, hash plumbing.Hash, dest, dir string) error {
 	wtRepo, err := git.Open(repo.Storer, osfs.New(dest, osfs.WithBoundOS()))
 	if err != nil {
 		return err
@@ -245,7 +248,11 @@ func checkoutInto(repo *git.Repository, hash plumbing.Hash, dest string) error {
 	if err != nil {
 		return err
 	}
-	return wt.Checkout(&git.CheckoutOptions{Hash: hash, Force: true})
+	opts := &git.CheckoutOptions{Hash: hash, Force: true}
+	if clean, err := image.CleanDir(dir); err == nil && clean != "" && clean != "." {
+		opts.SparseCheckoutDirectories = []string{clean}
+	}
+	return wt.Checkout(opts)
 }
 
 // session is one Fetch's connection settings and contexts.

@@ -165,6 +165,12 @@ func TestFetchDir(t *testing.T) {
 			if s := readFile(t, filepath.Join(got, "app.txt")); s != "second\n" {
 				t.Errorf("app.txt = %q, want second", s)
 			}
+			// Sparse: only the image's folder is checked out.
+			for _, other := range []string{"README.md", "Dockerfile"} {
+				if _, err := os.Lstat(filepath.Join(root, other)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s, outside the image's folder, was checked out: %v", other, err)
+				}
+			}
 		})
 	}
 
@@ -172,7 +178,9 @@ func TestFetchDir(t *testing.T) {
 		{"missing", `directory "missing" not found in the repository at commit ` + e.repo.Third},
 		{"README.md", `"README.md" in the repository at commit ` + e.repo.Third + ` is not a directory`},
 		{"escape", `directory "escape" leaves the repository (symlink)`},
-		{"escape/ssl", `directory "escape/ssl" leaves the repository (symlink)`},
+		// Checked out sparsely, escape/ssl is nothing: the symlink
+		// escape is not under it, so it is never written.
+		{"escape/ssl", `directory "escape/ssl" not found in the repository`},
 		{"../outside", `leaves the repository`},
 		{"/etc", `must be relative to the repository root`},
 	}
