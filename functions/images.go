@@ -307,6 +307,12 @@ func (a *api) patchImage(w http.ResponseWriter, r *http.Request) error {
 	if !slices.Equal(next.Secrets, img.Secrets) && role != store.RoleOwner {
 		return errorf(http.StatusForbidden, "forbidden", "only the workspace's owner may change an image's secrets")
 	}
+	// A build that mounts secrets runs what its definition says with them:
+	// a member who could change that could copy a secret into a layer, which
+	// every member pulls. The owner alone changes it.
+	if len(img.Secrets) > 0 && role != store.RoleOwner && next.Definition().Digest() != img.Definition().Digest() {
+		return errorf(http.StatusForbidden, "forbidden", "this image's builds mount the workspace's secrets: only the workspace's owner may change what they build (its context, build arguments or target)")
+	}
 	if err := image.Validate(next, a.Rules); err != nil {
 		return err
 	}

@@ -146,9 +146,25 @@ func TestBuildInputsAtSave(t *testing.T) {
 	}
 	etag := res.Header.Get("ETag")
 	e.callErr("PATCH", "/api/v1/images/"+img.ID, "bob", map[string]any{"secrets": []string{}}, 403, "forbidden", "If-Match", etag)
-	// A member may change what is not secrets; removing the secret the
+	// Nor may a member change what a build with secrets runs: its
+	// Dockerfile, build arguments or target (a RUN step could copy a secret
+	// into a layer every member pulls). What is not the build definition
+	// stays theirs to change.
+	for _, change := range []map[string]any{
+		{"build_args": map[string]string{"V": "2"}},
+		{"target": ""},
+		{"context": map[string]any{"type": "local", "dockerfile": "FROM busybox:1\nRUN --mount=type=secret,id=token cp /run/secrets/token /leak\n"}},
+	} {
+		e.callErr("PATCH", "/api/v1/images/"+img.ID, "bob", change, 403, "forbidden", "If-Match", etag)
+	}
+	res = e.call("PATCH", "/api/v1/images/"+img.ID, "bob", map[string]any{"description": "by bob"}, nil, "If-Match", etag)
+	if res.StatusCode != 200 {
+		t.Fatalf("a member's PATCH of the description: %d", res.StatusCode)
+	}
+	etag = res.Header.Get("ETag")
+	// The owner may change what is not secrets; removing the secret the
 	// Dockerfile mounts is refused with the line.
-	res = e.call("PATCH", "/api/v1/images/"+img.ID, "bob", map[string]any{"build_args": map[string]string{"V": "2"}, "target": ""}, &img, "If-Match", etag)
+	res = e.call("PATCH", "/api/v1/images/"+img.ID, "alice", map[string]any{"build_args": map[string]string{"V": "2"}, "target": ""}, &img, "If-Match", etag)
 	if res.StatusCode != 200 || img.BuildArgs["V"] != "2" || img.Target != nil {
 		t.Fatalf("PATCH: %d %+v", res.StatusCode, img)
 	}
