@@ -28,12 +28,19 @@ type relay struct {
 	wg  sync.WaitGroup
 	mu  sync.Mutex
 	cs  map[net.Conn]struct{}
+	// slots bounds the connections relayed at once: each holds two of the
+	// server's file descriptors, and the build decides how many it opens.
+	slots chan struct{}
 }
+
+// maxRelayed is how many connections one build has relayed at once; more
+// are closed as they arrive (Kaniko pushes a few layers at a time).
+const maxRelayed = 64
 
 // startRelay opens the listeners of forwards in the namespace netns and
 // starts serving them; stop ends them.
 func startRelay(netns string, forwards []Forward) (*relay, error) {
-	r := &relay{cs: map[net.Conn]struct{}{}}
+	r := &relay{cs: map[net.Conn]struct{}{}, slots: make(chan struct{}, maxRelayed)}
 	for _, f := range forwards {
 		ln, err := listenIn(netns, "127.0.0.1:"+strconv.Itoa(f.Port))
 		if err != nil {
@@ -51,42 +58,47 @@ func startRelay(netns string, forwards []Forward) (*relay, error) {
 
 // listenIn listens on addr inside the network namespace netns: the socket
 // is created by a thread that joined the namespace, and stays in it.
-func listenIn(netns, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	done := make(chan result, 1)
+func listenIn(netns, addr string) (ln net.Listener, err error) {
+	err = inNetns(netns, func() error {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// inNetns runs f on a thread that joined the network namespace netns; the
+// sockets f makes belong to that namespace.
+func inNetns(netns string, f func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		self, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: err}
+			done <- err
 			return
 		}
 		defer self.Close()
 		target, err := os.Open(netns)
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: err}
+			done <- err
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("setns: %w", err)}
+			done <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		ln, err := net.Listen("tcp", addr)
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err == nil {
+		err = f()
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
 			// Back in the host's namespace: the thread may serve others.
 			runtime.UnlockOSThread()
 		} // else the thread stays locked and ends with this goroutine.
-		done <- result{ln, err}
+		done <- err
 	}()
-	r := <-done
-	return r.ln, r.err
+	return <-done
 }
 
 func (r *relay) serve(ln net.Listener, hostPort int) {
@@ -100,9 +112,16 @@ func (r *relay) serve(ln net.Listener, hostPort int) {
 			if err != nil {
 				return // closed by stop
 			}
+			select {
+			case r.slots <- struct{}{}:
+			default:
+				c.Close() // over maxRelayed
+				continue
+			}
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
+				defer func() { <-r.slots }()
 				r.pipe(c, target)
 			}()
 		}
