@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -816,7 +817,7 @@ func TestReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, log, _, _ := capped.Report(ctx, h.pod(t)); !bytes.HasPrefix(log, []byte("fak\n[slipway: the log is cut here")) || !bytes.HasSuffix(log, []byte("]\ns")) {
+	if _, _, log, _, _ := capped.Report(ctx, h.pod(t)); !bytes.HasPrefix(log, []byte("fa\n[slipway: the log is cut here")) || !bytes.HasSuffix(log, []byte("]\ngs")) {
 		t.Errorf("capped log = %q", log)
 	}
 
@@ -979,9 +980,25 @@ func TestCapBuffer(t *testing.T) {
 	}
 	got := string(c.Bytes())
 	head, tail, ok := strings.Cut(got, "\n[slipway: the log is cut here: it is longer than 100 bytes]\n")
-	// tailMax is a quarter of max: 75 bytes of the beginning, 25 of the end.
-	if !ok || head != full[:75] || tail != full[len(full)-25:] {
+	// Half of max from the beginning, half from the end.
+	if !ok || head != full[:50] || tail != full[len(full)-50:] {
 		t.Errorf("cut log = %q", got)
+	}
+	// At the default cap, a 10 MiB log keeps its last 2 MiB: the push and
+	// the error of a long build, not just the last few kilobytes.
+	c = &capBuffer{max: DefaultLogCap}
+	var long bytes.Buffer
+	for i := 0; long.Len() < 10<<20; i++ {
+		fmt.Fprintf(&long, "line %d of a long build\n", i)
+	}
+	long.WriteString("Pushed registry.local/team/img@sha256:abc\n")
+	for p := long.Bytes(); len(p) > 0; p = p[min(len(p), 32<<10):] {
+		c.Write(p[:min(len(p), 32<<10)])
+	}
+	got = string(c.Bytes())
+	if _, tail, ok := strings.Cut(got, "[slipway: the log is cut here"); !ok || len(got) > DefaultLogCap+200 ||
+		!strings.HasSuffix(long.String(), tail[strings.Index(tail, "\n")+1:]) || len(tail) < DefaultLogCap/2 {
+		t.Errorf("a 10 MiB log capped at %d bytes kept %d bytes, %d of them after the cut", DefaultLogCap, len(got), len(tail))
 	}
 }
 

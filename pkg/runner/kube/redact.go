@@ -33,12 +33,10 @@ func secretValues(data map[string][]byte) [][]byte {
 	return out
 }
 
-// capTail is how much of a capped log's end capBuffer keeps, at most.
-const capTail = 16 << 10
-
 // capBuffer keeps at most max bytes of what is written to it: all of it
-// when it fits, otherwise its beginning and its end (a quarter of max, at
-// most capTail) around a marker line.
+// when it fits, otherwise its first half and its last half around a marker
+// line, as the local runner's log does: the executor's last lines (the
+// push, the error) are always kept, however long the log.
 type capBuffer struct {
 	max     int
 	head    []byte
@@ -62,7 +60,7 @@ func (c *capBuffer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *capBuffer) tailMax() int { return min(capTail, c.max/4) }
+func (c *capBuffer) tailMax() int { return c.max / 2 }
 
 // Bytes returns what the buffer kept.
 func (c *capBuffer) Bytes() []byte {
