@@ -169,7 +169,7 @@ func TestFailedStep(t *testing.T) {
 				}
 			}
 			if len(failed) != 1 || failed[0] != c.step {
-				t.Fatalf("failed steps %v, want [%d]: %+v", failed, c.step, steps)
+				t.Fatalf("failed steps %v, want [%d]: %+v\n%s", failed, c.step, steps, e.buildLog(img.ID, n))
 			}
 			s := steps[c.step]
 			if (c.exit < 0) != (s.ExitCode == nil) || (s.ExitCode != nil && *s.ExitCode != c.exit) ||

@@ -34,7 +34,6 @@ type Parser struct {
 	started  []announced
 	cached   map[string]bool // texts the executor took from the cache, this stage
 	pulled   string          // the last image the executor began to retrieve
-	cachePut string          // the cache image the executor is pushing
 	push     *pushSeen
 	errLine  string // the executor's last error
 	exitCode int    // from the error, -1 when it names none
@@ -185,11 +184,9 @@ func (p *Parser) line(l string) {
 		}
 	case strings.HasPrefix(msg, "Retrieving image ") && strings.Contains(msg, " from registry "):
 		p.pulled = clip(strings.TrimPrefix(msg[:strings.LastIndex(msg, " from registry ")], "Retrieving image "))
-	case strings.HasPrefix(msg, "Pushing layer ") && strings.HasSuffix(msg, " to cache now"):
-		p.cachePut = clip(strings.TrimSuffix(strings.TrimPrefix(msg, "Pushing layer "), " to cache now"))
 	case strings.HasPrefix(msg, "Pushing image to "):
 		to := clip(strings.TrimPrefix(msg, "Pushing image to "))
-		if to != p.cachePut && p.push == nil {
+		if !cacheRef(to) && p.push == nil {
 			p.push = &pushSeen{to: to, at: at}
 		}
 	case strings.HasPrefix(msg, "Pushed "):
@@ -314,3 +311,24 @@ func clipTo(s string, n int) string {
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// cacheRef says whether ref is one of the layer cache's images: the
+// executor tags those with their cache key, a SHA-256 in hex. (The line
+// that announces a cache push, "Pushing layer ... to cache now", is not
+// enough: the push runs beside the next RUN, whose output may cut it.)
+func cacheRef(ref string) bool {
+	i := strings.LastIndexByte(ref, ':')
+	if i < 0 || strings.Contains(ref[i:], "/") {
+		return false
+	}
+	tag := ref[i+1:]
+	if len(tag) != 64 {
+		return false
+	}
+	for _, c := range tag {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
