@@ -514,7 +514,9 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 			return d.fail(build.ReasonGit, "%v", err), false
 		}
 	}
+	phase := time.Now()
 	bc, err := d.o.Contexts.Prepare(ctx, buildcontext.Request{ID: b.ID(), Context: img.Context, Auth: auth, Log: log})
+	d.o.metrics.phase("context", phase)
 	if f, ok := errors.AsType[*buildcontext.Failure](err); ok {
 		return d.fail(f.Reason, "%s", f.Message), false
 	}
@@ -533,6 +535,7 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 			return d.fail(build.ReasonInternal, "recording the commit: %v", err), false
 		}
 	}
+	phase = time.Now()
 	spec := baseSpec(d.o, img, b)
 	spec.ContextDir, spec.Dockerfile = bc.Dir, buildcontext.DockerfileName
 	dockerfile := bc.Dockerfile
@@ -573,8 +576,10 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 	// cap and the tail keep.
 	plan, _ := steps.ParsePlan(dockerfile) // nil when it does not parse: the log alone then
 	parser := steps.NewParser(plan)
+	d.o.metrics.phase("inputs", phase)
 	started := time.Now()
 	outcome, err := d.o.Runner.Run(ctx, spec, io.MultiWriter(log, parser))
+	d.o.metrics.phase("executor", started)
 	if err != nil {
 		log.Notef("the runner failed: %v", err)
 		return d.fail(build.ReasonInternal, "the build could not run: %v", err), false
@@ -585,8 +590,10 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(f.Reason, "%s", f.Message), false
 	}
 	reference := d.o.Registry + "/" + img.Name + "@" + outcome.Digest
+	phase = time.Now()
 	pushes := append([]build.Push{{Reference: internalTag(d.o, img), Status: build.PushPushed}},
 		d.o.Pushes.Publish(ctx, img, b, outcome.Digest, img.Destinations, log)...)
+	d.o.metrics.phase("publish", phase)
 	return d.o.built(img, func(b *build.Build) error { return b.Succeed(outcome.Digest, reference, pushes, d.o.Now()) }), true
 }
 

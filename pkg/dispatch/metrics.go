@@ -1,6 +1,8 @@
 package dispatch
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipway-dev/slipway/pkg/build"
@@ -13,12 +15,17 @@ import (
 //     reason ("" for a success);
 //   - slipway_build_duration_seconds{status}: from start to end of the
 //     builds that ran;
+//   - slipway_build_phase_seconds{phase}: where a local build's time goes:
+//     "context" (writing or fetching its context), "inputs" (checking the
+//     Dockerfile, resolving bases, credentials), "executor" (the runner's
+//     run) and "publish" (pushes to external destinations);
 //   - slipway_build_queue_length and slipway_build_slots_active: builds
 //     waiting for a slot and builds running in one (local dispatcher);
 //     slipway_build_slots the slots it has.
 type metrics struct {
 	ended    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	phases   *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,11 +39,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Build duration from start to end, by status.",
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 13), // 0.5 s to 34 min
 		}, []string{"status"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "slipway_build_phase_seconds",
+			Help:    "Time of each phase of a build, by phase (context, inputs, executor, publish).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12), // 1 ms to 70 min
+		}, []string{"phase"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ended, m.duration)
+		reg.MustRegister(m.ended, m.duration, m.phases)
 	}
 	return m
+}
+
+// phase records that a build's phase ran from since to now.
+func (m *metrics) phase(name string, since time.Time) {
+	if m != nil {
+		m.phases.WithLabelValues(name).Observe(time.Since(since).Seconds())
+	}
 }
 
 // observe counts the ended build b.

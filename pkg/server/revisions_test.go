@@ -210,6 +210,18 @@ func TestRevisions(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Where the builds' time went: the five ran (the last one until it was
+	// cancelled); the three that succeeded published.
+	for _, line := range []string{
+		`slipway_build_phase_seconds_count{phase="context"} 5`,
+		`slipway_build_phase_seconds_count{phase="inputs"} 5`,
+		`slipway_build_phase_seconds_count{phase="executor"} 5`,
+		`slipway_build_phase_seconds_count{phase="publish"} 3`,
+	} {
+		if !strings.Contains(m, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q:\n%s", line, grepLines(m, "phase_seconds_count"))
+		}
+	}
 }
 
 // Without reproducible builds, an unchanged rebuild gets a new digest
