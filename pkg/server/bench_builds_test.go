@@ -47,7 +47,8 @@ func BenchmarkBuildThroughAPI(b *testing.B) {
 // BenchmarkBuildDirect: the same Dockerfile, the same executor, run by the
 // runc runner directly, without the API, the store or the queue.
 func BenchmarkBuildDirect(b *testing.B) {
-	e := benchBuildEnv(b, nil)
+	e := benchBuildEnv(b, func(c *server.Config) { c.ReconcileInterval = 24 * time.Hour })
+	dockerConfig := directCredential(b, e, "bench/direct")
 	dir := b.TempDir()
 	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf(benchDockerfile, e.base())), 0o600)
 	host := e.srv.RegistryHost()
@@ -63,7 +64,7 @@ func BenchmarkBuildDirect(b *testing.B) {
 		o, err := r.Run(context.Background(), build.Spec{
 			ID: fmt.Sprintf("direct-%d", i), ContextDir: dir, Dockerfile: "Dockerfile",
 			Destinations: []string{host + "/bench/direct:latest"}, InsecureRegistries: []string{host},
-			Limits: build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: time.Minute},
+			Limits: build.Limits{MemoryBytes: 2 << 30, CPUs: 1, Pids: 4096, Timeout: time.Minute}, DockerConfig: dockerConfig,
 		}, io.Discard)
 		if err != nil || o.ExitCode != 0 || o.Digest == "" {
 			b.Fatalf("direct build: %+v %v", o, err)
@@ -94,6 +95,32 @@ func benchRebuild(b *testing.B, cache bool) {
 // unchanged definition without and with Kaniko's layer cache.
 func BenchmarkRebuildCacheOff(b *testing.B) { benchRebuild(b, false) }
 func BenchmarkRebuildCacheOn(b *testing.B)  { benchRebuild(b, true) }
+
+// directCredential is the docker config a build run by the runc runner
+// directly (not by the dispatcher) needs to push to repo and pull the base
+// from e's registry: the credential of a running build record made for it,
+// which must stay active while it is used (so the env's reconciler, which
+// would end it, must not run: ReconcileInterval 24h).
+func directCredential(b *testing.B, e *env, repo string) []byte {
+	img := e.newImage(localImage(repo, "FROM "+e.base()+"\n"))
+	rec, err := e.srv.Store.CreateBuild(context.Background(), build.New(img.ID, 1, "alice", build.TriggerManual, time.Now()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Running, so that the dispatcher does not take it from the queue.
+	if _, err := e.srv.Store.UpdateBuild(context.Background(), rec.Image, rec.Number, func(b *build.Build) error { return b.Start(time.Now()) }); err != nil {
+		b.Fatal(err)
+	}
+	cred, err := e.srv.RegistryTokens.BuildCredential(context.Background(), token.BuildClaims{
+		Image: rec.Image, Number: rec.Number, Workspace: "ws1", Push: []string{repo}, Pull: []string{"library/busybox"},
+	}, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dockerConfig, _ := json.Marshal(map[string]any{"auths": map[string]any{e.srv.RegistryHost(): map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte(dispatch.BuildUser + ":" + cred))}}})
+	return dockerConfig
+}
 
 func benchBuildEnv(b *testing.B, configure func(*server.Config)) *env {
 	cfg := serverConfig(b)
@@ -145,19 +172,7 @@ func BenchmarkExecutorTuning(b *testing.B) {
 	host := e.srv.RegistryHost()
 	_, port, _ := net.SplitHostPort(host)
 	p, _ := strconv.Atoi(port)
-	img := e.newImage(localImage("bench/tuning", "FROM "+e.base()+"\n"))
-	rec, err := e.srv.Store.CreateBuild(context.Background(), build.New(img.ID, 1, "alice", build.TriggerManual, time.Now()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cred, err := e.srv.RegistryTokens.BuildCredential(context.Background(), token.BuildClaims{
-		Image: rec.Image, Number: rec.Number, Workspace: "ws1", Push: []string{"bench/tuning"}, Pull: []string{"library/busybox"},
-	}, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dockerConfig, _ := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{
-		"auth": base64.StdEncoding.EncodeToString([]byte(dispatch.BuildUser + ":" + cred))}}})
+	dockerConfig := directCredential(b, e, "bench/tuning")
 	state := b.TempDir()
 	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(state, "bundles"), Root: filepath.Join(state, "state"),
 		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
