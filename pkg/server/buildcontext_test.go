@@ -192,3 +192,58 @@ func TestGitBomb(t *testing.T) {
 		t.Fatalf("the server is not alive: %v", err)
 	}
 }
+
+// An image built from one folder of a large repository: the build gets that
+// folder as its context, and only that folder is checked out on the host
+// (seen in the data dir while the build runs).
+func TestBuildFromOneFolderOfALargeRepository(t *testing.T) {
+	e := buildEnv(t, nil)
+	tree := map[string]string{}
+	blob := make([]byte, 1<<20)
+	for i := range 40 {
+		for j := range blob {
+			blob[j] = byte(i*31 + j*7 + j>>9) // distinct, poorly compressible per folder
+		}
+		tree[fmt.Sprintf("f%02d/data.bin", i)] = string(blob)
+		tree[fmt.Sprintf("f%02d/Dockerfile", i)] = "FROM " + e.base() + "\nCOPY . /ctx\nRUN sleep 3 && ls /ctx > /listing\n"
+	}
+	tree["f07/app.py"] = "print('f07')\n"
+	url := gitRepo(t, tree, nil)
+	var img image
+	def := map[string]any{"name": "team/one-folder", "context": map[string]any{"type": "git", "git": map[string]any{"url": url, "dir": "f07"}}}
+	if res := e.call("POST", "/api/v1/workspaces/ws1/images", "alice", def, &img); res.StatusCode != 201 {
+		t.Fatalf("create: %d", res.StatusCode)
+	}
+	n := e.startBuild(img.ID)
+	// While the executor runs, the checkout holds f07 alone.
+	repo := filepath.Join(e.cfg.DataDir, "builds", fmt.Sprintf("%s-%d", img.ID, n), "repo")
+	var seen []string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if ended(e.getBuild(img.ID, n)) {
+			break
+		}
+		entries, err := os.ReadDir(repo)
+		if err != nil || len(entries) == 0 {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(repo, "f07", "app.py")); err != nil {
+			continue // still checking out
+		}
+		seen = nil
+		for _, en := range entries {
+			seen = append(seen, en.Name())
+		}
+		break
+	}
+	if len(seen) != 1 || seen[0] != "f07" {
+		t.Errorf("the checkout on the host holds %v, want [f07] only", seen)
+	}
+	b := e.waitFor(img.ID, n, 2*time.Minute, ended)
+	if b.Status != "succeeded" || b.Reference == nil || b.Commit == nil {
+		t.Fatalf("build: %+v\n%s", b, e.buildLog(img.ID, n))
+	}
+	fs := files(t, e.pull("alice", *b.Reference))
+	if fs["/listing"] != "Dockerfile\napp.py\ndata.bin\n" || fs["/ctx/data.bin"] != tree["f07/data.bin"] {
+		t.Errorf("/listing in the image = %q, want the folder's three files; /ctx/data.bin %d bytes", fs["/listing"], len(fs["/ctx/data.bin"]))
+	}
+}
