@@ -164,7 +164,13 @@ var executorTunings = []struct {
 // by the runc runner directly, and reports the executor's peak resident
 // set, the cgroup's peak (with page cache) and the time. Run it once:
 // go test -run '^$' -bench ExecutorTuning -benchtime 1x ./pkg/server/
-// (-count 2 repeats the whole table, interleaving the settings).
+// (-count repeats each setting back to back; to interleave, run one setting
+// per invocation in rounds:
+//
+//	go test -c -o /tmp/server.test ./pkg/server
+//	for round in 1 2 3; do for s in nocompcache-full nocompcache-redo; do
+//	  /tmp/server.test -test.run '^$' -test.bench "ExecutorTuning/random-1GiB/$s\$" -test.benchtime 1x
+//	done; done
 func BenchmarkExecutorTuning(b *testing.B) {
 	// No reconciler while it runs: the build record below only stands for
 	// the builds' credential, which needs an active build.
