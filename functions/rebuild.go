@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -197,11 +196,12 @@ func (a *api) gitHook(w http.ResponseWriter, r *http.Request) error {
 	if _, err := rebuild.VerifyHook(r.Header, body, secret); err != nil {
 		return errBadSignature
 	}
-	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the push event as application/json")
-	}
-	if !json.Valid(body) {
-		return errorf(http.StatusBadRequest, "invalid_json", "the push event is not JSON")
+	payload, err := rebuild.HookPayload(r.Header.Get("Content-Type"), body)
+	switch {
+	case errors.Is(err, rebuild.ErrHookType):
+		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "%v", err)
+	case err != nil:
+		return errorf(http.StatusBadRequest, "invalid_json", "%v", err)
 	}
 	switch {
 	case r.Header.Get("X-GitHub-Event") == "ping" || r.Header.Get("X-Gitea-Event") == "ping":
@@ -210,7 +210,7 @@ func (a *api) gitHook(w http.ResponseWriter, r *http.Request) error {
 	case !img.Rebuild.OnGitCommit || img.Context.Git == nil:
 		writeJSON(w, http.StatusOK, hookResult{Reason: "policy_off"})
 		return nil
-	case !rebuild.Tracks(img.Context.Git.Ref, rebuild.ParsePush(body).Ref):
+	case !rebuild.Tracks(img.Context.Git.Ref, rebuild.ParsePush(payload).Ref):
 		writeJSON(w, http.StatusOK, hookResult{Reason: "not_tracked"})
 		return nil
 	}

@@ -8,7 +8,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"mime"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -58,6 +60,36 @@ func VerifyHook(h http.Header, body []byte, secret string) (string, error) {
 		}
 	}
 	return "", ErrBadSignature
+}
+
+// ErrHookType is a webhook delivery of a content type no host sends.
+var ErrHookType = errors.New("send the push event as application/json or application/x-www-form-urlencoded")
+
+// HookPayload returns the JSON payload of a delivery whose body was sent as
+// contentType: application/json as it is, or the form GitHub and Gitea send
+// by default (application/x-www-form-urlencoded), whose "payload" field
+// holds it; the signature covers the body as sent. A payload that is not
+// JSON is an error; another content type is ErrHookType.
+func HookPayload(contentType string, body []byte) ([]byte, error) {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return nil, ErrHookType
+	}
+	switch mt {
+	case "application/json":
+	case "application/x-www-form-urlencoded":
+		form, err := url.ParseQuery(string(body))
+		if err != nil || !form.Has("payload") {
+			return nil, errors.New("the form has no payload field")
+		}
+		body = []byte(form.Get("payload"))
+	default:
+		return nil, ErrHookType
+	}
+	if !json.Valid(body) {
+		return nil, errors.New("the push event is not JSON")
+	}
+	return body, nil
 }
 
 // Push is what Slipway reads of a push webhook's payload; the three hosts

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -357,3 +358,37 @@ func TestTracks(t *testing.T) {
 		}
 	}
 }
+
+func TestHookPayload(t *testing.T) {
+	push := `{"ref":"refs/heads/main","after":"abc"}`
+	form := "payload=" + url.QueryEscape(push)
+	for _, c := range []struct {
+		ct, body string
+		want     string
+		err      error // nil: no error; errAny: some other error
+	}{
+		{"application/json", push, push, nil},
+		{"application/json; charset=utf-8", push, push, nil},
+		{"application/x-www-form-urlencoded", form, push, nil},
+		{"application/x-www-form-urlencoded", "ref=refs%2Fheads%2Fmain", "", errAny},
+		{"application/x-www-form-urlencoded", "payload=%7Bnot+json", "", errAny},
+		{"application/json", "{not json", "", errAny},
+		{"text/plain", push, "", rebuild.ErrHookType},
+		{"", push, "", rebuild.ErrHookType},
+	} {
+		got, err := rebuild.HookPayload(c.ct, []byte(c.body))
+		switch {
+		case c.err == nil && (err != nil || string(got) != c.want):
+			t.Errorf("%q %q: %q, %v; want %q", c.ct, c.body, got, err, c.want)
+		case c.err == errAny && (err == nil || errors.Is(err, rebuild.ErrHookType)):
+			t.Errorf("%q %q: %q, %v; want a payload error", c.ct, c.body, got, err)
+		case c.err == rebuild.ErrHookType && !errors.Is(err, rebuild.ErrHookType):
+			t.Errorf("%q %q: %v; want ErrHookType", c.ct, c.body, err)
+		}
+	}
+	if p := rebuild.ParsePush([]byte(push)); p.Ref != "refs/heads/main" || p.After != "abc" {
+		t.Errorf("ParsePush = %+v", p)
+	}
+}
+
+var errAny = errors.New("any")

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	neturl "net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,11 +75,21 @@ func TestGitCommitRebuilds(t *testing.T) {
 	var hook struct{ URL, Secret string }
 	want(t, e.call("POST", "/api/v1/images/"+img.ID+"/webhook", "alice", nil, &hook), 201, "")
 	builds := 2
-	for _, host := range []string{"github", "gitlab", "gitea"} {
+	// GitHub and Gitea send a form (payload=JSON) unless told otherwise.
+	for _, host := range []string{"github", "gitlab", "gitea", "github-form", "gitea-form"} {
 		c := repo.Commit(map[string]string{gittest.AppFile: host + "\n"}, host)
 		body, _ := json.Marshal(map[string]any{"ref": "refs/heads/main", "before": "x", "after": c})
 		var good, bad []string
 		switch host {
+		case "github-form", "gitea-form":
+			body = []byte("payload=" + neturl.QueryEscape(string(body)))
+			form := "application/x-www-form-urlencoded"
+			if host == "github-form" {
+				good = []string{"Content-Type", form, "X-GitHub-Event", "push", "X-Hub-Signature-256", "sha256=" + sign(hook.Secret, body)}
+			} else {
+				good = []string{"Content-Type", form, "X-Gitea-Event", "push", "X-Gitea-Signature", sign(hook.Secret, body)}
+			}
+			bad = []string{"Content-Type", form, "X-GitHub-Event", "push", "X-Hub-Signature-256", "sha256=" + sign("wrong", body)}
 		case "github":
 			good = []string{"X-GitHub-Event", "push", "X-Hub-Signature-256", "sha256=" + sign(hook.Secret, body)}
 			bad = []string{"X-GitHub-Event", "push", "X-Hub-Signature-256", "sha256=" + sign("wrong", body)}
