@@ -124,7 +124,7 @@ type Options struct {
 // BaseResolver resolves the digests a Dockerfile's bases have now, as a
 // workspace reads them (rebuild.Registry).
 type BaseResolver interface {
-	Resolve(ctx context.Context, ws, dockerfile string) []build.Base
+	Resolve(ctx context.Context, ws, dockerfile string, buildArgs map[string]string) []build.Base
 }
 
 // withDefaults fills in what o leaves unset.
@@ -628,7 +628,7 @@ func recordBases(ctx context.Context, o Options, img image.Image, b build.Build,
 	if o.Bases == nil {
 		return
 	}
-	bases := o.Bases.Resolve(ctx, img.Workspace, dockerfile)
+	bases := o.Bases.Resolve(ctx, img.Workspace, dockerfile, img.BuildArgs)
 	if len(bases) == 0 {
 		return
 	}

@@ -51,13 +51,14 @@ func (r *Registry) Lookup() Lookup {
 	return &lookup{r: r, digests: map[string]answer{}, creds: map[string][]store.Credential{}}
 }
 
-// Resolve returns the digests the FROMs of dockerfile resolve to now for
-// workspace ws (a build records them when it starts); a base that does not
-// resolve is left out (the build itself reports it).
-func (r *Registry) Resolve(ctx context.Context, ws, dockerfile string) []build.Base {
+// Resolve returns the digests the FROMs of dockerfile, with the build's
+// arguments, resolve to now for workspace ws (a build records them when it
+// starts); a base that does not resolve is left out (the build itself
+// reports it).
+func (r *Registry) Resolve(ctx context.Context, ws, dockerfile string, buildArgs map[string]string) []build.Base {
 	l := r.Lookup()
 	var out []build.Base
-	for _, ref := range image.BaseImages(dockerfile) {
+	for _, ref := range image.BaseImagesWith(dockerfile, buildArgs) {
 		if d, ok := ref.(name.Digest); ok {
 			out = append(out, build.Base{Ref: ref.Name(), Digest: d.DigestStr()})
 			continue

@@ -78,6 +78,17 @@ func TestBaseImageUpdateRebuilds(t *testing.T) {
 	if want := e.base() + ":latest"; e.buildsOf(a.ID)[0].Bases[0].Ref != want {
 		t.Fatalf("base ref %q, want %q", e.buildsOf(a.ID)[0].Bases[0].Ref, want)
 	}
+	// A build argument that names the base: the base recorded (and then
+	// watched) is the one built from, not the ARG's default.
+	argDef := localImage("team/arg-base", "ARG BASE="+e.base()+"\nFROM ${BASE}\nRUN echo arg > /name\n")
+	argDef["build_args"] = map[string]string{"BASE": other}
+	argImg := e.newImage(argDef)
+	if built := e.waitFor(argImg.ID, e.startBuild(argImg.ID), 2*time.Minute, ended); built.Status != "succeeded" {
+		t.Fatalf("team/arg-base: %+v\n%s", built, e.buildLog(argImg.ID, built.Number))
+	}
+	if got := e.buildsOf(argImg.ID)[0].Bases; len(got) != 1 || got[0].Ref != other+":latest" || got[0].Digest == "" {
+		t.Fatalf("with build argument BASE=%s, the build recorded bases %+v", other, got)
+	}
 
 	// Unchanged bases: no build; the images say when they were checked.
 	e.checkNow()
