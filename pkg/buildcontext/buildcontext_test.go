@@ -1,6 +1,7 @@
 package buildcontext
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -350,4 +351,61 @@ func TestPrepareGitWithTheSlipwayBinary(t *testing.T) {
 	_, err = p.Prepare(context.Background(), gitRequest("bomb-1", s.base+"bomb", ""))
 	wantFailure(t, err, build.ReasonGit, "more than 100000 files and directories")
 	assertEmpty(t, p.WorkDir)
+}
+
+// endlessRefs serves git:// on loopback, advertising refs without end, as a
+// hostile remote may; it returns the URL.
+func endlessRefs(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Read(make([]byte, 4096)) // the request
+				w := bufio.NewWriterSize(c, 1<<16)
+				for i := 0; ; i++ {
+					line := fmt.Sprintf("%040x refs/heads/b%d\n", i+1, i)
+					if i == 0 {
+						line = fmt.Sprintf("%040x HEAD\x00symref=HEAD:refs/heads/b1\n", i+1)
+					}
+					if _, err := fmt.Fprintf(w, "%04x%s", len(line)+4, line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return "git://" + ln.Addr().String() + "/repo"
+}
+
+// Listing a remote's refs (the git trigger's poll) runs in the bounded child
+// too: a remote that advertises refs without end exhausts the child's
+// memory, not the server's, and the poll fails with a clear message.
+func TestHeadOfEndlessRefs(t *testing.T) {
+	p := &Preparer{Limits: Limits{Timeout: 2 * time.Minute}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := p.Head(context.Background(), image.Git{URL: endlessRefs(t)}, nil)
+	runtime.ReadMemStats(&after)
+	wantFailure(t, err, build.ReasonGit, "listing the refs of git://")
+	wantFailure(t, err, build.ReasonGit, "needed more memory than the 2048 MiB")
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 64<<20 {
+		t.Errorf("the server's heap grew by %d MiB", grown>>20)
+	}
+
+	// A real remote's head, through the child.
+	s := newGitServer(t)
+	url := s.repo(t, "r", map[string]string{"Dockerfile": "FROM a\n"}, nil)
+	head, err := p.Head(context.Background(), image.Git{URL: url}, nil)
+	if err != nil || len(head) != 40 {
+		t.Fatalf("Head = %q, %v", head, err)
+	}
 }

@@ -37,8 +37,11 @@ func init() {
 	}
 }
 
-// childRequest is what the child fetches, and how.
+// childRequest is what the child fetches, and how. Op is "" for a fetch,
+// or "head" to list the remote's refs only (gitctx.Fetcher.Head), which
+// runs here too: a hostile remote's listing is as unbounded as its pack.
 type childRequest struct {
+	Op        string        `json:"op,omitempty"`
 	Git       image.Git     `json:"git"`
 	Username  string        `json:"username,omitempty"`
 	Token     string        `json:"token,omitempty"`
@@ -77,7 +80,11 @@ func child(in io.Reader, out io.Writer) int {
 		MaxFiles: req.MaxFiles, MaxBytes: req.MaxBytes, TempDir: req.TempDir}
 	var res childResult
 	var err error
-	res.Commit, res.Dir, err = f.Fetch(ctx, req.Git, auth, req.Dest)
+	if req.Op == "head" {
+		res.Commit, err = f.Head(ctx, req.Git, auth)
+	} else {
+		res.Commit, res.Dir, err = f.Fetch(ctx, req.Git, auth, req.Dest)
+	}
 	if err != nil {
 		res = childResult{Error: err.Error(), Git: errors.Is(err, gitctx.ErrGit)}
 	}
@@ -109,24 +116,62 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 // by p.Limits, and returns the commit and the context directory.
 func (p *Preparer) fetch(ctx context.Context, work string, g image.Git, auth *gitctx.Auth) (commit, dir string, err error) {
 	l := p.Limits.withDefaults()
-	self := p.Self
-	if self == "" {
-		if self, err = os.Executable(); err != nil {
-			return "", "", failure(build.ReasonInternal, "finding this server's binary for the fetch: %v", err)
-		}
-	}
 	dest, tmp := filepath.Join(work, "repo"), filepath.Join(work, "tmp")
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return "", "", failure(build.ReasonInternal, "preparing the build context: %v", err)
 	}
-	req := childRequest{Git: g, Dest: dest, TempDir: tmp, CABundle: p.CABundle, AllowFile: p.AllowFile,
-		MaxFiles: l.Files, MaxBytes: l.Bytes, Timeout: l.Timeout}
+	res, err := p.runChild(ctx, work, childRequest{Git: g, Dest: dest, TempDir: tmp, MaxFiles: l.Files, MaxBytes: l.Bytes}, auth, "fetching")
+	if err != nil {
+		return "", "", err
+	}
+	// The child's answer is checked, not trusted: the directory is the
+	// checkout or inside it.
+	if rel, err := filepath.Rel(dest, res.Dir); err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
+		return "", "", failure(build.ReasonInternal, "the fetch answered a directory outside its checkout")
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", "", failure(build.ReasonInternal, "cleaning up the fetch: %v", err)
+	}
+	return res.Commit, res.Dir, nil
+}
+
+// Head returns the commit g.Ref names on the remote now, as
+// gitctx.Fetcher.Head does, listing the remote's refs in a child process
+// bounded by p.Limits (a remote that advertises refs without end exhausts
+// the child, not the server). Its error is a *Failure.
+func (p *Preparer) Head(ctx context.Context, g image.Git, auth *gitctx.Auth) (string, error) {
+	work, err := os.MkdirTemp("", "slipway-head-")
+	if err != nil {
+		return "", failure(build.ReasonInternal, "listing the refs of %s: %v", g.URL, err)
+	}
+	defer os.RemoveAll(work)
+	res, err := p.runChild(ctx, work, childRequest{Op: "head", Git: g, TempDir: work}, auth, "listing the refs of")
+	if err != nil {
+		return "", err
+	}
+	return res.Commit, nil
+}
+
+// runChild runs req in a child process bounded by p.Limits, with work as
+// its directory and req.TempDir as its temporary one, and returns its
+// answer; what says what it does in messages ("fetching" URL).
+func (p *Preparer) runChild(ctx context.Context, work string, req childRequest, auth *gitctx.Auth, what string) (childResult, error) {
+	l := p.Limits.withDefaults()
+	g := req.Git
+	self := p.Self
+	if self == "" {
+		var err error
+		if self, err = os.Executable(); err != nil {
+			return childResult{}, failure(build.ReasonInternal, "finding this server's binary for the fetch: %v", err)
+		}
+	}
+	req.CABundle, req.AllowFile, req.Timeout = p.CABundle, p.AllowFile, l.Timeout
 	if auth != nil {
 		req.Username, req.Token = auth.Username, auth.Token
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return "", "", failure(build.ReasonInternal, "preparing the fetch: %v", err)
+		return childResult{}, failure(build.ReasonInternal, "preparing the fetch: %v", err)
 	}
 	// The child's own timeout reports in its words; this one, a little
 	// later, stops a child that cannot.
@@ -135,7 +180,7 @@ func (p *Preparer) fetch(ctx context.Context, work string, g image.Git, auth *gi
 	cmd := exec.CommandContext(cctx, self)
 	// Of the server's environment only what a fetch needs: where git is
 	// (file:// URLs run it), the TLS roots and the proxies.
-	cmd.Env = []string{childEnv + "=fetch", "TMPDIR=" + tmp, "HOME=" + tmp,
+	cmd.Env = []string{childEnv + "=fetch", "TMPDIR=" + req.TempDir, "HOME=" + req.TempDir,
 		"GOMEMLIMIT=" + strconv.FormatInt(max(l.Memory-(1<<30), 64<<20), 10), "GOMAXPROCS=2"}
 	for _, name := range passedEnv {
 		if v, ok := os.LookupEnv(name); ok {
@@ -150,18 +195,18 @@ func (p *Preparer) fetch(ctx context.Context, work string, g image.Git, auth *gi
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return "", "", failure(build.ReasonInternal, "starting the fetch: %v", err)
+		return childResult{}, failure(build.ReasonInternal, "starting the fetch: %v", err)
 	}
 	if err := cmd.Start(); err != nil {
 		if ctx.Err() != nil {
-			return "", "", failure(build.ReasonCancelled, "the build was cancelled")
+			return childResult{}, failure(build.ReasonCancelled, "the build was cancelled")
 		}
-		return "", "", failure(build.ReasonInternal, "starting the fetch (%s): %v", self, err)
+		return childResult{}, failure(build.ReasonInternal, "starting the fetch (%s): %v", self, err)
 	}
 	if err := limit(cmd.Process.Pid, l); err != nil {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
-		return "", "", failure(build.ReasonInternal, "limiting the fetch: %v", err)
+		return childResult{}, failure(build.ReasonInternal, "limiting the fetch: %v", err)
 	}
 	_, werr := stdin.Write(body)
 	stdin.Close()
@@ -169,30 +214,22 @@ func (p *Preparer) fetch(ctx context.Context, work string, g image.Git, auth *gi
 	var res childResult
 	switch {
 	case ctx.Err() != nil:
-		return "", "", failure(build.ReasonCancelled, "the build was cancelled")
+		return childResult{}, failure(build.ReasonCancelled, "the build was cancelled")
 	case cctx.Err() != nil:
-		return "", "", failure(build.ReasonGit, "fetching %s took longer than %s", g.URL, l.Timeout)
+		return childResult{}, failure(build.ReasonGit, "%s %s took longer than %s", what, g.URL, l.Timeout)
 	case err == nil && werr == nil && json.Unmarshal(stdout.Bytes(), &res) == nil:
 	case outOfMemory(stderr.String()):
-		return "", "", failure(build.ReasonGit, "fetching %s needed more memory than the %d MiB a fetch may use", g.URL, l.Memory>>20)
+		return childResult{}, failure(build.ReasonGit, "%s %s needed more memory than the %d MiB a fetch may use", what, g.URL, l.Memory>>20)
 	default:
-		return "", "", failure(build.ReasonInternal, "the fetch of %s failed: %v%s", g.URL, errOr(err, werr), lastLine(stderr.String(), auth))
+		return childResult{}, failure(build.ReasonInternal, "%s %s failed: %v%s", what, g.URL, errOr(err, werr), lastLine(stderr.String(), auth))
 	}
 	switch {
 	case res.Error != "" && res.Git:
-		return "", "", failure(build.ReasonGit, "%s", redact(res.Error, auth))
+		return childResult{}, failure(build.ReasonGit, "%s", redact(res.Error, auth))
 	case res.Error != "":
-		return "", "", failure(build.ReasonInternal, "fetching the build context: %s", redact(res.Error, auth))
+		return childResult{}, failure(build.ReasonInternal, "%s %s: %s", what, g.URL, redact(res.Error, auth))
 	}
-	// The child's answer is checked, not trusted: the directory is the
-	// checkout or inside it.
-	if rel, err := filepath.Rel(dest, res.Dir); err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
-		return "", "", failure(build.ReasonInternal, "the fetch answered a directory outside its checkout")
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		return "", "", failure(build.ReasonInternal, "cleaning up the fetch: %v", err)
-	}
-	return res.Commit, res.Dir, nil
+	return res, nil
 }
 
 // limit bounds the child process pid: its address space, the size of any

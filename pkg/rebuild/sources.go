@@ -165,9 +165,16 @@ func (l *lookup) auth(ctx context.Context, ws string, ref name.Reference) (strin
 // GitRemote tells the commits of git refs from the remotes' ref listings,
 // with the workspace's git credential bound to its host.
 type GitRemote struct {
-	Fetcher *gitctx.Fetcher
+	Refs    RefLister
 	Store   store.Store
 	Secrets Opener
+}
+
+// RefLister tells the commit a git ref names on its remote now:
+// gitctx.Fetcher in this process, or buildcontext.Preparer in a bounded
+// child process (what a server runs: the remote is any member's choice).
+type RefLister interface {
+	Head(ctx context.Context, g image.Git, auth *gitctx.Auth) (string, error)
 }
 
 // Head implements Commits.
@@ -190,5 +197,5 @@ func (g *GitRemote) Head(ctx context.Context, ws string, ctxGit image.Git) (stri
 		}
 		auth = &gitctx.Auth{Username: c.Username, Token: tok}
 	}
-	return g.Fetcher.Head(ctx, ctxGit, auth)
+	return g.Refs.Head(ctx, ctxGit, auth)
 }

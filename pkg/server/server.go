@@ -30,7 +30,6 @@ import (
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/dispatch"
 	"github.com/slipway-dev/slipway/pkg/gate"
-	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
 	"github.com/slipway-dev/slipway/pkg/outbox"
 	"github.com/slipway-dev/slipway/pkg/profiling"
@@ -389,17 +388,19 @@ func (s *Server) newRebuilder(box *secret.Box) error {
 	if s.RegistryTokens != nil {
 		s.Bases.Tokens = s.RegistryTokens
 	}
-	fetcher := &gitctx.Fetcher{AllowFile: s.cfg.AllowFileGit, Timeout: s.cfg.GitTimeout}
+	// Refs are listed in a child process with the fetch's limits.
+	refs := &buildcontext.Preparer{AllowFile: s.cfg.AllowFileGit,
+		Limits: buildcontext.Limits{Memory: s.cfg.GitMemory, Timeout: s.cfg.GitTimeout}}
 	if s.cfg.GitCAFile != "" {
 		ca, err := os.ReadFile(s.cfg.GitCAFile)
 		if err != nil {
 			return fmt.Errorf("git CA file: %w", err)
 		}
-		fetcher.CABundle = ca
+		refs.CABundle = ca
 	}
 	s.Rebuilds = rebuild.New(rebuild.Options{
 		Store: s.Store, Events: s.Events, Bases: s.Bases,
-		Commits:  &rebuild.GitRemote{Fetcher: fetcher, Store: s.Store, Secrets: box},
+		Commits:  &rebuild.GitRemote{Refs: refs, Store: s.Store, Secrets: box},
 		Interval: s.cfg.RebuildCheckInterval, Log: s.log,
 	})
 	return nil
