@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,6 +27,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	"github.com/go-git/go-git/v5/storage/filesystem"
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
 
 	"github.com/slipway-dev/slipway/pkg/image"
 )
@@ -236,23 +239,153 @@ func (f *Fetcher) checkSize(s *session, repo *git.Repository, hash plumbing.Hash
 }
 
 // checkoutInto writes the files of commit hash into dest, with no .git:
-// only those under dir when dir names a folder below the root (a sparse
-// checkout: an image built from one folder of a large repository does not
-// pay for writing the others).
+// only the entries under dir when dir names a folder below the root (a
+// sparse checkout: an image built from one folder of a large repository
+// does not pay for writing the others), and of those only what the
+// folder's .dockerignore keeps (Docker's own matcher, moby/patternmatcher;
+// the Dockerfile and the .dockerignore are always kept). Every write goes
+// through an os.Root on dest: no entry, link or link's target leads a
+// write outside it. Blobs are read only for the files written.
 func checkoutInto(repo *git.Repository, hash plumbing.Hash, dest, dir string) error {
-	wtRepo, err := git.Open(repo.Storer, osfs.New(dest, osfs.WithBoundOS()))
+	commit, err := repo.CommitObject(hash)
 	if err != nil {
 		return err
 	}
-	wt, err := wtRepo.Worktree()
+	tree, err := commit.Tree()
 	if err != nil {
 		return err
 	}
-	opts := &git.CheckoutOptions{Hash: hash, Force: true}
+	prefix := ""
 	if clean, err := image.CleanDir(dir); err == nil && clean != "" && clean != "." {
-		opts.SparseCheckoutDirectories = []string{clean}
+		prefix = clean
 	}
-	return wt.Checkout(opts)
+	ignore, err := dockerignore(repo, tree, prefix)
+	if err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dest)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	w := object.NewTreeWalker(tree, true, nil)
+	defer w.Close()
+	for {
+		name, e, err := w.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rel, under := name, prefix == ""
+		if !under {
+			var ok bool
+			if rel, ok = strings.CutPrefix(name, prefix+"/"); ok {
+				under = true
+			} else if name == prefix {
+				under, rel = true, "" // the folder itself (or what stands in its place)
+			}
+		}
+		if !under || e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
+			continue
+		}
+		if ignore != nil && rel != "" && rel != "Dockerfile" && rel != ".dockerignore" {
+			if skip, err := ignore.MatchesOrParentMatches(rel); err == nil && skip {
+				continue
+			}
+		}
+		if err := writeEntry(repo, root, name, &e); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+}
+
+// maxDockerignore bounds the .dockerignore a checkout reads.
+const maxDockerignore = 1 << 20
+
+// dockerignore returns the matcher of the .dockerignore file in dir of
+// tree, or nil when there is none (or it is not a regular file).
+func dockerignore(repo *git.Repository, tree *object.Tree, dir string) (*patternmatcher.PatternMatcher, error) {
+	name := ".dockerignore"
+	if dir != "" {
+		name = dir + "/" + name
+	}
+	e, err := tree.FindEntry(name)
+	if err != nil || (e.Mode != filemode.Regular && e.Mode != filemode.Executable) {
+		return nil, nil
+	}
+	blob, err := repo.BlobObject(e.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if blob.Size > maxDockerignore {
+		return nil, gitErr("the .dockerignore in %s is larger than %d bytes", orRoot(dir), maxDockerignore)
+	}
+	r, err := blob.Reader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	patterns, err := ignorefile.ReadAll(r)
+	if err != nil {
+		return nil, gitErr("reading the .dockerignore in %s: %v", orRoot(dir), err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, gitErr("the .dockerignore in %s: %v", orRoot(dir), err)
+	}
+	return pm, nil
+}
+
+func orRoot(dir string) string {
+	if dir == "" {
+		return "the repository root"
+	}
+	return dir
+}
+
+// writeEntry writes the tree entry e at path name inside root: a file with
+// its executable bit, or a symlink.
+func writeEntry(repo *git.Repository, root *os.Root, name string, e *object.TreeEntry) error {
+	path := filepath.FromSlash(name)
+	if d := filepath.Dir(path); d != "." {
+		if err := root.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	blob, err := repo.BlobObject(e.Hash)
+	if err != nil {
+		return err
+	}
+	r, err := blob.Reader()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	switch e.Mode {
+	case filemode.Symlink:
+		target, err := io.ReadAll(io.LimitReader(r, 4096))
+		if err != nil {
+			return err
+		}
+		return root.Symlink(string(target), path)
+	case filemode.Regular, filemode.Deprecated, filemode.Executable:
+		mode := os.FileMode(0o644)
+		if e.Mode == filemode.Executable {
+			mode = 0o755
+		}
+		f, err := root.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, r); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	return fmt.Errorf("unsupported file mode %s", e.Mode)
 }
 
 // session is one Fetch's connection settings and contexts.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -519,4 +520,72 @@ func TestFetchLimits(t *testing.T) {
 	if _, _, err := f.Fetch(context.Background(), image.Git{URL: base + "big"}, nil, filepath.Join(t.TempDir(), "ctx")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The .dockerignore of the image's folder narrows the checkout: what it
+// excludes is never written (exceptions with ! are kept, the Dockerfile and
+// the .dockerignore always); modes and links are kept; outside the folder
+// nothing is written.
+func TestFetchDockerignore(t *testing.T) {
+	root := t.TempDir()
+	r := gittest.NewRepo(t, filepath.Join(root, "ign"))
+	r.Symlink("app/link", "src/main.py")
+	r.Commit(map[string]string{
+		"app/Dockerfile":    "FROM scratch\nCOPY . /\n",
+		"app/.dockerignore": "# generated data stays out\ndata/\n*.log\n!keep.log\nDockerfile\n.dockerignore\n",
+		"app/src/main.py":   "print(1)\n",
+		"app/run.sh":        "#!/bin/sh\n",
+		"app/data/big.bin":  strings.Repeat("x", 1<<16),
+		"app/x.log":         "noise\n",
+		"app/keep.log":      "kept\n",
+		"other/file":        "elsewhere\n",
+		"Dockerfile":        "FROM scratch\n",
+	}, "with a .dockerignore")
+	r.Git("update-index", "--chmod=+x", "app/run.sh")
+	r.Git("commit", "--quiet", "--message", "exec")
+	url := gittest.ServeGit(t, root) + "ign"
+	for _, dir := range []string{"app", ""} {
+		t.Run("dir="+dir, func(t *testing.T) {
+			dest := t.TempDir()
+			_, got, err := (&Fetcher{Timeout: time.Minute}).Fetch(context.Background(), image.Git{URL: url, Dir: dir}, nil, dest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var files []string
+			filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					rel, _ := filepath.Rel(dest, p)
+					files = append(files, rel)
+				}
+				return nil
+			})
+			want := []string{"app/.dockerignore", "app/Dockerfile", "app/keep.log", "app/link", "app/run.sh", "app/src/main.py"}
+			if dir == "" {
+				// The root has no .dockerignore: the whole tree.
+				want = []string{"Dockerfile", "app/.dockerignore", "app/Dockerfile", "app/data/big.bin", "app/keep.log", "app/link", "app/run.sh", "app/src/main.py", "app/x.log", "other/file"}
+			}
+			if !slices.Equal(files, want) {
+				t.Fatalf("checked out %v, want %v", files, want)
+			}
+			app := filepath.Join(dest, "app")
+			if dir == "app" && got != mustEval(t, app) {
+				t.Errorf("context dir %s, want %s", got, app)
+			}
+			if fi, err := os.Stat(filepath.Join(app, "run.sh")); err != nil || fi.Mode().Perm() != 0o755 {
+				t.Errorf("run.sh: %v %v, want mode 0755", fi, err)
+			}
+			if l, err := os.Readlink(filepath.Join(app, "link")); err != nil || l != "src/main.py" {
+				t.Errorf("link -> %q, %v", l, err)
+			}
+		})
+	}
+}
+
+func mustEval(t *testing.T, p string) string {
+	t.Helper()
+	r, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
