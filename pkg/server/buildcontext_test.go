@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -194,8 +195,9 @@ func TestGitBomb(t *testing.T) {
 }
 
 // An image built from one folder of a large repository: the build gets that
-// folder as its context, and only that folder is checked out on the host
-// (seen in the data dir while the build runs).
+// folder as its context, and only that folder, less what its .dockerignore
+// excludes, is checked out on the host (seen in the data dir while the
+// build runs).
 func TestBuildFromOneFolderOfALargeRepository(t *testing.T) {
 	e := buildEnv(t, nil)
 	tree := map[string]string{}
@@ -208,6 +210,8 @@ func TestBuildFromOneFolderOfALargeRepository(t *testing.T) {
 		tree[fmt.Sprintf("f%02d/Dockerfile", i)] = "FROM " + e.base() + "\nCOPY . /ctx\nRUN sleep 3 && ls /ctx > /listing\n"
 	}
 	tree["f07/app.py"] = "print('f07')\n"
+	tree["f07/.dockerignore"] = "scratch/\n"
+	tree["f07/scratch/notes.txt"] = "excluded by the .dockerignore\n"
 	url := gitRepo(t, tree, nil)
 	var img image
 	def := map[string]any{"name": "team/one-folder", "context": map[string]any{"type": "git", "git": map[string]any{"url": url, "dir": "f07"}}}
@@ -237,6 +241,9 @@ func TestBuildFromOneFolderOfALargeRepository(t *testing.T) {
 	}
 	if len(seen) != 1 || seen[0] != "f07" {
 		t.Errorf("the checkout on the host holds %v, want [f07] only", seen)
+	}
+	if _, err := os.Lstat(filepath.Join(repo, "f07", "scratch")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("f07/scratch, excluded by the .dockerignore, was checked out: %v", err)
 	}
 	b := e.waitFor(img.ID, n, 2*time.Minute, ended)
 	if b.Status != "succeeded" || b.Reference == nil || b.Commit == nil {
