@@ -110,7 +110,7 @@ func TestReadDockerfile(t *testing.T) {
 			os.MkdirAll(dir, 0o755)
 			c.make(t, filepath.Join(dir, DockerfileName))
 			done := make(chan error, 1)
-			go func() { _, err := readDockerfile(dir, "docker"); done <- err }()
+			go func() { _, err := ReadDockerfile(dir, "docker"); done <- err }()
 			select {
 			case err := <-done:
 				f := wantFailure(t, err, c.reason, c.msg)
@@ -127,7 +127,7 @@ func TestReadDockerfile(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "Dockerfile.real"), []byte("FROM a\n"), 0o644)
 	os.Symlink("Dockerfile.real", filepath.Join(dir, DockerfileName))
-	text, err := readDockerfile(dir, "docker")
+	text, err := ReadDockerfile(dir, "docker")
 	if err != nil || text != "FROM a\n" {
 		t.Fatalf("link inside the context: %q, %v", text, err)
 	}
@@ -388,22 +388,27 @@ func endlessRefs(t *testing.T) string {
 
 // Listing a remote's refs (the git trigger's poll) runs in the bounded child
 // too: a remote that advertises refs without end exhausts the child's
-// memory, not the server's, and the poll fails with a clear message.
+// memory or time (under load, its garbage collector near GOMEMLIMIT slows it
+// down before it reaches its address-space limit), not the server's, and
+// the poll fails with a clear message.
 func TestHeadOfEndlessRefs(t *testing.T) {
-	p := &Preparer{Limits: Limits{Timeout: 2 * time.Minute}}
+	p := &Preparer{Limits: Limits{Timeout: 20 * time.Second}}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_, err := p.Head(context.Background(), image.Git{URL: endlessRefs(t)}, nil)
+	url := endlessRefs(t)
+	_, err := p.Head(context.Background(), image.Git{URL: url}, nil)
 	runtime.ReadMemStats(&after)
-	wantFailure(t, err, build.ReasonGit, "listing the refs of git://")
-	wantFailure(t, err, build.ReasonGit, "needed more memory than the 2048 MiB")
+	f := wantFailure(t, err, build.ReasonGit, url)
+	if !strings.Contains(f.Message, "needed more memory than the 2048 MiB") && !strings.Contains(f.Message, "took longer than 20s") {
+		t.Errorf("failure %q, want the child's memory or time limit", f.Message)
+	}
 	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 64<<20 {
 		t.Errorf("the server's heap grew by %d MiB", grown>>20)
 	}
 
 	// A real remote's head, through the child.
 	s := newGitServer(t)
-	url := s.repo(t, "r", map[string]string{"Dockerfile": "FROM a\n"}, nil)
+	url = s.repo(t, "r", map[string]string{"Dockerfile": "FROM a\n"}, nil)
 	head, err := p.Head(context.Background(), image.Git{URL: url}, nil)
 	if err != nil || len(head) != 40 {
 		t.Fatalf("Head = %q, %v", head, err)
