@@ -202,7 +202,7 @@ func (p *Preparer) Prepare(ctx context.Context, r Request) (c *Context, err erro
 	if g := r.Context.Git; g != nil {
 		where = orDefault(g.Dir, "the repository root")
 	}
-	text, err := readDockerfile(c.Dir, where)
+	text, err := ReadDockerfile(c.Dir, where)
 	if err != nil {
 		note("%s", err.(*Failure).Message)
 		return nil, err
@@ -219,13 +219,13 @@ func (p *Preparer) Prepare(ctx context.Context, r Request) (c *Context, err erro
 	return c, nil
 }
 
-// readDockerfile reads dir/Dockerfile inside dir's tree only: a symlink may
+// ReadDockerfile reads dir/Dockerfile inside dir's tree only: a symlink may
 // lead to another file of the tree, never out of it; the file must be a
 // regular one (no device, FIFO or directory) of at most the editor's size
 // cap. What Kaniko reads is then exactly what was read here: a Dockerfile
 // that was a link is replaced by a regular file holding the text. No error
 // holds any of the file's content. where names dir for messages.
-func readDockerfile(dir, where string) (string, error) {
+func ReadDockerfile(dir, where string) (string, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return "", failure(build.ReasonInternal, "opening the build context: %v", err)

@@ -23,6 +23,7 @@ import (
 	"github.com/slipway-dev/slipway/pkg/buildcontext"
 	"github.com/slipway-dev/slipway/pkg/gitctx"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -242,6 +243,15 @@ func fetchContext(args []string, stdout, stderr io.Writer) error {
 	termination := fs.String("termination-log", "/dev/termination-log", "where the result is written for Kubernetes")
 	maxFiles := fs.Int64("max-files", buildcontext.DefaultFiles, "entries (files, directories, links) the commit may check out")
 	maxBytes := fs.Int64("max-bytes", buildcontext.DefaultBytes, "bytes the commit's files may add up to")
+	buildArgs := map[string]string{}
+	fs.Func("build-arg", "a build argument `NAME=VALUE`, for the bases reported (repeatable)", func(kv string) error {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want NAME=VALUE")
+		}
+		buildArgs[k] = v
+		return nil
+	})
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -255,10 +265,19 @@ func fetchContext(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	f := &gitctx.Fetcher{MaxFiles: *maxFiles, MaxBytes: *maxBytes}
-	commit, _, err := f.Fetch(ctx, image.Git{URL: *url, Ref: *ref, Dir: *dir}, auth, *dest)
+	commit, contextDir, err := f.Fetch(ctx, image.Git{URL: *url, Ref: *ref, Dir: *dir}, auth, *dest)
 	result := "commit " + commit
 	if err != nil {
 		result = "fetching the build context failed: " + err.Error()
+	} else if text, rerr := buildcontext.ReadDockerfile(contextDir, orRoot(*dir)); rerr == nil {
+		// The bases, for the reporter to record (kube.BasesOf). A
+		// Dockerfile that cannot be read is the executor's to report.
+		for i, b := range image.BaseImagesWith(text, buildArgs) {
+			if i == kube.MaxBases {
+				break
+			}
+			result += "\nbase " + b.Name()
+		}
 	}
 	if werr := os.WriteFile(*termination, []byte(result+"\n"), 0o644); werr != nil && !errors.Is(werr, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "slipway fetch-context: writing %s: %v\n", *termination, werr)
@@ -268,4 +287,11 @@ func fetchContext(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout, result)
 	return nil
+}
+
+func orRoot(dir string) string {
+	if dir == "" {
+		return "the repository root"
+	}
+	return dir
 }

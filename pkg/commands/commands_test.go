@@ -113,6 +113,19 @@ func TestFetchContext(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dest, gittest.AppFile)); string(b) != "second\n" {
 		t.Fatalf("checked out %q", b)
 	}
+	// The bases of the fetched Dockerfile, after the build's arguments,
+	// follow the commit (the reporter records them).
+	r := gittest.NewRepo(t, filepath.Join(root, "bases.git"))
+	tip := r.Commit(map[string]string{"img/Dockerfile": "ARG BASE=busybox\nFROM ${BASE} AS b\nRUN x\nFROM b\nFROM registry.example/x:1\nFROM scratch\n"}, "bases")
+	code, _, stderr = run("fetch-context", "--url", strings.TrimSuffix(gitURL, "/")+"/bases.git", "--dir", "img", "--dest", t.TempDir(),
+		"--termination-log", term, "--build-arg", "BASE=127.0.0.1:5000/lib/base:2", "--build-arg", "OTHER=x")
+	want := "commit " + tip + "\nbase 127.0.0.1:5000/lib/base:2\nbase registry.example/x:1\n"
+	if msg, _ := os.ReadFile(term); code != 0 || string(msg) != want {
+		t.Fatalf("fetch-context with bases: %d %q, want %q; %s", code, msg, want, stderr)
+	}
+	if code, _, _ := run("fetch-context", "--url", "x", "--dest", t.TempDir(), "--build-arg", "novalue"); code != 2 {
+		t.Errorf("--build-arg without =: exit %d, want 2", code)
+	}
 	// A failure is reported in the termination message too, without the token.
 	t.Setenv(GitTokenEnv, "tok-secret-123")
 	code, _, stderr = run("fetch-context", "--url", strings.TrimSuffix(gitURL, "/")+"/repo.git", "--ref", "nope", "--dest", t.TempDir(), "--termination-log", term)

@@ -148,9 +148,9 @@ func (c *Cluster) prepare(ctx context.Context, b build.Build) (build.Spec, kube.
 		}
 		src.Dockerfile = def.Dockerfile
 		bases = image.BaseImagesWith(def.Dockerfile, img.BuildArgs)
-		// A git context's Dockerfile is only read in its pod: its bases
-		// are not recorded in the cluster.
-		recordBases(ctx, c.o, img, b, src.Dockerfile)
+		// A git context's Dockerfile is only read in its pod: its init
+		// container says its bases, recorded by the reporter (podBases).
+		recordBases(ctx, c.o, img.Workspace, b, bases)
 	case image.ContextGit:
 		g := *def.Git
 		src.Git = &g
@@ -204,6 +204,7 @@ func (c *Cluster) OnPod(ctx context.Context, e cloudevents.Event) error {
 
 func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
 	id, o, log, done, err := c.pods.Report(ctx, pod)
+	c.podBases(ctx, id, pod)
 	if !done {
 		return err // nil while the pod runs; an error asks for redelivery
 	}
@@ -235,6 +236,37 @@ func (c *Cluster) report(ctx context.Context, pod *corev1.Pod) error {
 		return nil
 	}
 	return c.publish(ctx, r, b, img, o, log, record)
+}
+
+// podBases records the bases a git build's init container read in the
+// fetched Dockerfile (kube.BasesOf), resolved to their digests as soon as
+// the reporter sees them: the pod event of the init container's end comes
+// as the executor starts pulling. A build that has its bases already (a
+// local context's, recorded when its pod was made) is left as it is.
+func (c *Cluster) podBases(ctx context.Context, id string, pod *corev1.Pod) {
+	names := kube.BasesOf(pod)
+	if len(names) == 0 || c.o.Bases == nil {
+		return
+	}
+	imageID, n, err := kube.ParseID(id)
+	if err != nil {
+		return
+	}
+	b, err := c.o.Store.GetBuild(ctx, imageID, n)
+	if err != nil || !b.Status.Active() || len(b.Bases) > 0 {
+		return
+	}
+	img, err := c.o.Store.GetImage(ctx, imageID)
+	if err != nil {
+		return
+	}
+	var refs []name.Reference
+	for _, s := range names {
+		if r, err := name.ParseReference(s); err == nil {
+			refs = append(refs, r)
+		}
+	}
+	recordBases(ctx, c.o, img.Workspace, b, refs)
 }
 
 // publish pushes a build whose pod succeeded to its external destinations,

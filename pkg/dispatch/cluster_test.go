@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,7 @@ import (
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/image"
+	"github.com/slipway-dev/slipway/pkg/rebuild"
 	"github.com/slipway-dev/slipway/pkg/runner/kube"
 	"github.com/slipway-dev/slipway/pkg/secret"
 	"github.com/slipway-dev/slipway/pkg/store"
@@ -448,4 +450,43 @@ func TestClusterReporterPublishes(t *testing.T) {
 		t.Fatalf("build whose destination hangs: %+v", b)
 	}
 	t.Logf("the hanging destination was cut off after %s (bound %s)", took.Round(100*time.Millisecond), h.c.PushBound)
+}
+
+// A git build's Dockerfile is read in its pod only: its init container
+// says the bases (kube.BasesOf), and the reporter records them with the
+// digests they have in the (real, loopback) registry while the build runs,
+// once; a line that is not a reference is left out.
+func TestClusterRecordsThePodsBases(t *testing.T) {
+	h := newClusterHarness(t)
+	ctx := context.Background()
+	queued := buildEvent(t, events.BuildQueued, "img1", 1)
+	if err := h.c.Handlers("dispatcher")[events.BuildQueued](ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	h.c.o.Bases = &rebuild.Registry{Store: h.s, Secrets: h.box, Internal: h.internal, InsecureInternal: true}
+	pod := h.pod(t, "img1-1").DeepCopy()
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "fetch-context", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+		Message: "commit " + strings.Repeat("a", 40) + "\nbase " + h.internal + "/team/log:latest\nbase NOT/A/REF!\n"}}}}
+	report := h.c.Handlers("reporter")["dev.knative.apiserver.resource.update"]
+	if err := report(ctx, podEvent(t, pod)); err != nil {
+		t.Fatal(err)
+	}
+	want := []build.Base{{Ref: h.internal + "/team/log:latest", Digest: h.digest}}
+	if b := h.build(t, 1); b.Status != build.Running || !slices.Equal(b.Bases, want) {
+		t.Fatalf("after the init container ended: %s, bases %+v, want %+v", b.Status, b.Bases, want)
+	}
+	// The base moves; the pod ends: the bases recorded at the start stay.
+	moved, _ := random.Image(128, 1)
+	if err := remote.Write(mustRef(t, h.internal+"/team/log:latest"), moved); err != nil {
+		t.Fatal(err)
+	}
+	done := ended(pod, corev1.PodSucceeded, 0, "Completed", h.digest)
+	done.Status.InitContainerStatuses = pod.Status.InitContainerStatuses
+	if err := report(ctx, podEvent(t, done)); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.build(t, 1); b.Status != build.Succeeded || !slices.Equal(b.Bases, want) {
+		t.Fatalf("after the pod ended: %s, bases %+v, want %+v", b.Status, b.Bases, want)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/name"
 	"io"
 	"log/slog"
 	"maps"
@@ -121,10 +122,10 @@ type Options struct {
 	metrics *metrics // made by New and NewCluster from Registerer
 }
 
-// BaseResolver resolves the digests a Dockerfile's bases have now, as a
+// BaseResolver resolves the digests a build's bases have now, as a
 // workspace reads them (rebuild.Registry).
 type BaseResolver interface {
-	Resolve(ctx context.Context, ws, dockerfile string, buildArgs map[string]string) []build.Base
+	Resolve(ctx context.Context, ws string, bases []name.Reference) ([]build.Base, error)
 }
 
 // withDefaults fills in what o leaves unset.
@@ -559,8 +560,9 @@ func (d *Dispatcher) execute(ctx context.Context, b build.Build, log *logWriter)
 		return d.fail(build.ReasonDockerfile, "%s", problem), false
 	}
 	spec.Secrets = secrets
-	recordBases(ctx, d.o, img, b, dockerfile)
-	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, image.BaseImagesWith(dockerfile, img.BuildArgs), log)
+	bases := image.BaseImagesWith(dockerfile, img.BuildArgs)
+	recordBases(ctx, d.o, img.Workspace, b, bases)
+	spec.DockerConfig, err = basePulls(ctx, d.o, img.Workspace, bases, log)
 	if bpe, ok := errors.AsType[*basePullError](err); ok {
 		log.Notef("%v", bpe)
 		return d.fail(build.ReasonBaseImage, "%v", bpe), false
@@ -623,12 +625,16 @@ func (o Options) built(img image.Image, end func(*build.Build) error) func(*buil
 	}
 }
 
-// recordBases records on build b the digests its bases resolve to now.
-func recordBases(ctx context.Context, o Options, img image.Image, b build.Build, dockerfile string) {
-	if o.Bases == nil {
+// recordBases records on build b, of workspace ws, the digests its bases
+// (its FROMs, after its build arguments) resolve to now.
+func recordBases(ctx context.Context, o Options, ws string, b build.Build, refs []name.Reference) {
+	if o.Bases == nil || len(refs) == 0 {
 		return
 	}
-	bases := o.Bases.Resolve(ctx, img.Workspace, dockerfile, img.BuildArgs)
+	bases, err := o.Bases.Resolve(ctx, ws, refs)
+	if err != nil {
+		o.Log.Warn("resolving the build's bases", "build", b.ID(), "error", err)
+	}
 	if len(bases) == 0 {
 		return
 	}

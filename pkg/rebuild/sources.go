@@ -51,23 +51,27 @@ func (r *Registry) Lookup() Lookup {
 	return &lookup{r: r, digests: map[string]answer{}, creds: map[string][]store.Credential{}}
 }
 
-// Resolve returns the digests the FROMs of dockerfile, with the build's
-// arguments, resolve to now for workspace ws (a build records them when it
-// starts); a base that does not resolve is left out (the build itself
-// reports it).
-func (r *Registry) Resolve(ctx context.Context, ws, dockerfile string, buildArgs map[string]string) []build.Base {
+// Resolve returns the digests bases (a build's FROMs, after its build
+// arguments: image.BaseImagesWith) resolve to now for workspace ws (a build
+// records them when it starts). A base that does not resolve is left out
+// (the build itself reports it), and said in the error.
+func (r *Registry) Resolve(ctx context.Context, ws string, bases []name.Reference) ([]build.Base, error) {
 	l := r.Lookup()
 	var out []build.Base
-	for _, ref := range image.BaseImagesWith(dockerfile, buildArgs) {
+	var errs []error
+	for _, ref := range bases {
 		if d, ok := ref.(name.Digest); ok {
 			out = append(out, build.Base{Ref: ref.Name(), Digest: d.DigestStr()})
 			continue
 		}
-		if d, err := l.Digest(ctx, ws, ref.Name()); err == nil {
-			out = append(out, build.Base{Ref: ref.Name(), Digest: d})
+		d, err := l.Digest(ctx, ws, ref.Name())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ref.Name(), err))
+			continue
 		}
+		out = append(out, build.Base{Ref: ref.Name(), Digest: d})
 	}
-	return out
+	return out, errors.Join(errs...)
 }
 
 type answer struct {

@@ -68,6 +68,7 @@ func TestCluster(t *testing.T) {
 		if log := a.log(id, b); !strings.Contains(log, "RUN echo hello") {
 			t.Errorf("the build log does not show the RUN step:\n%s", log)
 		}
+		a.wantBases(b, base)
 		a.noPodLeft(id, b, time.Minute)
 	})
 
@@ -88,6 +89,24 @@ func TestCluster(t *testing.T) {
 		if got, _ := b["commit"].(string); got != fx.Third {
 			t.Errorf("commit %q, want main's tip %s", got, fx.Third)
 		}
+
+		// Its Dockerfile is read in the pod only: the init container says
+		// its bases, after the build's arguments, and the reporter records
+		// them.
+		t.Run("a git build records its bases", func(t *testing.T) {
+			a := a.with(t)
+			r := gittest.NewRepo(t, filepath.Join(root, "bases.git"))
+			r.Commit(map[string]string{"Dockerfile": "ARG BASE=nothing.invalid/none\nFROM ${BASE}\nRUN echo git > /git\n"}, "bases")
+			code, m := a.do("POST", "/api/v1/workspaces/ws1/images", map[string]any{"name": "team/git-bases", "description": "cluster test",
+				"context": map[string]any{"type": "git", "git": map[string]any{"url": u + "bases.git"}}, "build_args": map[string]string{"BASE": base}})
+			if code != http.StatusCreated {
+				t.Fatalf("creating the image: %d %v", code, m)
+			}
+			id := m["id"].(string)
+			b := a.buildAndWait(id, 2*time.Minute)
+			a.wantStatus(b, "succeeded", "")
+			a.wantBases(b, base)
+		})
 
 		t.Run("a failing git fetch fails with reason git", func(t *testing.T) {
 			a := a.with(t)
@@ -367,6 +386,24 @@ func (a *apiClient) buildAndWaitPinging(id string, d time.Duration) map[string]a
 	a.t.Helper()
 	b := a.startBuild(id)
 	return a.waitBuildPinging(id, int(b["number"].(float64)), d)
+}
+
+// wantBases checks that build b recorded base as its one base, with a
+// digest.
+func (a *apiClient) wantBases(b map[string]any, base string) {
+	a.t.Helper()
+	ref, err := name.ParseReference(base)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	bases, _ := b["bases"].([]any)
+	if len(bases) != 1 {
+		a.t.Fatalf("bases %v, want %s", b["bases"], ref.Name())
+	}
+	got, _ := bases[0].(map[string]any)
+	if d, _ := got["digest"].(string); got["ref"] != ref.Name() || !strings.HasPrefix(d, "sha256:") {
+		a.t.Errorf("base %v, want %s with its digest", got, ref.Name())
+	}
 }
 
 func (a *apiClient) wantStatus(b map[string]any, status, reason string) {

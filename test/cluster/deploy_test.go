@@ -106,9 +106,12 @@ func deploy(t *testing.T, objs []*unstructured.Unstructured) *deployment {
 	d.config, _, _ = unstructured.NestedStringMap(cm.Object, "data")
 	d.env = map[string]string{
 		// What a deployment sets per environment, here.
-		"SLIPWAY_FIRESTORE_PROJECT":   "slipway-cluster-test",
-		"FIRESTORE_EMULATOR_HOST":     fsHost,
-		"SLIPWAY_REGISTRY":            c.Registry,
+		"SLIPWAY_FIRESTORE_PROJECT": "slipway-cluster-test",
+		"FIRESTORE_EMULATOR_HOST":   fsHost,
+		"SLIPWAY_REGISTRY":          c.Registry,
+		// The roles trust the platform registry's CA, as a deployment's
+		// pods do (its base-image lookups and pushes go there).
+		"SSL_CERT_FILE":               c.CAFile,
 		"SLIPWAY_KANIKO_IMAGE":        kaniko,
 		"SLIPWAY_INIT_IMAGE":          initImage,
 		"SLIPWAY_CREDENTIALS_KEY_DIR": keyDir,

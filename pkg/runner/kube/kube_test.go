@@ -316,6 +316,7 @@ func TestPodGitContext(t *testing.T) {
 	h := newHarness(t)
 	spec := testSpec()
 	spec.DockerConfig = nil
+	spec.BuildArgs = []string{"BASE=registry.example/base:1"}
 	if err := h.r.Create(context.Background(), spec, gitSource()); err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +326,8 @@ func TestPodGitContext(t *testing.T) {
 		t.Fatalf("init containers = %d, want 1", len(p.Spec.InitContainers))
 	}
 	in := p.Spec.InitContainers[0]
-	wantArgs := []string{"fetch-context", "--url", "https://git.example.com/acme/app.git", "--ref", "v1.2", "--dir", "services/api", "--dest", "/workspace"}
+	wantArgs := []string{"fetch-context", "--url", "https://git.example.com/acme/app.git", "--ref", "v1.2", "--dir", "services/api", "--dest", "/workspace",
+		"--build-arg", "BASE=registry.example/base:1"}
 	if in.Image != "slipway:test" || !slices.Equal(in.Args, wantArgs) || len(in.Command) != 0 {
 		t.Errorf("init container %s %q %q, want args %q", in.Image, in.Command, in.Args, wantArgs)
 	}
@@ -1157,5 +1159,28 @@ func TestPodBuildSecrets(t *testing.T) {
 	spec.Secrets = map[string][]byte{"../x": []byte(value)}
 	if err := h.r.Create(context.Background(), spec, ContextSource{Dockerfile: dockerfile}); err == nil {
 		t.Fatal("a secret id with a path was accepted")
+	}
+}
+
+// BasesOf reads the base lines of the init container's termination message,
+// at most MaxBases, and nothing before it has ended.
+func TestBasesOf(t *testing.T) {
+	pod := func(state corev1.ContainerState) *corev1.Pod {
+		return &corev1.Pod{Status: corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{{Name: initContainer, State: state}}}}
+	}
+	msg := "commit " + strings.Repeat("a", 40) + "\nbase r.example/a:1\nbase  spaced\nbase r.example/b@sha256:" + strings.Repeat("0", 64) + "\n"
+	got := BasesOf(pod(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: msg}}))
+	if want := []string{"r.example/a:1", "r.example/b@sha256:" + strings.Repeat("0", 64)}; !slices.Equal(got, want) {
+		t.Errorf("BasesOf = %q, want %q", got, want)
+	}
+	many := strings.Repeat("base r.example/x:1\n", 40)
+	if got := BasesOf(pod(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: many}})); len(got) != MaxBases {
+		t.Errorf("%d bases read, want at most %d", len(got), MaxBases)
+	}
+	if got := BasesOf(pod(corev1.ContainerState{Running: &corev1.ContainerStateRunning{}})); got != nil {
+		t.Errorf("running init container: %q", got)
+	}
+	if got := BasesOf(&corev1.Pod{}); got != nil {
+		t.Errorf("no init container: %q", got)
 	}
 }

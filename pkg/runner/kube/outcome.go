@@ -37,6 +37,30 @@ var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 // message once it has fetched the context: "commit <sha>" (SHA-1 or SHA-256).
 var commitRE = regexp.MustCompile(`(?m)^commit ([0-9a-f]{40}|[0-9a-f]{64})[ \t\r]*$`)
 
+// baseRE matches a line the init container writes to its termination
+// message for each base image of the fetched Dockerfile: "base <ref>".
+var baseRE = regexp.MustCompile(`(?m)^base (\S{1,512})[ \t\r]*$`)
+
+// MaxBases bounds the bases BasesOf reads (and fetch-context writes: a
+// termination message holds at most 4 KiB).
+const MaxBases = 16
+
+// BasesOf returns the base images the init container of a git build found
+// in the fetched Dockerfile, after the build's arguments, as it wrote them
+// to its termination message; nil until it has ended, or for a build
+// without one. They are the repository's words: parse them before use.
+func BasesOf(pod *corev1.Pod) []string {
+	init := terminated(pod.Status.InitContainerStatuses, initContainer)
+	if init == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range baseRE.FindAllStringSubmatch(init.Message, MaxBases) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
 // OutcomeOf tells whether a build pod has ended, and how. While the build
 // runs, done is false and the Outcome empty. Once it has ended:
 //   - Succeeded: Outcome{Digest} from Kaniko's termination message, where

@@ -182,6 +182,11 @@ func (r *Runner) newBuildPod(spec build.Spec, src ContextSource) (*buildPod, err
 			contextDir = path.Join(workspaceDir, dir)
 		}
 		args = append(args, "--dest", workspaceDir)
+		// For the bases it reports (BasesOf): the FROMs after the build's
+		// arguments, which are plain values (secrets are not arguments).
+		for _, kv := range spec.BuildArgs {
+			args = append(args, "--build-arg", kv)
+		}
 		fetch := corev1.Container{
 			Name:      initContainer,
 			Image:     r.opts.InitImage,
