@@ -52,13 +52,7 @@ func BenchmarkBuildDirect(b *testing.B) {
 	dir := b.TempDir()
 	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf(benchDockerfile, e.base())), 0o600)
 	host := e.srv.RegistryHost()
-	_, port, _ := net.SplitHostPort(host)
-	p, _ := strconv.Atoi(port)
-	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(dir, "bundles"), Root: filepath.Join(dir, "state"),
-		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := directRunner(b, e, dir)
 	b.ResetTimer()
 	for i := range b.N {
 		o, err := r.Run(context.Background(), build.Spec{
@@ -122,6 +116,19 @@ func directCredential(b *testing.B, e *env, repo string) []byte {
 	return dockerConfig
 }
 
+// directRunner is a runc runner, with its state under dir, that runs the
+// executor as the server's does and reaches e's registry.
+func directRunner(b *testing.B, e *env, dir string) *runc.Runner {
+	_, port, _ := net.SplitHostPort(e.srv.RegistryHost())
+	p, _ := strconv.Atoi(port)
+	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(dir, "bundles"), Root: filepath.Join(dir, "state"),
+		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
 func benchBuildEnv(b *testing.B, configure func(*server.Config)) *env {
 	cfg := serverConfig(b)
 	cfg.Executor = requireBuilds(b)
@@ -176,15 +183,9 @@ func BenchmarkExecutorTuning(b *testing.B) {
 	// the builds' credential, which needs an active build.
 	e := benchBuildEnv(b, func(c *server.Config) { c.ReconcileInterval = 24 * time.Hour })
 	host := e.srv.RegistryHost()
-	_, port, _ := net.SplitHostPort(host)
-	p, _ := strconv.Atoi(port)
 	dockerConfig := directCredential(b, e, "bench/tuning")
 	state := b.TempDir()
-	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(state, "bundles"), Root: filepath.Join(state, "state"),
-		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := directRunner(b, e, state)
 	n := 0
 	for _, layer := range bigLayers {
 		dir := b.TempDir()

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/slipway-dev/slipway/pkg/build"
 	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
-	"github.com/slipway-dev/slipway/pkg/runner/runc"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
@@ -44,14 +42,8 @@ func BenchmarkBuildOverhead(b *testing.B) {
 	gitURL := strings.TrimSuffix(gittest.ServeGit(b, root), "/") + "/ctx.git"
 
 	host := e.srv.RegistryHost()
-	_, port, _ := net.SplitHostPort(host)
-	p, _ := strconv.Atoi(port)
 	state := b.TempDir()
-	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(state, "bundles"), Root: filepath.Join(state, "state"),
-		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := directRunner(b, e, state)
 	for _, kind := range []string{"local", "git"} {
 		var img image
 		dir := b.TempDir()

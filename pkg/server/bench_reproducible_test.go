@@ -6,16 +6,13 @@ import (
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/slipway-dev/slipway/pkg/build"
-	"github.com/slipway-dev/slipway/pkg/runner/runc"
 )
 
 // reproduciblePairs is how many pairs BenchmarkReproducible times per
@@ -35,14 +32,8 @@ const reproduciblePairs = 7
 func BenchmarkReproducible(b *testing.B) {
 	e := benchBuildEnv(b, nil)
 	host := e.srv.RegistryHost()
-	_, port, _ := net.SplitHostPort(host)
-	p, _ := strconv.Atoi(port)
 	work := b.TempDir()
-	r, err := runc.New(runc.Options{Executor: e.cfg.Executor, StateDir: filepath.Join(work, "bundles"), Root: filepath.Join(work, "state"),
-		Forwards: []runc.Forward{{Port: p, HostPort: p}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := directRunner(b, e, work)
 	// The builds push to library/ as an event publisher may.
 	auth := base64.StdEncoding.EncodeToString([]byte("platform:" + e.token("platform")))
 	dockerConfig := []byte(`{"auths":{"` + host + `":{"auth":"` + auth + `"}}}`)
