@@ -414,3 +414,25 @@ func TestHeadOfEndlessRefs(t *testing.T) {
 		t.Fatalf("Head = %q, %v", head, err)
 	}
 }
+
+// The child's last words under its address-space limit, as the Go runtime
+// says them: out of memory, or no stack for a new thread (seen under load:
+// the fetch then failed "internal" instead of saying what to raise).
+func TestOutOfMemory(t *testing.T) {
+	for _, c := range []struct {
+		stderr string
+		want   bool
+	}{
+		{"fatal error: out of memory\n\ngoroutine 1 [running]:\n", true},
+		{"runtime: out of memory: cannot allocate 4194304-byte block (3 in use)\nfatal error: out of memory\n", true},
+		{"runtime/cgo: pthread_create failed: Resource temporarily unavailable\nSIGABRT: abort\nPC=0x7fe23a820eec m=0\n", true},
+		{"runtime: failed to create new OS thread (have 5 already; errno=11)\nruntime: may need to increase max user processes (ulimit -u)\nfatal error: newosproc\n", true},
+		{"panic: runtime error: index out of range [3] with length 3\n", false},
+		{"fatal error: all goroutines are asleep - deadlock!\n", false},
+		{"", false},
+	} {
+		if got := outOfMemory(c.stderr); got != c.want {
+			t.Errorf("outOfMemory(%q) = %v, want %v", c.stderr, got, c.want)
+		}
+	}
+}

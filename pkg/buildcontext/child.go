@@ -253,10 +253,15 @@ func limit(pid int, l Limits) error {
 }
 
 // outOfMemory tells whether the Go runtime's last words on stderr say it
-// ran out of memory (of address space, under RLIMIT_AS).
+// ran out of memory (of address space, under RLIMIT_AS): an allocation
+// that failed, or a new thread whose stack could not be mapped (with cgo,
+// pthread_create's EAGAIN; without, newosproc's).
 func outOfMemory(stderr string) bool {
 	for line := range strings.Lines(stderr) {
-		if strings.HasPrefix(line, "fatal error:") && strings.Contains(line, "memory") {
+		switch {
+		case strings.HasPrefix(line, "fatal error:") && strings.Contains(line, "memory"),
+			strings.HasPrefix(line, "runtime/cgo: pthread_create failed"),
+			strings.HasPrefix(line, "runtime: failed to create new OS thread"):
 			return true
 		}
 	}
