@@ -13,6 +13,7 @@ import (
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
+	"github.com/slipway-dev/slipway/pkg/pullauth/pullauthtest"
 	"github.com/slipway-dev/slipway/pkg/server"
 	"github.com/slipway-dev/slipway/pkg/store"
 )
@@ -59,7 +60,7 @@ func (r *recorder) requests() []string {
 func TestCredentialsStayWithTheirHost(t *testing.T) {
 	const user, password = "pusher", "owners-registry-password-31337"
 	const token = "ghp_owners-git-token-0123456789"
-	ext := privateRegistry(t, user, password)
+	ext := pullauthtest.NewBasic(t, user, password)
 	root := t.TempDir()
 	gittest.NewFixture(t, filepath.Join(root, "private.git"))
 	gitURL, gitCA := gittest.ServeHTTPS(t, root, "builder", token)

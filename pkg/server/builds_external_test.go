@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,48 +10,20 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/distribution/distribution/v3/configuration"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the access controller
-	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/slipway-dev/slipway/events"
 	"github.com/slipway-dev/slipway/pkg/gitctx/gittest"
+	"github.com/slipway-dev/slipway/pkg/pullauth/pullauthtest"
 	"github.com/slipway-dev/slipway/pkg/server"
 )
 
-// privateRegistry is a second, real Distribution registry on loopback that
-// requires HTTP basic auth (htpasswd), like an external registry.
-func privateRegistry(t *testing.T, user, password string) string {
-	t.Helper()
-	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &configuration.Configuration{
-		Storage: configuration.Storage{
-			"filesystem":  configuration.Parameters{"rootdirectory": filepath.Join(dir, "data")},
-			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
-		},
-		Auth: configuration.Auth{"htpasswd": configuration.Parameters{"realm": "test", "path": htpasswd}},
-	}
-	cfg.HTTP.Secret = "test"
-	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
 func TestPushToExternalDestinations(t *testing.T) {
 	const user, password = "pusher", "s3cret-registry-password"
-	ext := privateRegistry(t, user, password)
+	ext := pullauthtest.NewBasic(t, user, password)
 	e := buildEnv(t, nil)
 	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/ext", "alice",
 		map[string]any{"kind": "registry", "registry": ext, "username": user, "password": password}, nil), 204, "")
@@ -187,7 +158,7 @@ func TestGitContexts(t *testing.T) {
 // rebuild, and the destination serves it under the built digest.
 func TestPushAgain(t *testing.T) {
 	const user, password, wrong = "pusher", "s3cret-registry-password", "not-the-password-at-all"
-	ext := privateRegistry(t, user, password)
+	ext := pullauthtest.NewBasic(t, user, password)
 	announced := make(chan cloudevents.Event, 64)
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ev, err := cloudevents.NewEventFromHTTPRequest(r); err == nil && ev.Type() == events.BuildPushed {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/slipway-dev/slipway/events"
+	"github.com/slipway-dev/slipway/internal/imagetest"
 )
 
 // TestSaveRefusesWhatCannotBeBuilt: SAVE (create and PATCH) refuses, with
@@ -252,33 +252,9 @@ RUN echo final > /final
 		}
 	}
 	// Every layer, compressed and not, the config and the manifest.
-	layers, err := pulled.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range layers {
-		for _, open := range []func() (io.ReadCloser, error){l.Uncompressed, l.Compressed} {
-			rc, err := open()
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, err := io.ReadAll(rc)
-			rc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if bytes.Contains(data, []byte(value)) {
-				t.Errorf("layer %d holds the secret", i)
-			}
-		}
-	}
-	for what, get := range map[string]func() ([]byte, error){"config": pulled.RawConfigFile, "manifest": pulled.RawManifest} {
-		data, err := get()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for what, data := range imagetest.Blobs(t, pulled) {
 		if bytes.Contains(data, []byte(value)) {
-			t.Errorf("the %s holds the secret", what)
+			t.Errorf("the image's %s holds the secret", what)
 		}
 	}
 	if bytes.Contains(responses.Bytes(), []byte(value)) {
@@ -291,7 +267,7 @@ RUN echo final > /final
 	// registry's blobs, the keys.
 	e.shutdown()
 	scanned := 0
-	err = filepath.WalkDir(e.cfg.DataDir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(e.cfg.DataDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/slipway-dev/slipway/internal/imagetest"
 	"github.com/slipway-dev/slipway/pkg/pullauth/pullauthtest"
 	"github.com/slipway-dev/slipway/pkg/registry/baseimage"
 	"github.com/slipway-dev/slipway/pkg/server"
@@ -130,25 +130,11 @@ func TestPrivateBaseGetsAScopedPullToken(t *testing.T) {
 	noSecret(t, "the build's docker config", []byte(seen), reader, password)
 	noSecret(t, "the build's environment", []byte(fs["/seen-env"]), reader, password)
 
-	// Every layer of the pushed image, and its config.
-	layers, err := pushed.Layers()
-	if err != nil {
-		t.Fatal(err)
+	// Every layer of the pushed image, compressed and not, its config and
+	// its manifest.
+	for what, data := range imagetest.Blobs(t, pushed) {
+		noSecret(t, "the pushed image's "+what, data, reader, password)
 	}
-	for i, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		noSecret(t, fmt.Sprintf("layer %d of the pushed image", i), data, reader, password)
-	}
-	rawCfg, _ := pushed.RawConfigFile()
-	noSecret(t, "the pushed image's config", rawCfg, reader, password)
 
 	// The build's log, every API answer about it, the server's log.
 	noSecret(t, "the build log", []byte(log), reader, password)
@@ -167,7 +153,7 @@ func TestPrivateBaseGetsAScopedPullToken(t *testing.T) {
 // rather than hand the password to the build.
 func TestPrivateBaseOfABasicAuthRegistry(t *testing.T) {
 	const user, password = "puller", "basic-auth-registry-password-89ab"
-	ext := privateRegistry(t, user, password)
+	ext := pullauthtest.NewBasic(t, user, password)
 	e := buildEnv(t, nil)
 	want(t, e.call("PUT", "/api/v1/workspaces/ws1/credentials/basic", "alice",
 		map[string]any{"kind": "registry", "registry": ext, "username": user, "password": password}, nil), 204, "")

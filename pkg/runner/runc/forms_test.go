@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/slipway-dev/slipway/internal/imagetest"
 )
 
 // TestExecutorForms records what the pinned executor (Kaniko v1.25.6)
@@ -202,33 +203,9 @@ func TestBuildSecret(t *testing.T) {
 		}
 	}
 	// Every layer, compressed and not, and the config and manifest.
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range layers {
-		for _, open := range []func() (io.ReadCloser, error){l.Uncompressed, l.Compressed} {
-			rc, err := open()
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := io.ReadAll(rc)
-			rc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if bytes.Contains(b, []byte(value)) {
-				t.Errorf("layer %d holds the secret", i)
-			}
-		}
-	}
-	for what, get := range map[string]func() ([]byte, error){"config": img.RawConfigFile, "manifest": img.RawManifest} {
-		b, err := get()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for what, b := range imagetest.Blobs(t, img) {
 		if bytes.Contains(b, []byte(value)) {
-			t.Errorf("the %s holds the secret", what)
+			t.Errorf("the image's %s holds the secret", what)
 		}
 	}
 	e.checkNoLeftovers(t)
