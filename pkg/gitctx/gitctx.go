@@ -125,12 +125,7 @@ func (f *Fetcher) Fetch(ctx context.Context, g image.Git, auth *Auth, dest strin
 // checkout does Fetch's work with the repository's metadata stored in gitDir,
 // and returns the repository it fetched into and the commit it checked out.
 func (f *Fetcher) checkout(ctx context.Context, g image.Git, auth *Auth, gitDir, dest string) (*git.Repository, plumbing.Hash, error) {
-	s := &session{url: g.URL, caPEM: f.CABundle, parent: ctx, timeout: f.Timeout}
-	if s.timeout <= 0 {
-		s.timeout = DefaultTimeout
-	}
-	var cancel context.CancelFunc
-	s.ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	s, cancel := f.session(ctx, g)
 	defer cancel()
 	if err := s.setAuth(auth, f.AllowFile); err != nil {
 		return nil, plumbing.ZeroHash, err
@@ -386,6 +381,17 @@ func writeEntry(repo *git.Repository, root *os.Root, name string, e *object.Tree
 		return f.Close()
 	}
 	return fmt.Errorf("unsupported file mode %s", e.Mode)
+}
+
+// session starts a session with g's remote, bounded by f.Timeout
+// (DefaultTimeout when zero); cancel releases it.
+func (f *Fetcher) session(ctx context.Context, g image.Git) (s *session, cancel context.CancelFunc) {
+	s = &session{url: g.URL, caPEM: f.CABundle, parent: ctx, timeout: f.Timeout}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
+	}
+	s.ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	return s, cancel
 }
 
 // session is one Fetch's connection settings and contexts.
@@ -734,12 +740,7 @@ func resolveDir(dest, dir, commit string) (string, error) {
 // empty. A full commit SHA is returned as it is (it never moves); a short
 // one cannot be told from a listing and gives "". Errors are as Fetch's.
 func (f *Fetcher) Head(ctx context.Context, g image.Git, auth *Auth) (string, error) {
-	s := &session{url: g.URL, caPEM: f.CABundle, parent: ctx, timeout: f.Timeout}
-	if s.timeout <= 0 {
-		s.timeout = DefaultTimeout
-	}
-	var cancel context.CancelFunc
-	s.ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	s, cancel := f.session(ctx, g)
 	defer cancel()
 	if err := s.setAuth(auth, f.AllowFile); err != nil {
 		return "", err
