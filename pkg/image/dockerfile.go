@@ -2,6 +2,7 @@ package image
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
@@ -43,7 +44,7 @@ func ValidateInputs(in Inputs) error {
 		return invalid("build_args", "at most %d are allowed", MaxBuildArgs)
 	}
 	total := 0
-	for _, k := range slices.Sorted(mapsKeys(in.BuildArgs)) {
+	for _, k := range slices.Sorted(maps.Keys(in.BuildArgs)) {
 		v := in.BuildArgs[k]
 		field := "build_args." + k
 		if len(k) > MaxBuildArgNameLength || !argName.MatchString(k) {
@@ -75,16 +76,6 @@ func ValidateInputs(in Inputs) error {
 		return invalid("target", "%q is not a stage name: lower-case letters, digits, '-', '_' and '.', starting with a letter", truncate(in.Target, 40))
 	}
 	return nil
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func truncate(s string, n int) string {
