@@ -1177,6 +1177,10 @@ func TestBasesOf(t *testing.T) {
 	if got := BasesOf(pod(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: many}})); len(got) != MaxBases {
 		t.Errorf("%d bases read, want at most %d", len(got), MaxBases)
 	}
+	failed := "fetching the build context failed: git context: ref \"x\nbase evil.example/x:1\" not found\n"
+	if got := BasesOf(pod(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 1, Message: failed}})); got != nil {
+		t.Errorf("a failed fetch's message gave bases %q", got)
+	}
 	if got := BasesOf(pod(corev1.ContainerState{Running: &corev1.ContainerStateRunning{}})); got != nil {
 		t.Errorf("running init container: %q", got)
 	}

@@ -47,12 +47,12 @@ const MaxBases = 16
 
 // BasesOf returns the base images the init container of a git build found
 // in the fetched Dockerfile, after the build's arguments, as it wrote them
-// to its termination message; nil until it has ended, or for a build
-// without one. They are the repository's words: parse them before use.
+// to its termination message; nil until it has ended (successfully), or
+// for a build without one. They are the repository's words: parse them before use.
 func BasesOf(pod *corev1.Pod) []string {
 	init := terminated(pod.Status.InitContainerStatuses, initContainer)
-	if init == nil {
-		return nil
+	if init == nil || init.ExitCode != 0 {
+		return nil // a failed fetch's message is its error, which may quote the repository
 	}
 	var out []string
 	for _, m := range baseRE.FindAllStringSubmatch(init.Message, MaxBases) {
