@@ -219,28 +219,24 @@ func TestBuildFromOneFolderOfALargeRepository(t *testing.T) {
 		t.Fatalf("create: %d", res.StatusCode)
 	}
 	n := e.startBuild(img.ID)
-	// While the executor runs, the checkout holds f07 alone.
+	// While the executor runs its 3 s RUN (the checkout is complete and
+	// still there), it holds f07 alone, less what the .dockerignore excludes.
 	repo := filepath.Join(e.cfg.DataDir, "builds", fmt.Sprintf("%s-%d", img.ID, n), "repo")
-	var seen []string
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if ended(e.getBuild(img.ID, n)) {
-			break
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(e.buildLog(img.ID, n), "sleep 3 && ls /ctx"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) || ended(e.getBuild(img.ID, n)) {
+			t.Fatalf("the RUN step never ran:\n%s", e.buildLog(img.ID, n))
 		}
-		entries, err := os.ReadDir(repo)
-		if err != nil || len(entries) == 0 {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(repo, "f07", "app.py")); err != nil {
-			continue // still checking out
-		}
-		seen = nil
-		for _, en := range entries {
-			seen = append(seen, en.Name())
-		}
-		break
 	}
-	if len(seen) != 1 || seen[0] != "f07" {
-		t.Errorf("the checkout on the host holds %v, want [f07] only", seen)
+	var seen []string
+	entries, err := os.ReadDir(repo)
+	for _, en := range entries {
+		seen = append(seen, en.Name())
+	}
+	if err != nil || len(seen) != 1 || seen[0] != "f07" {
+		t.Errorf("the checkout on the host holds %v (%v), want [f07] only", seen, err)
+	}
+	if _, err := os.Stat(filepath.Join(repo, "f07", "data.bin")); err != nil {
+		t.Errorf("f07/data.bin is not checked out: %v", err)
 	}
 	if _, err := os.Lstat(filepath.Join(repo, "f07", "scratch")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("f07/scratch, excluded by the .dockerignore, was checked out: %v", err)
