@@ -26,15 +26,7 @@ func cgroupPath(id string) string {
 // is the oom_kill line of memory.oom_control; on cgroup v2 it is the one of
 // memory.events.
 func oomKills(id string) (int64, error) {
-	dir, v2, err := memoryCgroup()
-	if err != nil {
-		return 0, err
-	}
-	file := "memory.oom_control"
-	if v2 {
-		file = "memory.events"
-	}
-	b, err := os.ReadFile(filepath.Join(dir, cgroupPath(id), file))
+	b, file, err := readMemoryFile(id, "memory.oom_control", "memory.events")
 	if err != nil {
 		return 0, err
 	}
@@ -51,19 +43,26 @@ func oomKills(id string) (int64, error) {
 // counts the page cache of the files the build wrote as well as the
 // processes' own memory. The cgroup must still exist, as for oomKills.
 func memoryPeak(id string) (int64, error) {
-	dir, v2, err := memoryCgroup()
-	if err != nil {
-		return 0, err
-	}
-	file := "memory.max_usage_in_bytes"
-	if v2 {
-		file = "memory.peak"
-	}
-	b, err := os.ReadFile(filepath.Join(dir, cgroupPath(id), file))
+	b, _, err := readMemoryFile(id, "memory.max_usage_in_bytes", "memory.peak")
 	if err != nil {
 		return 0, err
 	}
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// readMemoryFile reads a file of build id's memory cgroup, named v1 or v2
+// after the host's cgroup version, and returns it with the name it read.
+func readMemoryFile(id, v1, v2 string) ([]byte, string, error) {
+	dir, isV2, err := memoryCgroup()
+	if err != nil {
+		return nil, "", err
+	}
+	file := v1
+	if isV2 {
+		file = v2
+	}
+	b, err := os.ReadFile(filepath.Join(dir, cgroupPath(id), file))
+	return b, file, err
 }
 
 // swapLimitable tells whether runc can keep a build's memory cgroup from
